@@ -1,0 +1,623 @@
+//! Command-line flags (clap), grouped by concern with k8s.io/apiserver's names, and their
+//! validation into `Settings`: everything the server needs, checked before it binds.
+//! `--dev` is the embedded stand-alone preset. Reads no files; `server::App::new` does.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{bus, tls};
+
+/// The `--dev` example token file (kube-apiserver's static token CSV).
+pub const DEV_TOKENS: &str = include_str!("../deploy/dev/tokens.csv");
+/// The `--dev` example ABAC policy.
+pub const DEV_POLICY: &str = include_str!("../deploy/dev/abac-policy.jsonl");
+
+/// One webhook batch is at most 400 events by default; a queue holds a few batches so a
+/// watcher keeps up through a burst without dropping.
+pub const SUBSCRIBER_QUEUE_EVENTS: usize = 2048;
+/// Bytes a watcher may have queued and not yet written. The queue holds shared
+/// references, so this bounds how far a watcher may lag, not memory it owns.
+pub const SUBSCRIBER_QUEUE_BYTES: usize = 8 << 20;
+
+/// A start-up error: one line naming the flag and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Error(pub String);
+
+fn err(flag: &str, msg: impl std::fmt::Display) -> Error {
+    Error(format!("{flag}: {msg}"))
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kube-audit-stream",
+    version,
+    about = "Kubernetes audit events from every kube-apiserver replica, as an authorized WATCH stream (aggregated API audit.k8s.io/v1alpha1)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server.
+    Serve(Box<ServeArgs>),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub serving: SecureServing,
+    #[command(flatten)]
+    pub authentication: Authentication,
+    #[command(flatten)]
+    pub authorization: Authorization,
+    #[command(flatten)]
+    pub ingest: Ingest,
+    #[command(flatten)]
+    pub stream: Stream,
+    /// Stand-alone mode for trying it on one machine: loopback only, self-signed
+    /// certificate, the example tokens and ABAC policy of deploy/dev, ingest open on
+    /// loopback. Never needs a cluster.
+    #[arg(long, help_heading = "Stand-alone")]
+    pub dev: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Secure serving")]
+pub struct SecureServing {
+    /// The port on which to serve HTTPS.
+    #[arg(long, default_value_t = 8443)]
+    pub secure_port: u16,
+    /// The IP address on which to listen [default: 0.0.0.0; 127.0.0.1 with --dev].
+    #[arg(long)]
+    pub bind_address: Option<IpAddr>,
+    /// Serving certificate (PEM, may include intermediates). Reloaded when it changes.
+    #[arg(long)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Serving private key (PEM) matching --tls-cert-file.
+    #[arg(long)]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// Where the self-signed certificate is kept when --tls-cert-file is not given.
+    #[arg(long)]
+    pub cert_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Authentication")]
+pub struct Authentication {
+    /// kubeconfig for reaching kube-apiserver (TokenReview, SubjectAccessReview, the
+    /// extension-apiserver-authentication ConfigMap). Absent: in-cluster config.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// kubeconfig for TokenReview and the ConfigMap, overriding --kubeconfig.
+    #[arg(long)]
+    pub authentication_kubeconfig: Option<PathBuf>,
+    /// CA bundle for x509 client-certificate authentication (else from the ConfigMap).
+    #[arg(long)]
+    pub client_ca_file: Option<PathBuf>,
+    /// CA bundle that front-proxy (aggregator) client certificates must chain to.
+    #[arg(long)]
+    pub requestheader_client_ca_file: Option<PathBuf>,
+    /// Common names allowed for front-proxy client certificates (empty: any).
+    #[arg(long, value_delimiter = ',')]
+    pub requestheader_allowed_names: Vec<String>,
+    /// Headers carrying the user name from the front proxy.
+    #[arg(long, value_delimiter = ',')]
+    pub requestheader_username_headers: Vec<String>,
+    /// Headers carrying the groups from the front proxy.
+    #[arg(long, value_delimiter = ',')]
+    pub requestheader_group_headers: Vec<String>,
+    /// Header prefixes carrying extra user attributes from the front proxy.
+    #[arg(long, value_delimiter = ',')]
+    pub requestheader_extra_headers_prefix: Vec<String>,
+    /// How long TokenReview answers are cached.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub authentication_token_webhook_cache_ttl: Duration,
+    /// Static bearer tokens, kube-apiserver's CSV format: token,user,uid,"group1,group2".
+    #[arg(long)]
+    pub token_auth_file: Option<PathBuf>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthorizationMode {
+    #[value(name = "Webhook")]
+    Webhook,
+    #[value(name = "ABAC")]
+    Abac,
+    #[value(name = "AlwaysAllow")]
+    AlwaysAllow,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Authorization")]
+pub struct Authorization {
+    /// kubeconfig for SubjectAccessReview, overriding --kubeconfig.
+    #[arg(long)]
+    pub authorization_kubeconfig: Option<PathBuf>,
+    /// How requests are authorized.
+    #[arg(long, value_enum, default_value = "Webhook", ignore_case = true)]
+    pub authorization_mode: AuthorizationMode,
+    /// ABAC policy, kube-apiserver's JSON-lines format (with --authorization-mode=ABAC).
+    #[arg(long)]
+    pub authorization_policy_file: Option<PathBuf>,
+    /// Paths served without authentication or authorization (a trailing * is a prefix).
+    #[arg(long, value_delimiter = ',', default_value = "/healthz,/readyz,/livez")]
+    pub authorization_always_allow_paths: Vec<String>,
+    /// How long an "allowed" SubjectAccessReview answer is cached.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub authorization_webhook_cache_authorized_ttl: Duration,
+    /// How long a "denied" SubjectAccessReview answer is cached.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub authorization_webhook_cache_unauthorized_ttl: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Ingest (who may push audit events)")]
+pub struct Ingest {
+    /// CA bundle that pushing kube-apiservers' client certificates must chain to.
+    #[arg(long)]
+    pub ingest_client_ca_file: Option<PathBuf>,
+    /// Common names of client certificates allowed to push (with --ingest-client-ca-file).
+    #[arg(long, value_delimiter = ',')]
+    pub ingest_allowed_names: Vec<String>,
+    /// Bearer tokens allowed to push, in the --token-auth-file CSV format.
+    #[arg(long)]
+    pub ingest_token_file: Option<PathBuf>,
+    /// Largest accepted ingest body, in bytes.
+    #[arg(long, default_value_t = 32 << 20)]
+    pub max_request_bytes: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Stream")]
+pub struct Stream {
+    /// Events kept in memory for resuming watches.
+    #[arg(long, default_value_t = 10_000)]
+    pub window_events: usize,
+    /// Bytes kept in memory for resuming watches.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub window_bytes: usize,
+    /// Each watcher's sustained byte budget (0: unlimited).
+    #[arg(long)]
+    pub watcher_bytes_per_second: Option<u64>,
+    /// Each watcher's burst byte budget (0: unlimited).
+    #[arg(long)]
+    pub watcher_burst_bytes: Option<u64>,
+    /// Events larger than this reach every watcher truncated (kube-apiserver's truncate
+    /// backend default).
+    #[arg(long, default_value_t = 100 * 1024)]
+    pub max_event_bytes: usize,
+}
+
+/// A file to read at start, or text built into the binary (`--dev`).
+#[derive(Debug, Clone)]
+pub enum Source {
+    File(PathBuf),
+    Embedded {
+        name: &'static str,
+        text: &'static str,
+    },
+}
+
+impl Source {
+    pub fn read(&self) -> Result<(String, String), String> {
+        match self {
+            Source::File(p) => std::fs::read_to_string(p)
+                .map(|t| (t, p.display().to_string()))
+                .map_err(|e| format!("reading {}: {e}", p.display())),
+            Source::Embedded { name, text } => Ok(((*text).to_owned(), (*name).to_owned())),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum AuthzSettings {
+    AlwaysAllow,
+    Abac(Source),
+}
+
+/// Who may push.
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    /// `--dev`: any client on a loopback address may push.
+    pub open_on_loopback: bool,
+    pub token_file: Option<PathBuf>,
+    pub client_ca_file: Option<PathBuf>,
+    pub allowed_names: Vec<String>,
+    pub max_request_bytes: u64,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub cert: tls::CertSource,
+    pub token_auth: Option<Source>,
+    pub authorization: AuthzSettings,
+    pub always_allow_paths: Vec<String>,
+    pub ingest: IngestSettings,
+    pub bus: bus::Config,
+    pub max_event_bytes: usize,
+    pub dev: bool,
+}
+
+impl ServeArgs {
+    /// Check the flags together and resolve the `--dev` preset.
+    pub fn validate(&self) -> Result<Settings, Error> {
+        let dev = self.dev;
+        let listen = self.serving.validate(dev)?;
+        self.authentication.validate()?;
+        self.stream.validate()?;
+
+        let cert = match (
+            &self.serving.tls_cert_file,
+            &self.serving.tls_private_key_file,
+        ) {
+            (Some(cert), Some(key)) => tls::CertSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            (None, None) => tls::CertSource::SelfSigned {
+                hosts: self_signed_hosts(listen.ip()),
+                cert_dir: self.serving.cert_dir.clone(),
+            },
+            (Some(_), None) => {
+                return Err(err(
+                    "--tls-private-key-file",
+                    "required with --tls-cert-file",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(err(
+                    "--tls-cert-file",
+                    "required with --tls-private-key-file",
+                ));
+            }
+        };
+
+        let token_auth = match (&self.authentication.token_auth_file, dev) {
+            (Some(p), _) => Some(Source::File(p.clone())),
+            (None, true) => Some(Source::Embedded {
+                name: "deploy/dev/tokens.csv (embedded)",
+                text: DEV_TOKENS,
+            }),
+            (None, false) => None,
+        };
+        if token_auth.is_none() {
+            return Err(err(
+                "--token-auth-file",
+                "no authenticator configured: watchers could never authenticate (request-header, x509 and TokenReview authentication are not supported yet)",
+            ));
+        }
+
+        let authz = &self.authorization;
+        let authorization = match (authz.authorization_mode, dev) {
+            (AuthorizationMode::AlwaysAllow, _) => AuthzSettings::AlwaysAllow,
+            (AuthorizationMode::Abac, _) => match &authz.authorization_policy_file {
+                Some(p) => AuthzSettings::Abac(Source::File(p.clone())),
+                None if dev => AuthzSettings::Abac(dev_policy()),
+                None => {
+                    return Err(err(
+                        "--authorization-policy-file",
+                        "required with --authorization-mode=ABAC",
+                    ));
+                }
+            },
+            // Webhook is the default mode; --dev swaps it for the example ABAC policy.
+            (AuthorizationMode::Webhook, true) => {
+                AuthzSettings::Abac(match &authz.authorization_policy_file {
+                    Some(p) => Source::File(p.clone()),
+                    None => dev_policy(),
+                })
+            }
+            (AuthorizationMode::Webhook, false) => {
+                return Err(err(
+                    "--authorization-mode",
+                    "Webhook (SubjectAccessReview) is not supported yet; use ABAC with --authorization-policy-file, or AlwaysAllow",
+                ));
+            }
+        };
+        if authz.authorization_kubeconfig.is_some() {
+            return Err(not_supported("--authorization-kubeconfig"));
+        }
+
+        let ingest = self.ingest.validate(dev)?;
+        Ok(Settings {
+            listen,
+            cert,
+            token_auth,
+            authorization,
+            always_allow_paths: authz.authorization_always_allow_paths.clone(),
+            ingest,
+            bus: bus::Config {
+                window_events: self.stream.window_events,
+                window_bytes: self.stream.window_bytes,
+                subscriber_queue_events: SUBSCRIBER_QUEUE_EVENTS,
+                subscriber_queue_bytes: SUBSCRIBER_QUEUE_BYTES,
+            },
+            max_event_bytes: self.stream.max_event_bytes,
+            dev,
+        })
+    }
+}
+
+fn dev_policy() -> Source {
+    Source::Embedded {
+        name: "deploy/dev/abac-policy.jsonl (embedded)",
+        text: DEV_POLICY,
+    }
+}
+
+fn not_supported(flag: &str) -> Error {
+    err(
+        flag,
+        "not supported yet (cluster-mode authentication and authorization are still to come)",
+    )
+}
+
+/// Names the self-signed certificate is valid for.
+fn self_signed_hosts(ip: IpAddr) -> Vec<String> {
+    let mut hosts = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    if !ip.is_unspecified() && !ip.is_loopback() {
+        hosts.push(ip.to_string());
+    }
+    hosts
+}
+
+impl SecureServing {
+    fn validate(&self, dev: bool) -> Result<SocketAddr, Error> {
+        let ip = match (self.bind_address, dev) {
+            (Some(ip), true) if !ip.is_loopback() => {
+                return Err(err(
+                    "--bind-address",
+                    format!("{ip} is not a loopback address; --dev serves loopback only"),
+                ));
+            }
+            (Some(ip), _) => ip,
+            (None, true) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            (None, false) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        };
+        Ok(SocketAddr::new(ip, self.secure_port))
+    }
+}
+
+impl Authentication {
+    fn validate(&self) -> Result<(), Error> {
+        let unsupported = [
+            ("--kubeconfig", self.kubeconfig.is_some()),
+            (
+                "--authentication-kubeconfig",
+                self.authentication_kubeconfig.is_some(),
+            ),
+            ("--client-ca-file", self.client_ca_file.is_some()),
+            (
+                "--requestheader-client-ca-file",
+                self.requestheader_client_ca_file.is_some(),
+            ),
+            (
+                "--requestheader-allowed-names",
+                !self.requestheader_allowed_names.is_empty(),
+            ),
+            (
+                "--requestheader-username-headers",
+                !self.requestheader_username_headers.is_empty(),
+            ),
+            (
+                "--requestheader-group-headers",
+                !self.requestheader_group_headers.is_empty(),
+            ),
+            (
+                "--requestheader-extra-headers-prefix",
+                !self.requestheader_extra_headers_prefix.is_empty(),
+            ),
+        ];
+        match unsupported.iter().find(|(_, set)| *set) {
+            Some((flag, _)) => Err(not_supported(flag)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Ingest {
+    fn validate(&self, dev: bool) -> Result<IngestSettings, Error> {
+        if self.max_request_bytes == 0 {
+            return Err(err("--max-request-bytes", "must be > 0"));
+        }
+        match (
+            &self.ingest_client_ca_file,
+            self.ingest_allowed_names.is_empty(),
+        ) {
+            (Some(_), true) => {
+                return Err(err(
+                    "--ingest-allowed-names",
+                    "required with --ingest-client-ca-file",
+                ));
+            }
+            (None, false) => {
+                return Err(err(
+                    "--ingest-client-ca-file",
+                    "required with --ingest-allowed-names",
+                ));
+            }
+            _ => {}
+        }
+        if !dev && self.ingest_client_ca_file.is_none() && self.ingest_token_file.is_none() {
+            return Err(err(
+                "--ingest-token-file",
+                "no ingest authentication configured: set --ingest-token-file and/or --ingest-client-ca-file with --ingest-allowed-names",
+            ));
+        }
+        Ok(IngestSettings {
+            open_on_loopback: dev,
+            token_file: self.ingest_token_file.clone(),
+            client_ca_file: self.ingest_client_ca_file.clone(),
+            allowed_names: self.ingest_allowed_names.clone(),
+            max_request_bytes: self.max_request_bytes,
+        })
+    }
+}
+
+impl Stream {
+    fn validate(&self) -> Result<(), Error> {
+        for (flag, value) in [
+            ("--window-events", self.window_events),
+            ("--window-bytes", self.window_bytes),
+            ("--max-event-bytes", self.max_event_bytes),
+        ] {
+            if value == 0 {
+                return Err(err(flag, "must be > 0"));
+            }
+        }
+        for (flag, set) in [
+            (
+                "--watcher-bytes-per-second",
+                self.watcher_bytes_per_second.is_some(),
+            ),
+            ("--watcher-burst-bytes", self.watcher_burst_bytes.is_some()),
+        ] {
+            if set {
+                return Err(err(
+                    flag,
+                    "not supported yet (per-watcher budgets are still to come)",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Go-style durations as kube-apiserver flags take them: `10s`, `1m30s`, `500ms`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 10s or 1m30s: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> Result<Settings, String> {
+        let mut argv = vec!["kube-audit-stream", "serve"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        let Command::Serve(s) = cli.command;
+        s.validate().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn dev_is_loopback_with_embedded_auth() {
+        let s = serve(&["--dev"]).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:8443".parse().unwrap());
+        assert!(matches!(s.token_auth, Some(Source::Embedded { .. })));
+        assert!(matches!(
+            s.authorization,
+            AuthzSettings::Abac(Source::Embedded { .. })
+        ));
+        assert!(s.ingest.open_on_loopback);
+        assert!(matches!(s.cert, tls::CertSource::SelfSigned { .. }));
+        let e = serve(&["--dev", "--bind-address", "0.0.0.0"]).unwrap_err();
+        assert!(e.starts_with("--bind-address:"), "{e}");
+    }
+
+    #[test]
+    fn the_embedded_dev_files_parse() {
+        assert!(
+            crate::authn::TokenFile::parse(DEV_TOKENS, "dev")
+                .unwrap()
+                .lookup("alice-dev-token")
+                .is_some()
+        );
+        crate::authz::Abac::parse(DEV_POLICY, "dev").unwrap();
+    }
+
+    #[test]
+    fn bad_flags_name_the_flag() {
+        for (args, flag) in [
+            (vec!["--dev", "--window-bytes", "0"], "--window-bytes:"),
+            (
+                vec!["--dev", "--tls-cert-file", "x"],
+                "--tls-private-key-file:",
+            ),
+            (vec!["--dev", "--kubeconfig", "k"], "--kubeconfig:"),
+            (
+                vec!["--dev", "--watcher-bytes-per-second", "5"],
+                "--watcher-bytes-per-second:",
+            ),
+            (
+                vec!["--dev", "--ingest-client-ca-file", "ca"],
+                "--ingest-allowed-names:",
+            ),
+            (
+                vec![
+                    "--token-auth-file",
+                    "t",
+                    "--authorization-mode",
+                    "AlwaysAllow",
+                ],
+                "--ingest-token-file:",
+            ),
+            (
+                vec!["--token-auth-file", "t", "--ingest-token-file", "i"],
+                "--authorization-mode:",
+            ),
+            (
+                vec![
+                    "--ingest-token-file",
+                    "i",
+                    "--authorization-mode",
+                    "AlwaysAllow",
+                ],
+                "--token-auth-file:",
+            ),
+            (
+                vec![
+                    "--authorization-mode",
+                    "ABAC",
+                    "--token-auth-file",
+                    "t",
+                    "--ingest-token-file",
+                    "i",
+                ],
+                "--authorization-policy-file:",
+            ),
+        ] {
+            let e = serve(&args).unwrap_err();
+            assert!(e.starts_with(flag), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn cluster_style_flags_validate() {
+        let s = serve(&[
+            "--token-auth-file",
+            "t.csv",
+            "--authorization-mode",
+            "abac",
+            "--authorization-policy-file",
+            "p.jsonl",
+            "--ingest-client-ca-file",
+            "ca.pem",
+            "--ingest-allowed-names",
+            "apiserver-1,apiserver-2",
+            "--bind-address",
+            "10.0.0.1",
+            "--authentication-token-webhook-cache-ttl",
+            "1m30s",
+        ])
+        .unwrap();
+        assert_eq!(s.listen, "10.0.0.1:8443".parse().unwrap());
+        assert_eq!(s.ingest.allowed_names, vec!["apiserver-1", "apiserver-2"]);
+        assert!(!s.ingest.open_on_loopback);
+        assert_eq!(s.always_allow_paths, vec!["/healthz", "/readyz", "/livez"]);
+        assert!(parse_duration("ten").is_err());
+    }
+}

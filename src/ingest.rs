@@ -1,0 +1,276 @@
+//! `POST /ingest`: the audit webhook backend's push. Checks who is pushing (ingest tokens,
+//! an ingest client certificate, or loopback in `--dev`; never the watchers' credentials),
+//! bounds the body, decodes the `EventList` whole and only then publishes it, so a bad
+//! batch leaves nothing half-published. Never waits on a watcher: `Bus::publish` does not.
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body as HttpBody;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
+
+use crate::authn::{TokenFile, bearer_token};
+use crate::bus::Bus;
+use crate::config::IngestSettings;
+use crate::event::{self, Event};
+use crate::metrics::Metrics;
+use crate::reply::{self, Body};
+use crate::status::ApiError;
+use crate::tls::{ClientCa, Peer};
+
+/// Bodies above this are decoded off the async workers, so that one big batch does not
+/// stall other connections on the same thread.
+const BLOCKING_DECODE_BYTES: usize = 256 * 1024;
+/// A source name is a node or host name: DNS subdomain length.
+const MAX_SOURCE_LEN: usize = 253;
+
+/// Who may push.
+pub struct Gate {
+    open_on_loopback: bool,
+    tokens: Option<TokenFile>,
+    ca: Option<ClientCa>,
+    allowed_names: Vec<String>,
+}
+
+impl Gate {
+    pub fn new(settings: &IngestSettings) -> Result<Self, String> {
+        Ok(Gate {
+            open_on_loopback: settings.open_on_loopback,
+            tokens: settings
+                .token_file
+                .as_deref()
+                .map(TokenFile::load)
+                .transpose()?,
+            ca: settings
+                .client_ca_file
+                .as_deref()
+                .map(ClientCa::load)
+                .transpose()?,
+            allowed_names: settings.allowed_names.clone(),
+        })
+    }
+
+    /// The pusher's name (client certificate CN or token user; empty for an anonymous
+    /// loopback push in `--dev`), or why it may not push.
+    pub fn admit(&self, headers: &http::HeaderMap, peer: &Peer) -> Result<String, ApiError> {
+        let mut refusal = None;
+        if let (Some(ca), Some(certs)) = (&self.ca, &peer.certs) {
+            match ca.verify(certs) {
+                Ok(id) if self.allowed_names.contains(&id.common_name) => return Ok(id.common_name),
+                Ok(id) => {
+                    refusal = Some(ApiError::ForbiddenPlain(format!(
+                        "client certificate CN {:?} is not allowed to push audit events",
+                        id.common_name
+                    )))
+                }
+                Err(reason) => {
+                    tracing::debug!(%reason, peer = %peer.remote_addr, "ingest client certificate refused");
+                    refusal = Some(ApiError::Unauthorized);
+                }
+            }
+        }
+        if let Some(token) = bearer_token(headers) {
+            return match self.tokens.as_ref().and_then(|t| t.lookup(token)) {
+                Some(user) => Ok(user.name.clone()),
+                None => Err(ApiError::Unauthorized),
+            };
+        }
+        if self.open_on_loopback && peer.remote_addr.ip().is_loopback() && refusal.is_none() {
+            return Ok(String::new());
+        }
+        Err(refusal.unwrap_or(ApiError::Unauthorized))
+    }
+}
+
+/// Handle one push.
+pub async fn handle<B>(
+    req: Request<B>,
+    peer: &Peer,
+    gate: &Gate,
+    bus: &Bus,
+    metrics: &Metrics,
+    max_request_bytes: u64,
+    max_event_bytes: usize,
+) -> Result<Response<Body>, ApiError>
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    if req.method() != Method::POST {
+        return Err(ApiError::MethodNotAllowed(format!(
+            "the server does not allow this method on the requested resource: {} /ingest (use POST)",
+            req.method()
+        )));
+    }
+    let pusher = gate.admit(req.headers(), peer)?;
+    let source = match query_source(req.uri().query())? {
+        Some(s) => s,
+        None if pusher.is_empty() => peer.remote_addr.ip().to_string(),
+        None => pusher,
+    };
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_request_bytes) {
+        return Err(ApiError::RequestEntityTooLarge {
+            limit: max_request_bytes,
+        });
+    }
+    let limit = usize::try_from(max_request_bytes).unwrap_or(usize::MAX);
+    let body = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(ApiError::RequestEntityTooLarge {
+                limit: max_request_bytes,
+            });
+        }
+        Err(e) => {
+            return Err(ApiError::BadRequest(format!(
+                "reading the request body: {e}"
+            )));
+        }
+    };
+
+    let size = body.len();
+    let decode = move || decode(&body, &source, max_event_bytes);
+    let decoded = if size > BLOCKING_DECODE_BYTES {
+        tokio::task::spawn_blocking(decode)
+            .await
+            .map_err(|e| ApiError::Internal(format!("decoding task failed: {e}")))?
+    } else {
+        decode()
+    }?;
+    metrics.ingest_oversized(decoded.truncated, decoded.dropped);
+    let count = decoded.events.len();
+    bus.publish(decoded.events);
+    metrics.ingest_accepted(count, size);
+
+    let status = Status {
+        status: Some("Success".into()),
+        code: Some(200),
+        message: Some(format!("{count} events accepted")),
+        ..Default::default()
+    };
+    Ok(reply::json(
+        StatusCode::OK,
+        serde_json::to_vec(&status).unwrap_or_default(),
+    ))
+}
+
+struct Decoded {
+    events: Vec<Event>,
+    truncated: usize,
+    dropped: usize,
+}
+
+fn decode(body: &[u8], source: &str, max_event_bytes: usize) -> Result<Decoded, ApiError> {
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let events = event::decode_event_list(body, source, &now)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not an audit EventList: {e}")))?;
+    let mut out = Decoded {
+        events: Vec::with_capacity(events.len()),
+        truncated: 0,
+        dropped: 0,
+    };
+    for ev in events {
+        match ev.limit_size(max_event_bytes) {
+            event::Limited::Fits(ev) => out.events.push(ev),
+            event::Limited::Truncated(ev) => {
+                out.truncated += 1;
+                out.events.push(ev);
+            }
+            event::Limited::TooLarge { audit_id } => {
+                tracing::warn!(%audit_id, max_event_bytes, "event too large even truncated; dropped");
+                out.dropped += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `?source=NAME`, checked to be a plausible host name.
+fn query_source(query: Option<&str>) -> Result<Option<String>, ApiError> {
+    let Some(q) = query else { return Ok(None) };
+    let Some((_, value)) = form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "source") else {
+        return Ok(None);
+    };
+    let ok = !value.is_empty()
+        && value.len() <= MAX_SOURCE_LEN
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._:".contains(c));
+    if !ok {
+        return Err(ApiError::BadRequest(format!(
+            "source: must be 1 to {MAX_SOURCE_LEN} characters of letters, digits, '-', '.', '_' or ':'"
+        )));
+    }
+    Ok(Some(value.into_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_from_query() {
+        assert_eq!(query_source(None).unwrap(), None);
+        assert_eq!(query_source(Some("a=b")).unwrap(), None);
+        assert_eq!(
+            query_source(Some("source=node-1.example"))
+                .unwrap()
+                .as_deref(),
+            Some("node-1.example")
+        );
+        assert!(query_source(Some("source=")).is_err());
+        assert!(query_source(Some("source=a%22b")).is_err());
+    }
+
+    fn gate(open: bool, tokens: &str) -> Gate {
+        Gate {
+            open_on_loopback: open,
+            tokens: Some(TokenFile::parse(tokens, "t").unwrap()),
+            ca: None,
+            allowed_names: vec![],
+        }
+    }
+
+    fn headers(token: Option<&str>) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        if let Some(t) = token {
+            h.insert(
+                http::header::AUTHORIZATION,
+                format!("Bearer {t}").parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn pushers_by_token_or_loopback() {
+        let g = gate(false, "push-token,apiserver-1,uid\n");
+        let local = Peer::for_tests();
+        assert_eq!(
+            g.admit(&headers(Some("push-token")), &local).unwrap(),
+            "apiserver-1"
+        );
+        assert!(matches!(
+            g.admit(&headers(Some("other")), &local),
+            Err(ApiError::Unauthorized)
+        ));
+        assert!(matches!(
+            g.admit(&headers(None), &local),
+            Err(ApiError::Unauthorized)
+        ));
+        let open = gate(true, "push-token,apiserver-1,uid\n");
+        assert_eq!(open.admit(&headers(None), &local).unwrap(), "");
+        // A wrong token is refused even where loopback is open.
+        assert!(open.admit(&headers(Some("other")), &local).is_err());
+        let remote = Peer {
+            remote_addr: "10.1.2.3:5555".parse().unwrap(),
+            certs: None,
+        };
+        assert!(open.admit(&headers(None), &remote).is_err());
+    }
+}

@@ -1,0 +1,232 @@
+//! Prometheus metrics, in a registry of our own (never the process-wide default: many
+//! servers run in one test process). Call sites use verbs (`ingest_accepted`, …) and never
+//! touch labels; the bus's own atomics are copied in when `/metrics` is scraped.
+
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::bus::Stats;
+
+const NS: &str = "kube_audit_stream";
+
+pub struct Metrics {
+    registry: Registry,
+    ingest_requests: IntCounterVec,
+    ingest_events: IntCounter,
+    ingest_bytes: IntCounter,
+    ingest_oversized: IntCounterVec,
+    watchers: IntGaugeVec,
+    watch_events_sent: IntCounterVec,
+    watch_dropped_reported: IntCounterVec,
+    bus_published: IntCounter,
+    bus_dropped: IntCounter,
+    bus_window_events: IntGauge,
+    bus_window_bytes: IntGauge,
+    /// Serialises scrapes so the copy of bus counters never adds the same delta twice.
+    scrape: Mutex<()>,
+}
+
+fn opts(subsystem: &str, name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace(NS).subsystem(subsystem)
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        // Metric names and label sets are constants: construction and registration can
+        // only fail on a programming error, which the unit test below would catch.
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("valid metric definition");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("metric registered once");
+                m
+            }};
+        }
+        Metrics {
+            ingest_requests: reg!(IntCounterVec::new(
+                opts("ingest", "requests_total", "Ingest requests by HTTP code."),
+                &["code"]
+            )),
+            ingest_events: reg!(IntCounter::with_opts(opts(
+                "ingest",
+                "events_total",
+                "Audit events accepted onto the bus."
+            ))),
+            ingest_bytes: reg!(IntCounter::with_opts(opts(
+                "ingest",
+                "request_bytes_total",
+                "Bytes of accepted ingest bodies."
+            ))),
+            ingest_oversized: reg!(IntCounterVec::new(
+                opts(
+                    "ingest",
+                    "oversized_events_total",
+                    "Events above --max-event-bytes, truncated for everyone or dropped."
+                ),
+                &["action"]
+            )),
+            watchers: reg!(IntGaugeVec::new(
+                opts("watch", "watchers", "Open watches."),
+                &["resource"]
+            )),
+            watch_events_sent: reg!(IntCounterVec::new(
+                opts("watch", "events_sent_total", "Events written to watchers."),
+                &["resource"]
+            )),
+            watch_dropped_reported: reg!(IntCounterVec::new(
+                opts(
+                    "watch",
+                    "dropped_events_total",
+                    "Events watchers lost and were told about, by reason."
+                ),
+                &["reason"]
+            )),
+            bus_published: reg!(IntCounter::with_opts(opts(
+                "bus",
+                "published_events_total",
+                "Events given a resourceVersion."
+            ))),
+            bus_dropped: reg!(IntCounter::with_opts(opts(
+                "bus",
+                "dropped_events_total",
+                "Events not queued for a subscriber whose queue was full."
+            ))),
+            bus_window_events: reg!(IntGauge::with_opts(opts(
+                "bus",
+                "window_events",
+                "Events in the replay window."
+            ))),
+            bus_window_bytes: reg!(IntGauge::with_opts(opts(
+                "bus",
+                "window_bytes",
+                "Bytes in the replay window."
+            ))),
+            registry,
+            scrape: Mutex::new(()),
+        }
+    }
+
+    pub fn ingest_request(&self, code: u16) {
+        self.ingest_requests
+            .with_label_values(&[itoa::Buffer::new().format(code)])
+            .inc();
+    }
+
+    pub fn ingest_accepted(&self, events: usize, bytes: usize) {
+        self.ingest_events.inc_by(events as u64);
+        self.ingest_bytes.inc_by(bytes as u64);
+    }
+
+    pub fn ingest_oversized(&self, truncated: usize, dropped: usize) {
+        self.ingest_oversized
+            .with_label_values(&["truncated"])
+            .inc_by(truncated as u64);
+        self.ingest_oversized
+            .with_label_values(&["dropped"])
+            .inc_by(dropped as u64);
+    }
+
+    /// Count an open watch until the guard is dropped.
+    pub fn watch_started(&self, resource: &'static str) -> WatchGuard {
+        let gauge = self.watchers.with_label_values(&[resource]);
+        gauge.inc();
+        WatchGuard {
+            gauge,
+            sent: self.watch_events_sent.with_label_values(&[resource]),
+            dropped_queue_full: self
+                .watch_dropped_reported
+                .with_label_values(&["queue_full"]),
+        }
+    }
+
+    /// The text exposition, with the bus's counters brought up to date.
+    pub fn render(&self, bus: &Stats) -> String {
+        let _serial = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        let catch_up = |c: &IntCounter, now: u64| c.inc_by(now.saturating_sub(c.get()));
+        catch_up(
+            &self.bus_published,
+            bus.published_events.load(Ordering::Relaxed),
+        );
+        catch_up(
+            &self.bus_dropped,
+            bus.dropped_queue_full.load(Ordering::Relaxed),
+        );
+        self.bus_window_events
+            .set(bus.window_events.load(Ordering::Relaxed) as i64);
+        self.bus_window_bytes
+            .set(bus.window_bytes.load(Ordering::Relaxed) as i64);
+        let mut out = vec![];
+        // Encoding into a Vec only fails on invalid metric families, which we never build.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Held by a watch for its lifetime.
+pub struct WatchGuard {
+    gauge: IntGauge,
+    sent: IntCounter,
+    dropped_queue_full: IntCounter,
+}
+
+impl WatchGuard {
+    pub fn sent(&self, events: u64) {
+        self.sent.inc_by(events);
+    }
+
+    pub fn dropped_queue_full(&self, events: u64) {
+        self.dropped_queue_full.inc_by(events);
+    }
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_with_our_prefix() {
+        let m = Metrics::new();
+        m.ingest_request(200);
+        m.ingest_accepted(3, 100);
+        let guard = m.watch_started("events");
+        guard.sent(2);
+        let stats = Stats::default();
+        stats.published_events.store(3, Ordering::Relaxed);
+        let text = m.render(&stats);
+        assert!(
+            text.contains("kube_audit_stream_ingest_requests_total{code=\"200\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("kube_audit_stream_ingest_events_total 3"));
+        assert!(text.contains("kube_audit_stream_watch_watchers{resource=\"events\"} 1"));
+        assert!(text.contains("kube_audit_stream_bus_published_events_total 3"));
+        // A second scrape adds nothing new.
+        assert!(
+            m.render(&stats)
+                .contains("kube_audit_stream_bus_published_events_total 3")
+        );
+        drop(guard);
+        assert!(
+            m.render(&stats)
+                .contains("kube_audit_stream_watch_watchers{resource=\"events\"} 0")
+        );
+    }
+}

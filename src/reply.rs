@@ -1,0 +1,72 @@
+//! The response body type every handler returns, and the few ways of building a response.
+//! Errors go through `status::ApiError`; this is for everything else.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+
+use crate::status::ApiError;
+
+/// One body type for plain and streaming answers alike.
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+pub fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).boxed_unsync()
+}
+
+/// A complete response with a content type.
+pub fn bytes(code: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = code;
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(CONTENT_TYPE, v);
+    }
+    resp
+}
+
+pub fn json(code: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    bytes(code, "application/json", body)
+}
+
+/// The `Status` response for an error.
+pub fn error(e: &ApiError) -> Response<Body> {
+    json(e.code_reason().0, e.to_json())
+}
+
+/// `body`, keeping `guard` alive until the body is dropped (a watch's slot, say).
+pub fn hold<T: Send + Unpin + 'static>(body: Body, guard: T) -> Body {
+    Held {
+        body,
+        _guard: guard,
+    }
+    .boxed_unsync()
+}
+
+struct Held<T> {
+    body: Body,
+    _guard: T,
+}
+
+impl<T: Unpin> http_body::Body for Held<T> {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -1,0 +1,484 @@
+//! The server: `App` holds the shared handles (bus, authenticators, authorizer, ingest
+//! gate, discovery documents, metrics); `run(app, listener, shutdown)` accepts TLS
+//! connections, serves HTTP/1.1 and HTTP/2 on them, and drains on shutdown.
+//!
+//! Every request but `/ingest` and the always-allow paths is authenticated, described as
+//! kube-apiserver `Attributes`, and authorized here, before any handler runs: handlers
+//! receive an already-allowed scope and never learn which authorizer was asked.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use rustls::ServerConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::authn::{self, UserInfo};
+use crate::authz::{self, AlwaysAllowPaths, Attributes, Authorizer, Decision};
+use crate::bus::{Bus, Scope};
+use crate::config::{AuthzSettings, Settings};
+use crate::discovery::{self, Discovery};
+use crate::event::{API_GROUP, API_VERSION};
+use crate::metrics::Metrics;
+use crate::reply::{self, Body};
+use crate::status::ApiError;
+use crate::tls::{self, Peer};
+use crate::{ingest, watch};
+
+/// Open connections at most; the accept loop waits for a free slot beyond this.
+const MAX_CONNECTIONS: usize = 10_000;
+/// Open watches at most; one more gets 429. Each costs a queue and a task's worth of
+/// memory, and a runaway client should not be able to take them all.
+const MAX_WATCHES: usize = 5_000;
+/// A client that has not finished the TLS handshake by then is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for in-flight requests after watches were told to end.
+const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest pause between retries of a failing `accept` (e.g. out of file descriptors).
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Start-up failures after flag validation: files that do not load.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Tls(#[from] tls::Error),
+    #[error("{0}")]
+    Load(String),
+}
+
+/// The shared handles, cheap to clone into every connection.
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tls: Arc<ServerConfig>,
+    bus: Bus,
+    authn: authn::Chain,
+    authz: Arc<dyn Authorizer>,
+    always_allow: AlwaysAllowPaths,
+    ingest: ingest::Gate,
+    max_request_bytes: u64,
+    max_event_bytes: usize,
+    discovery: Discovery,
+    metrics: Metrics,
+    watches: Arc<Semaphore>,
+    /// Cancelled on shutdown: ends every watch stream and background task.
+    shutdown: CancellationToken,
+}
+
+impl App {
+    /// Load what the settings name (certificates, token files, policies). Must run inside
+    /// a tokio runtime: certificate reloading is a background task.
+    pub fn new(settings: &Settings) -> Result<App, Error> {
+        let shutdown = CancellationToken::new();
+        let tls = tls::server_config(&settings.cert, shutdown.clone())?;
+        let mut authenticators: Vec<Arc<dyn authn::Authenticator>> = vec![];
+        if let Some(source) = &settings.token_auth {
+            let (text, origin) = source.read().map_err(Error::Load)?;
+            authenticators.push(Arc::new(
+                authn::TokenFile::parse(&text, &origin).map_err(Error::Load)?,
+            ));
+        }
+        let authz: Arc<dyn Authorizer> = match &settings.authorization {
+            AuthzSettings::AlwaysAllow => Arc::new(authz::AlwaysAllow),
+            AuthzSettings::Abac(source) => {
+                let (text, origin) = source.read().map_err(Error::Load)?;
+                Arc::new(authz::Abac::parse(&text, &origin).map_err(Error::Load)?)
+            }
+        };
+        Ok(App {
+            inner: Arc::new(Inner {
+                tls,
+                bus: Bus::new(settings.bus.clone()),
+                authn: authn::Chain::new(authenticators),
+                authz,
+                always_allow: AlwaysAllowPaths::new(&settings.always_allow_paths),
+                ingest: ingest::Gate::new(&settings.ingest).map_err(Error::Load)?,
+                max_request_bytes: settings.ingest.max_request_bytes,
+                max_event_bytes: settings.max_event_bytes,
+                discovery: Discovery::new(),
+                metrics: Metrics::new(),
+                watches: Arc::new(Semaphore::new(MAX_WATCHES)),
+                shutdown,
+            }),
+        })
+    }
+
+    pub fn bus(&self) -> &Bus {
+        &self.inner.bus
+    }
+
+    /// Serve one request; every failure becomes a `Status` response.
+    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
+        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+        let resp = self.route(req, peer).await.unwrap_or_else(|e| {
+            if matches!(e, ApiError::Internal(_)) {
+                tracing::error!(%method, %path, error = %e, "request failed");
+            }
+            reply::error(&e)
+        });
+        tracing::debug!(%method, %path, code = resp.status().as_u16(), peer = %peer.remote_addr, "request");
+        resp
+    }
+
+    async fn route(&self, req: Request<Incoming>, peer: &Peer) -> Result<Response<Body>, ApiError> {
+        let app = &*self.inner;
+        let path = req.uri().path().to_owned();
+        if path == "/ingest" {
+            let result = ingest::handle(
+                req,
+                peer,
+                &app.ingest,
+                &app.bus,
+                &app.metrics,
+                app.max_request_bytes,
+                app.max_event_bytes,
+            )
+            .await;
+            let code = result
+                .as_ref()
+                .map_or_else(|e| e.code_reason().0, |r| r.status());
+            app.metrics.ingest_request(code.as_u16());
+            return result;
+        }
+        let mut attrs = request_attributes(req.method(), &path, req.uri().query());
+        if !app.always_allow.contains(&path) {
+            attrs.user = Arc::new(self.authenticate(&req, peer).await?);
+            self.authorize(&attrs).await?;
+        }
+        self.dispatch(req, attrs)
+    }
+
+    async fn authenticate(
+        &self,
+        req: &Request<Incoming>,
+        peer: &Peer,
+    ) -> Result<UserInfo, ApiError> {
+        let authn_req = authn::Request {
+            headers: req.headers(),
+            peer,
+        };
+        match self.inner.authn.authenticate(&authn_req).await {
+            Ok(Some(user)) => Ok(user),
+            Ok(None) => Err(ApiError::Unauthorized),
+            Err(e) => {
+                tracing::debug!(error = %e, peer = %peer.remote_addr, "authentication failed");
+                Err(ApiError::Unauthorized)
+            }
+        }
+    }
+
+    async fn authorize(&self, attrs: &Attributes) -> Result<(), ApiError> {
+        match self.inner.authz.authorize(attrs).await {
+            Ok(Decision::Allow) => Ok(()),
+            Ok(Decision::Deny(reason) | Decision::NoOpinion(reason)) => {
+                Err(ApiError::Forbidden(Box::new(attrs.clone()), reason))
+            }
+            // Fail closed: an authorizer that cannot answer never allows.
+            Err(e) => Err(ApiError::Internal(format!("authorization failed: {e}"))),
+        }
+    }
+
+    fn dispatch(
+        &self,
+        req: Request<Incoming>,
+        attrs: Attributes,
+    ) -> Result<Response<Body>, ApiError> {
+        let app = &*self.inner;
+        let not_found =
+            || ApiError::NotFound("the server could not find the requested resource".into());
+        let not_allowed = || {
+            ApiError::MethodNotAllowed(
+                "the server does not allow this method on the requested resource".into(),
+            )
+        };
+
+        if !attrs.resource_request {
+            let path = attrs.path.as_str();
+            let read = matches!(*req.method(), Method::GET | Method::HEAD);
+            if matches!(path, "/healthz" | "/livez" | "/readyz") {
+                return if read {
+                    Ok(reply::bytes(
+                        StatusCode::OK,
+                        "text/plain; charset=utf-8",
+                        "ok",
+                    ))
+                } else {
+                    Err(not_allowed())
+                };
+            }
+            if path == "/metrics" {
+                let text = app.metrics.render(app.bus.stats());
+                return if read {
+                    Ok(reply::bytes(
+                        StatusCode::OK,
+                        "text/plain; version=0.0.4",
+                        text,
+                    ))
+                } else {
+                    Err(not_allowed())
+                };
+            }
+            let accept = req
+                .headers()
+                .get(http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            let doc = app.discovery.document(path, accept).ok_or_else(not_found)?;
+            if !read {
+                return Err(not_allowed());
+            }
+            let mut resp = reply::bytes(StatusCode::OK, &doc.content_type, doc.body);
+            resp.headers_mut()
+                .insert(http::header::VARY, http::HeaderValue::from_static("Accept"));
+            return Ok(resp);
+        }
+
+        if attrs.api_group != API_GROUP
+            || attrs.api_version != API_VERSION
+            || !attrs.subresource.is_empty()
+        {
+            return Err(not_found());
+        }
+        let (scope, resource) = match (attrs.resource.as_str(), attrs.namespace.as_str()) {
+            (discovery::EVENTS, "") => (Scope::All, discovery::EVENTS),
+            (discovery::NAMESPACED_EVENTS, "") => {
+                (Scope::AllNamespaces, discovery::NAMESPACED_EVENTS)
+            }
+            (discovery::NAMESPACED_EVENTS, ns) => {
+                (Scope::Namespace(ns.into()), discovery::NAMESPACED_EVENTS)
+            }
+            _ => return Err(not_found()),
+        };
+        if attrs.verb != "watch" || !attrs.name.is_empty() {
+            return Err(ApiError::MethodNotAllowed(format!(
+                "the server does not allow this method on the requested resource: only watch is served (verb {:?})",
+                attrs.verb
+            )));
+        }
+        let query = watch::Query::parse(req.uri().query())?;
+        let Ok(permit) = app.watches.clone().try_acquire_owned() else {
+            return Err(ApiError::TooManyRequests(format!(
+                "too many open watches (limit {MAX_WATCHES}), please try again later"
+            )));
+        };
+        tracing::info!(user = %attrs.user.name, resource, namespace = %attrs.namespace, "watch started");
+        let guard = app.metrics.watch_started(resource);
+        let resp = watch::serve(&app.bus, scope, &query, guard, app.shutdown.clone())?;
+        // The permit lives as long as the response body.
+        Ok(resp.map(|body| reply::hold(body, permit)))
+    }
+}
+
+/// kube-apiserver's `RequestInfo`, as authorization `Attributes` (user left empty).
+pub fn request_attributes(method: &Method, path: &str, query: Option<&str>) -> Attributes {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let non_resource = || Attributes {
+        verb: method.as_str().to_ascii_lowercase(),
+        path: path.to_owned(),
+        ..Default::default()
+    };
+    // /apis/{group}/{version}/{...}; shorter /apis paths are discovery.
+    let ["apis", group, version, rest @ ..] = segments.as_slice() else {
+        return non_resource();
+    };
+    if rest.is_empty() || rest == [""] {
+        return non_resource();
+    }
+    let (namespace, parts): (&str, &[&str]) = match rest {
+        ["namespaces", ns, tail @ ..] if !tail.is_empty() => (ns, tail),
+        _ => ("", rest),
+    };
+    let resource = parts.first().copied().unwrap_or_default();
+    let name = parts.get(1).copied().unwrap_or_default();
+    let subresource = parts.get(2).copied().unwrap_or_default();
+    let watch = watch::Query::parse(query).map(|q| q.watch).unwrap_or(false);
+    let verb = match *method {
+        Method::GET | Method::HEAD if watch => "watch",
+        Method::GET | Method::HEAD if name.is_empty() => "list",
+        Method::GET | Method::HEAD => "get",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE if name.is_empty() => "deletecollection",
+        Method::DELETE => "delete",
+        _ => {
+            return Attributes {
+                resource_request: true,
+                ..non_resource()
+            };
+        }
+    };
+    Attributes {
+        verb: verb.to_owned(),
+        namespace: namespace.to_owned(),
+        api_group: (*group).to_owned(),
+        api_version: (*version).to_owned(),
+        resource: resource.to_owned(),
+        subresource: subresource.to_owned(),
+        name: name.to_owned(),
+        resource_request: true,
+        path: path.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// Serve until `shutdown` completes; then stop accepting, end every watch, and wait
+/// (bounded) for in-flight requests. The caller binds the listener.
+pub async fn run(app: App, listener: TcpListener, shutdown: impl Future) -> std::io::Result<()> {
+    let acceptor = TlsAcceptor::from(app.inner.tls.clone());
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = Duration::from_millis(5);
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => tokio::select! {
+                    _ = &mut shutdown => break,
+                    r = listener.accept() => r.map(|(s, a)| (s, a, permit)),
+                },
+                Err(_) => break,
+            },
+        };
+        let (stream, remote_addr, permit) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, ?backoff, "accept failed; backing off");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(5);
+        let (app, acceptor, watcher) = (app.clone(), acceptor.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            serve_connection(app, acceptor, stream, remote_addr, watcher).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: ending watches and draining connections");
+    app.inner.shutdown.cancel();
+    if tokio::time::timeout(SHUTDOWN_DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after {SHUTDOWN_DRAIN_TIMEOUT:?}; closing them");
+    }
+    Ok(())
+}
+
+async fn serve_connection(
+    app: App,
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    remote_addr: std::net::SocketAddr,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let _ = stream.set_nodelay(true);
+    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %remote_addr, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(peer = %remote_addr, "TLS handshake timed out");
+            return;
+        }
+    };
+    let certs = tls.get_ref().1.peer_certificates().map(|c| {
+        c.iter()
+            .map(|c| c.clone().into_owned())
+            .collect::<Vec<_>>()
+            .into()
+    });
+    let peer = Peer { remote_addr, certs };
+    let service = service_fn(move |req| {
+        let (app, peer) = (app.clone(), peer.clone());
+        async move { Ok::<_, Infallible>(app.handle(req, &peer).await) }
+    });
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let conn = builder
+        .serve_connection(TokioIo::new(tls), service)
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(peer = %remote_addr, error = %e, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs(method: Method, path: &str, query: Option<&str>) -> Attributes {
+        request_attributes(&method, path, query)
+    }
+
+    #[test]
+    fn request_info_like_kube_apiserver() {
+        let a = attrs(
+            Method::GET,
+            "/apis/audit.k8s.io/v1alpha1/namespaces/team-a/namespacedevents",
+            Some("watch=1"),
+        );
+        assert!(a.resource_request);
+        assert_eq!(
+            (a.verb.as_str(), a.namespace.as_str(), a.resource.as_str()),
+            ("watch", "team-a", "namespacedevents")
+        );
+        assert_eq!(
+            (a.api_group.as_str(), a.api_version.as_str()),
+            ("audit.k8s.io", "v1alpha1")
+        );
+
+        let a = attrs(Method::GET, "/apis/audit.k8s.io/v1alpha1/events", None);
+        assert_eq!(
+            (a.verb.as_str(), a.namespace.as_str(), a.resource.as_str()),
+            ("list", "", "events")
+        );
+        let a = attrs(Method::GET, "/apis/audit.k8s.io/v1alpha1/events/x", None);
+        assert_eq!((a.verb.as_str(), a.name.as_str()), ("get", "x"));
+        let a = attrs(
+            Method::DELETE,
+            "/apis/audit.k8s.io/v1alpha1/namespaces/ns/namespacedevents",
+            None,
+        );
+        assert_eq!(a.verb, "deletecollection");
+        let a = attrs(Method::POST, "/apis/audit.k8s.io/v1alpha1/events", None);
+        assert_eq!(a.verb, "create");
+        // `namespaces/{ns}` alone names the namespace object, as kube-apiserver reads it.
+        let a = attrs(
+            Method::GET,
+            "/apis/audit.k8s.io/v1alpha1/namespaces/ns",
+            None,
+        );
+        assert_eq!((a.resource.as_str(), a.name.as_str()), ("namespaces", "ns"));
+
+        for p in [
+            "/apis",
+            "/apis/audit.k8s.io",
+            "/apis/audit.k8s.io/v1alpha1",
+            "/apis/audit.k8s.io/v1alpha1/",
+            "/metrics",
+            "/",
+        ] {
+            let a = attrs(Method::GET, p, None);
+            assert!(!a.resource_request, "{p}");
+            assert_eq!((a.verb.as_str(), a.path.as_str()), ("get", p));
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! `ApiError`: every way a request can fail, and the one place that turns it into a
+//! `meta.k8s.io/v1` `Status`, either as an HTTP response body or as a watch `ERROR` event.
+//! Messages copy kube-apiserver's wording so that kubectl prints what users already know.
+
+use bytes::Bytes;
+use http::StatusCode;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ListMeta, Status, StatusDetails};
+
+use crate::authz::Attributes;
+
+/// An error answered to a client. One variant per Kubernetes `reason`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("Unauthorized")]
+    Unauthorized,
+    #[error("{}", forbidden_message(.0, .1))]
+    Forbidden(Box<Attributes>, String),
+    /// A forbidden answer that is not about an authorization decision (e.g. an ingest
+    /// client certificate whose CN is not allowed).
+    #[error("forbidden: {0}")]
+    ForbiddenPlain(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("too old resource version: {requested} ({oldest})")]
+    Expired { requested: u64, oldest: u64 },
+    #[error("the request is too large: limit is {limit} bytes")]
+    RequestEntityTooLarge { limit: u64 },
+    #[error("{0}")]
+    TooManyRequests(String),
+    #[error("Internal error occurred: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// HTTP code and Kubernetes `reason`, as `k8s.io/apimachinery/pkg/api/errors` pairs them.
+    pub fn code_reason(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            ApiError::Forbidden(..) | ApiError::ForbiddenPlain(_) => {
+                (StatusCode::FORBIDDEN, "Forbidden")
+            }
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
+            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
+            ApiError::Expired { .. } => (StatusCode::GONE, "Expired"),
+            ApiError::RequestEntityTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge")
+            }
+            ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+        }
+    }
+
+    /// A label from a closed set, for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        self.code_reason().1
+    }
+
+    pub fn to_status(&self) -> Status {
+        let (code, reason) = self.code_reason();
+        let details = match self {
+            ApiError::Forbidden(attrs, _) => Some(StatusDetails {
+                group: attrs.resource_request.then(|| attrs.api_group.clone()),
+                kind: attrs.resource_request.then(|| attrs.resource.clone()),
+                name: (!attrs.name.is_empty()).then(|| attrs.name.clone()),
+                ..Default::default()
+            }),
+            _ => None,
+        };
+        Status {
+            code: Some(i32::from(code.as_u16())),
+            details,
+            message: Some(self.to_string()),
+            metadata: ListMeta::default(),
+            reason: Some(reason.to_owned()),
+            status: Some("Failure".to_owned()),
+        }
+    }
+
+    /// The `Status` as a JSON body.
+    pub fn to_json(&self) -> Bytes {
+        // Serialising a k8s-openapi Status cannot fail: it holds only strings and integers.
+        Bytes::from(serde_json::to_vec(&self.to_status()).unwrap_or_default())
+    }
+
+    /// The `Status` as a watch `ERROR` event line, for errors found after the 200 went out.
+    pub fn to_watch_event(&self) -> Bytes {
+        let line = serde_json::json!({ "type": "ERROR", "object": self.to_status() });
+        let mut out = serde_json::to_vec(&line).unwrap_or_default();
+        out.push(b'\n');
+        Bytes::from(out)
+    }
+}
+
+/// kube-apiserver's `ForbiddenStatusError` + `apierrors.NewForbidden` message.
+fn forbidden_message(a: &Attributes, reason: &str) -> String {
+    let mut msg = format!("User {} cannot {}", go_quote(&a.user.name), a.verb);
+    if a.resource_request {
+        let resource = if a.subresource.is_empty() {
+            a.resource.clone()
+        } else {
+            format!("{}/{}", a.resource, a.subresource)
+        };
+        msg.push_str(&format!(
+            " resource {} in API group {}",
+            go_quote(&resource),
+            go_quote(&a.api_group)
+        ));
+        if a.namespace.is_empty() {
+            msg.push_str(" at the cluster scope");
+        } else {
+            msg.push_str(&format!(" in the namespace {}", go_quote(&a.namespace)));
+        }
+    } else {
+        msg.push_str(&format!(" path {}", go_quote(&a.path)));
+    }
+    if !reason.is_empty() {
+        msg.push_str(": ");
+        msg.push_str(reason);
+    }
+    let qualified = match (a.resource_request, a.api_group.is_empty()) {
+        (false, _) => String::new(),
+        (true, true) => a.resource.clone(),
+        (true, false) => format!("{}.{}", a.resource, a.api_group),
+    };
+    match (qualified.is_empty(), a.name.is_empty()) {
+        (true, _) => format!("forbidden: {msg}"),
+        (false, true) => format!("{qualified} is forbidden: {msg}"),
+        (false, false) => format!("{qualified} {} is forbidden: {msg}", go_quote(&a.name)),
+    }
+}
+
+/// Go's `%q` for the strings we print: a JSON string literal is the same for every
+/// printable input and escapes quotes and control characters the same way.
+fn go_quote(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authn::UserInfo;
+
+    fn attrs(ns: &str, resource: &str) -> Attributes {
+        Attributes {
+            user: UserInfo::new("alice", &[]).into(),
+            verb: "watch".into(),
+            namespace: ns.into(),
+            api_group: "audit.k8s.io".into(),
+            api_version: "v1alpha1".into(),
+            resource: resource.into(),
+            resource_request: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn forbidden_in_namespace_matches_kube_apiserver() {
+        let err = ApiError::Forbidden(Box::new(attrs("team-b", "namespacedevents")), String::new());
+        assert_eq!(
+            err.to_string(),
+            r#"namespacedevents.audit.k8s.io is forbidden: User "alice" cannot watch resource "namespacedevents" in API group "audit.k8s.io" in the namespace "team-b""#
+        );
+    }
+
+    #[test]
+    fn forbidden_cluster_scope_and_path() {
+        let err = ApiError::Forbidden(Box::new(attrs("", "events")), "no policy".into());
+        assert_eq!(
+            err.to_string(),
+            r#"events.audit.k8s.io is forbidden: User "alice" cannot watch resource "events" in API group "audit.k8s.io" at the cluster scope: no policy"#
+        );
+        let mut a = attrs("", "");
+        a.resource_request = false;
+        a.verb = "get".into();
+        a.path = "/metrics".into();
+        let err = ApiError::Forbidden(Box::new(a), String::new());
+        assert_eq!(
+            err.to_string(),
+            r#"forbidden: User "alice" cannot get path "/metrics""#
+        );
+    }
+
+    #[test]
+    fn status_body_has_kind_api_version_and_failure() {
+        let err = ApiError::Forbidden(Box::new(attrs("team-b", "namespacedevents")), String::new());
+        let v: serde_json::Value = serde_json::from_slice(&err.to_json()).unwrap();
+        assert_eq!(v["kind"], "Status");
+        assert_eq!(v["apiVersion"], "v1");
+        assert_eq!(v["status"], "Failure");
+        assert_eq!(v["reason"], "Forbidden");
+        assert_eq!(v["code"], 403);
+        assert_eq!(v["details"]["group"], "audit.k8s.io");
+        assert_eq!(v["details"]["kind"], "namespacedevents");
+    }
+
+    #[test]
+    fn quotes_in_user_names_stay_inside_the_string() {
+        let mut a = attrs("ns", "events");
+        a.user = UserInfo::new("ev\"il", &[]).into();
+        let msg = ApiError::Forbidden(Box::new(a), String::new()).to_string();
+        assert!(msg.contains(r#"User "ev\"il" cannot"#), "{msg}");
+    }
+
+    #[test]
+    fn watch_error_event_is_one_line() {
+        let line = ApiError::Expired {
+            requested: 3,
+            oldest: 10,
+        }
+        .to_watch_event();
+        assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["type"], "ERROR");
+        assert_eq!(v["object"]["code"], 410);
+        assert_eq!(v["object"]["reason"], "Expired");
+    }
+}

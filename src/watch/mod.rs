@@ -1,0 +1,290 @@
+//! The WATCH endpoints: the query (`watch`, `resourceVersion`, `timeoutSeconds`,
+//! `allowWatchBookmarks`, `fieldSelector`), and `WatchBody`, the streaming response that
+//! reads one bus subscription and writes the shared event bytes as they are. Never
+//! publishes and never authorizes: the router has already decided who may see what.
+
+pub mod selector;
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use tokio::time::{Instant, Interval, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::bus::{Bus, Scope, Subscription};
+use crate::event::{DROPPED_ANNOTATION, GROUP_VERSION, KIND};
+use crate::metrics::WatchGuard;
+use crate::reply::Body;
+use crate::status::ApiError;
+pub use selector::FieldSelector;
+
+/// kube-apiserver's `--min-request-timeout` default: a watch without `timeoutSeconds`
+/// lasts about this long (jittered so that reconnects do not come in waves).
+pub const DEFAULT_WATCH_TIMEOUT_SECONDS: u64 = 1800;
+/// How often a watcher that asked for bookmarks gets one; kube-apiserver sends them
+/// about once a minute.
+pub const BOOKMARK_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The query parameters of a LIST/WATCH request that we act on.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub watch: bool,
+    pub resource_version: Option<u64>,
+    pub timeout_seconds: Option<u64>,
+    pub allow_watch_bookmarks: bool,
+    pub field_selector: FieldSelector,
+}
+
+impl Query {
+    pub fn parse(query: Option<&str>) -> Result<Query, ApiError> {
+        let mut q = Query::default();
+        for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            match &*key {
+                "watch" => q.watch = query_bool(&value),
+                "allowWatchBookmarks" => q.allow_watch_bookmarks = query_bool(&value),
+                "resourceVersion" if value.is_empty() => {}
+                "resourceVersion" => {
+                    q.resource_version = Some(value.parse().map_err(|_| {
+                        ApiError::BadRequest(format!(
+                            "resourceVersion: Invalid value: {value:?}: must be a decimal number"
+                        ))
+                    })?)
+                }
+                "timeoutSeconds" if value.is_empty() => {}
+                "timeoutSeconds" => q.timeout_seconds = Some(value.parse().map_err(|_| {
+                    ApiError::BadRequest(format!(
+                        "timeoutSeconds: Invalid value: {value:?}: must be a non-negative integer"
+                    ))
+                })?),
+                "fieldSelector" => {
+                    q.field_selector = FieldSelector::parse(&value)
+                        .map_err(|e| ApiError::BadRequest(e.to_string()))?
+                }
+                "labelSelector" if !value.trim().is_empty() => {
+                    return Err(ApiError::BadRequest(
+                        "labelSelector: audit events have no labels; use fieldSelector".into(),
+                    ));
+                }
+                // Other list options (limit, continue, resourceVersionMatch, …) do not
+                // change a watch; kube-apiserver ignores unknown parameters too.
+                _ => {}
+            }
+        }
+        Ok(q)
+    }
+
+    fn timeout(&self) -> Duration {
+        match self.timeout_seconds {
+            Some(s) => Duration::from_secs(s),
+            // 1800 s ± 10 %.
+            None => Duration::from_secs(DEFAULT_WATCH_TIMEOUT_SECONDS)
+                .mul_f64(0.9 + fastrand::f64() * 0.2),
+        }
+    }
+}
+
+/// kube-apiserver's bool query conversion: "", "0" and "false" are false, anything else true.
+fn query_bool(v: &str) -> bool {
+    !(v.is_empty() || v == "0" || v.eq_ignore_ascii_case("false"))
+}
+
+/// Start a watch of `scope`. Errors found before the stream starts are plain `Status`
+/// responses, except an expired resourceVersion, which kube-apiserver sends as a 200
+/// with one `ERROR` event.
+pub fn serve(
+    bus: &Bus,
+    scope: Scope,
+    query: &Query,
+    guard: WatchGuard,
+    shutdown: CancellationToken,
+) -> Result<Response<Body>, ApiError> {
+    let sub = match bus.subscribe(scope, query.resource_version) {
+        Ok(sub) => sub,
+        Err(expired) => {
+            let e = ApiError::Expired {
+                requested: expired.requested,
+                oldest: expired.oldest,
+            };
+            return Ok(stream_response(crate::reply::full(e.to_watch_event())));
+        }
+    };
+    let start_rv = query
+        .resource_version
+        .unwrap_or_else(|| sub.start_resource_version());
+    let body = WatchBody {
+        sub,
+        pending: VecDeque::new(),
+        deadline: Box::pin(tokio::time::sleep(query.timeout())),
+        shutdown: Box::pin(shutdown.cancelled_owned()),
+        bookmarks: query.allow_watch_bookmarks.then(|| {
+            let mut i =
+                tokio::time::interval_at(Instant::now() + BOOKMARK_INTERVAL, BOOKMARK_INTERVAL);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        }),
+        skip_through: query.resource_version.unwrap_or(0),
+        last_rv: start_rv,
+        selector: query.field_selector.clone(),
+        done: false,
+        guard,
+    };
+    Ok(stream_response(body.boxed_unsync()))
+}
+
+fn stream_response(body: Body) -> Response<Body> {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = StatusCode::OK;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// A `BOOKMARK` line; with `dropped`, the count of events lost since the last one.
+pub fn bookmark(resource_version: u64, dropped: Option<u64>) -> Bytes {
+    let mut metadata = serde_json::json!({ "resourceVersion": resource_version.to_string() });
+    if let Some(n) = dropped {
+        metadata["annotations"] = serde_json::json!({ DROPPED_ANNOTATION: n.to_string() });
+    }
+    let line = serde_json::json!({
+        "type": "BOOKMARK",
+        "object": { "kind": KIND, "apiVersion": GROUP_VERSION, "metadata": metadata },
+    });
+    let mut out = serde_json::to_vec(&line).unwrap_or_default();
+    out.push(b'\n');
+    Bytes::from(out)
+}
+
+/// The streaming body of one watch. Hyper polls it only when the connection can take
+/// more, so a peer that stops reading stops this body, its bus queue fills, and the bus
+/// drops for it alone.
+struct WatchBody {
+    sub: Subscription,
+    /// Frames of the event being written (at most one event's worth).
+    pending: VecDeque<Bytes>,
+    deadline: Pin<Box<Sleep>>,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    bookmarks: Option<Interval>,
+    /// Events at or below this resourceVersion were asked to be skipped.
+    skip_through: u64,
+    last_rv: u64,
+    selector: FieldSelector,
+    done: bool,
+    guard: WatchGuard,
+}
+
+impl http_body::Body for WatchBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = &mut *self;
+        loop {
+            if let Some(b) = this.pending.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(b))));
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            if this.shutdown.as_mut().poll(cx).is_ready()
+                || this.deadline.as_mut().poll(cx).is_ready()
+            {
+                this.done = true;
+                continue;
+            }
+            match this.sub.poll_next(cx) {
+                Poll::Ready(Some(p)) => {
+                    if p.resource_version <= this.skip_through || !this.selector.matches(&p.event) {
+                        continue;
+                    }
+                    let dropped = this.sub.take_dropped();
+                    if dropped > 0 {
+                        this.guard.dropped_queue_full(dropped);
+                        this.pending
+                            .push_back(bookmark(this.last_rv, Some(dropped)));
+                    }
+                    this.pending.push_back(p.event.head().clone());
+                    this.pending.push_back(p.digits().clone());
+                    this.pending.push_back(p.event.tail(false).clone());
+                    this.last_rv = p.resource_version;
+                    this.guard.sent(1);
+                }
+                Poll::Ready(None) => this.done = true,
+                Poll::Pending => {
+                    let tick = this
+                        .bookmarks
+                        .as_mut()
+                        .is_some_and(|i| i.poll_tick(cx).is_ready());
+                    if !tick {
+                        return Poll::Pending;
+                    }
+                    let dropped = Some(this.sub.take_dropped()).filter(|n| *n > 0);
+                    if let Some(n) = dropped {
+                        this.guard.dropped_queue_full(n);
+                    }
+                    this.pending.push_back(bookmark(this.last_rv, dropped));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.pending.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parsing() {
+        let q = Query::parse(Some(
+            "watch=1&resourceVersion=42&timeoutSeconds=5&allowWatchBookmarks=true",
+        ))
+        .unwrap();
+        assert!(q.watch && q.allow_watch_bookmarks);
+        assert_eq!(q.resource_version, Some(42));
+        assert_eq!(q.timeout(), Duration::from_secs(5));
+        assert!(Query::parse(Some("watch=true")).unwrap().watch);
+        assert!(!Query::parse(Some("watch=false")).unwrap().watch);
+        assert!(!Query::parse(Some("watch=0")).unwrap().watch);
+        assert!(!Query::parse(None).unwrap().watch);
+        assert!(Query::parse(Some("resourceVersion=abc")).is_err());
+        assert!(Query::parse(Some("timeoutSeconds=-1")).is_err());
+        assert!(Query::parse(Some("fieldSelector=nope%3Dx")).is_err());
+        assert!(Query::parse(Some("labelSelector=a%3Db")).is_err());
+        assert!(Query::parse(Some("labelSelector=&limit=500")).is_ok());
+        let t = Query::parse(None).unwrap().timeout();
+        assert!(
+            t >= Duration::from_secs(1620) && t <= Duration::from_secs(1980),
+            "{t:?}"
+        );
+    }
+
+    #[test]
+    fn bookmark_shapes() {
+        let v: serde_json::Value = serde_json::from_slice(&bookmark(7, Some(3))).unwrap();
+        assert_eq!(v["type"], "BOOKMARK");
+        assert_eq!(v["object"]["apiVersion"], "audit.k8s.io/v1alpha1");
+        assert_eq!(v["object"]["kind"], "Event");
+        assert_eq!(v["object"]["metadata"]["resourceVersion"], "7");
+        assert_eq!(
+            v["object"]["metadata"]["annotations"]["audit.k8s.io/dropped"],
+            "3"
+        );
+        let v: serde_json::Value = serde_json::from_slice(&bookmark(7, None)).unwrap();
+        assert!(v["object"]["metadata"].get("annotations").is_none());
+    }
+}
