@@ -8,7 +8,24 @@ use kube_audit_stream::config::{Cli, Command, Settings};
 use kube_audit_stream::server::{self, App};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version are not errors.
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return ExitCode::FAILURE;
+        }
+        // One line: clap's first line names the bad flag; the rest is usage text.
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            return fail(first.trim_start_matches("error: "));
+        }
+    };
     let Command::Serve(args) = cli.command;
     let settings = match args.validate() {
         Ok(s) => s,

@@ -303,7 +303,7 @@ pub fn request_attributes(method: &Method, path: &str, query: Option<&str>) -> A
     let resource = parts.first().copied().unwrap_or_default();
     let name = parts.get(1).copied().unwrap_or_default();
     let subresource = parts.get(2).copied().unwrap_or_default();
-    let watch = watch::Query::parse(query).map(|q| q.watch).unwrap_or(false);
+    let watch = watch::is_watch(query);
     let verb = match *method {
         Method::GET | Method::HEAD if watch => "watch",
         Method::GET | Method::HEAD if name.is_empty() => "list",

@@ -90,6 +90,14 @@ impl Query {
     }
 }
 
+/// Whether the query asks for a watch, read on its own as kube-apiserver's RequestInfo
+/// does (the verb is decided before the other parameters are checked).
+pub fn is_watch(query: Option<&str>) -> bool {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == "watch")
+        .is_some_and(|(_, v)| query_bool(&v))
+}
+
 /// kube-apiserver's bool query conversion: "", "0" and "false" are false, anything else true.
 fn query_bool(v: &str) -> bool {
     !(v.is_empty() || v == "0" || v.eq_ignore_ascii_case("false"))

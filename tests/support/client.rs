@@ -1,0 +1,218 @@
+//! A small HTTPS client on hyper + tokio-rustls: one connection per request, HTTP/1.1 or
+//! HTTP/2 (ALPN), optional bearer token and client certificate. `WatchReader` reads a
+//! watch stream line by line.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::TlsConnector;
+
+use super::DEADLINE;
+use super::pki::Pem;
+
+#[derive(Clone)]
+pub struct Client {
+    addr: SocketAddr,
+    ca_pem: String,
+    token: Option<String>,
+    client_cert: Option<Arc<Pem>>,
+    http2: bool,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr, ca_pem: &str, token: Option<&str>) -> Client {
+        Client {
+            addr,
+            ca_pem: ca_pem.to_owned(),
+            token: token.map(str::to_owned),
+            client_cert: None,
+            http2: false,
+        }
+    }
+
+    pub fn http2(mut self) -> Self {
+        self.http2 = true;
+        self
+    }
+
+    pub fn with_cert(mut self, pem: Pem) -> Self {
+        self.client_cert = Some(Arc::new(pem));
+        self
+    }
+
+    fn connector(&self) -> TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let mut config = match &self.client_cert {
+            Some(pem) => {
+                let chain = CertificateDer::pem_slice_iter(pem.cert.as_bytes())
+                    .map(|c| c.unwrap())
+                    .collect();
+                let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).unwrap();
+                builder.with_client_auth_cert(chain, key).unwrap()
+            }
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![if self.http2 {
+            b"h2".to_vec()
+        } else {
+            b"http/1.1".to_vec()
+        }];
+        TlsConnector::from(Arc::new(config))
+    }
+
+    /// Send one request on a fresh connection.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> http::Response<Incoming> {
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let tls = self
+            .connector()
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("https://localhost:{}{path}", self.addr.port()));
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(body.into())).unwrap();
+        let io = TokioIo::new(tls);
+        if self.http2 {
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            sender.send_request(req).await.unwrap()
+        } else {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            sender.send_request(req).await.unwrap()
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Bytes) {
+        let resp = self.send(Method::GET, path, &[], Bytes::new()).await;
+        let code = resp.status();
+        (code, resp.into_body().collect().await.unwrap().to_bytes())
+    }
+
+    pub async fn get_json(&self, path: &str) -> (StatusCode, serde_json::Value) {
+        let (code, body) = self.get(path).await;
+        (
+            code,
+            serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body:?}")),
+        )
+    }
+
+    /// POST an ingest body; the answer's code and Status.
+    pub async fn push(
+        &self,
+        query: &str,
+        body: impl Into<Bytes>,
+    ) -> (StatusCode, serde_json::Value) {
+        let resp = self
+            .send(
+                Method::POST,
+                &format!("/ingest{query}"),
+                &[("content-type", "application/json")],
+                body,
+            )
+            .await;
+        let code = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            code,
+            serde_json::from_slice(&body)
+                .unwrap_or_else(|e| panic!("ingest answer: {e}: {body:?}")),
+        )
+    }
+
+    /// Open a watch; panics unless the answer is 200.
+    pub async fn watch(&self, path: &str) -> WatchReader {
+        let resp = self.send(Method::GET, path, &[], Bytes::new()).await;
+        assert_eq!(resp.status(), StatusCode::OK, "watch {path}");
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        WatchReader {
+            body: resp.into_body(),
+            buf: BytesMut::new(),
+        }
+    }
+}
+
+pub struct WatchReader {
+    body: Incoming,
+    buf: BytesMut,
+}
+
+impl WatchReader {
+    /// The next line as JSON; `None` when the stream ended. Fails the test after `DEADLINE`.
+    pub async fn next(&mut self) -> Option<serde_json::Value> {
+        tokio::time::timeout(DEADLINE, self.next_line())
+            .await
+            .expect("no watch event within the deadline")
+    }
+
+    async fn next_line(&mut self) -> Option<serde_json::Value> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                let line = self.buf.split_to(i + 1);
+                return Some(
+                    serde_json::from_slice(&line)
+                        .unwrap_or_else(|e| panic!("watch line is not JSON: {e}: {line:?}")),
+                );
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(e)) => panic!("watch stream failed: {e}"),
+                None => {
+                    assert!(
+                        self.buf.is_empty(),
+                        "stream ended inside a line: {:?}",
+                        self.buf
+                    );
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// The next `n` ADDED events (skipping bookmarks).
+    pub async fn added(&mut self, n: usize) -> Vec<serde_json::Value> {
+        let mut out = vec![];
+        while out.len() < n {
+            let ev = self.next().await.expect("stream ended early");
+            if ev["type"] == "ADDED" {
+                out.push(ev["object"].clone());
+            }
+        }
+        out
+    }
+}

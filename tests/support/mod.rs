@@ -1,0 +1,27 @@
+//! Shared helpers for the black-box tests: certificates, a server on a real socket with
+//! real TLS, an HTTPS client that speaks HTTP/1.1 or HTTP/2, and the audit fixtures.
+#![allow(dead_code)] // each test file uses its own part of the helpers
+
+pub mod client;
+pub mod fixtures;
+pub mod pki;
+pub mod server;
+
+use std::future::Future;
+use std::time::Duration;
+
+/// The one deadline tests wait under; it exists only to fail a test that hangs.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Poll `check` until it holds, failing the test after `DEADLINE`.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = tokio::time::Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

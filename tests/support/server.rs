@@ -1,0 +1,133 @@
+//! `TestServer`: `server::run` on 127.0.0.1:0 with real TLS and the real flags, stopped on
+//! drop. Users: admin (system:masters), alice (team-a), bob (team-b); pusher `apiserver-1`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use kube_audit_stream::config::{Cli, Command};
+use kube_audit_stream::server::{self, App};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::client::Client;
+use super::pki::Ca;
+
+pub const ADMIN_TOKEN: &str = "admin-token";
+pub const ALICE_TOKEN: &str = "alice-token";
+pub const BOB_TOKEN: &str = "bob-token";
+pub const PUSH_TOKEN: &str = "push-token";
+
+const TOKENS: &str = "admin-token,admin,uid-admin,\"system:masters\"\nalice-token,alice,uid-alice\nbob-token,bob,uid-bob,\"team-b-owners\"\n";
+const INGEST_TOKENS: &str = "push-token,apiserver-1,uid-apiserver-1\n";
+const POLICY: &str = r#"{"apiVersion": "abac.authorization.kubernetes.io/v1beta1", "kind": "Policy", "spec": {"group": "system:masters", "namespace": "*", "resource": "*", "apiGroup": "*", "nonResourcePath": "*"}}
+{"apiVersion": "abac.authorization.kubernetes.io/v1beta1", "kind": "Policy", "spec": {"user": "alice", "namespace": "team-a", "resource": "namespacedevents", "apiGroup": "audit.k8s.io", "readonly": true}}
+{"apiVersion": "abac.authorization.kubernetes.io/v1beta1", "kind": "Policy", "spec": {"group": "team-b-owners", "namespace": "team-b", "resource": "namespacedevents", "apiGroup": "audit.k8s.io", "readonly": true}}
+{"apiVersion": "abac.authorization.kubernetes.io/v1beta1", "kind": "Policy", "spec": {"group": "system:authenticated", "readonly": true, "nonResourcePath": "/api*"}}
+"#;
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub ca: Ca,
+    pub app: App,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    /// Start with the standard test users plus `extra` flags.
+    pub async fn start(extra: &[&str]) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("test-serving-ca");
+        let serving = ca.server();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p.display().to_string()
+        };
+        let cert = write("tls.crt", &serving.cert);
+        let key = write("tls.key", &serving.key);
+        let tokens = write("tokens.csv", TOKENS);
+        let ingest_tokens = write("ingest-tokens.csv", INGEST_TOKENS);
+        let policy = write("policy.jsonl", POLICY);
+        let mut argv: Vec<String> = [
+            "kube-audit-stream",
+            "serve",
+            "--bind-address",
+            "127.0.0.1",
+            "--secure-port",
+            "0",
+            "--tls-cert-file",
+            &cert,
+            "--tls-private-key-file",
+            &key,
+            "--token-auth-file",
+            &tokens,
+            "--authorization-mode",
+            "ABAC",
+            "--authorization-policy-file",
+            &policy,
+            "--ingest-token-file",
+            &ingest_tokens,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command;
+        let settings = args.validate().unwrap();
+        let app = App::new(&settings).unwrap();
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(server::run(app.clone(), listener, async {
+            let _ = rx.await;
+        }));
+        TestServer {
+            addr,
+            dir,
+            ca,
+            app,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        let p = self.dir.path().join("ca.crt");
+        std::fs::write(&p, self.ca.pem()).unwrap();
+        p
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// An HTTP/1.1 client trusting the serving CA, with a bearer token.
+    pub fn client(&self, token: Option<&str>) -> Client {
+        Client::new(self.addr, &self.ca.pem(), token)
+    }
+
+    /// Ask the server to stop and wait until `run` returns.
+    pub async fn stop(mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let handle = self.handle.take().unwrap();
+        tokio::time::timeout(super::DEADLINE, handle)
+            .await
+            .expect("server did not stop")
+            .unwrap()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! The WATCH endpoints, black-box: scoping by namespace and permission, resume, selectors,
+//! timeouts, HTTP/2, and a watcher that never reads.
+
+mod support;
+
+use http::{Method, StatusCode};
+use support::fixtures::{self, event, event_list};
+use support::server::{ADMIN_TOKEN, ALICE_TOKEN, BOB_TOKEN, PUSH_TOKEN, TestServer};
+
+const EVENTS: &str = "/apis/audit.k8s.io/v1alpha1/events";
+const TEAM_A: &str = "/apis/audit.k8s.io/v1alpha1/namespaces/team-a/namespacedevents";
+const TEAM_B: &str = "/apis/audit.k8s.io/v1alpha1/namespaces/team-b/namespacedevents";
+const ALL_NS: &str = "/apis/audit.k8s.io/v1alpha1/namespacedevents";
+
+async fn push(srv: &TestServer, items: &[String]) {
+    let (code, status) = srv
+        .client(Some(PUSH_TOKEN))
+        .push("", event_list("audit.k8s.io/v1", items))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{status}");
+}
+
+fn mixed() -> Vec<String> {
+    vec![
+        event("a-1", Some("team-a"), "get"),
+        event("b-1", Some("team-b"), "delete"),
+        event("c-1", None, "list"),
+        event("a-2", Some("team-a"), "delete"),
+        event("b-2", Some("team-b"), "get"),
+    ]
+}
+
+fn ids(objs: &[serde_json::Value]) -> Vec<&str> {
+    objs.iter()
+        .map(|o| o["auditID"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn each_user_sees_only_what_they_may() {
+    let srv = TestServer::start(&[]).await;
+    let mut alice = srv
+        .client(Some(ALICE_TOKEN))
+        .watch(&format!("{TEAM_A}?watch=1"))
+        .await;
+    let mut bob = srv
+        .client(Some(BOB_TOKEN))
+        .watch(&format!("{TEAM_B}?watch=true"))
+        .await;
+    let mut all_ns = srv
+        .client(Some(ADMIN_TOKEN))
+        .watch(&format!("{ALL_NS}?watch=1"))
+        .await;
+    let mut all = srv
+        .client(Some(ADMIN_TOKEN))
+        .watch(&format!("{EVENTS}?watch=1"))
+        .await;
+    push(&srv, &mixed()).await;
+    // A marker in each namespace: once it arrives, nothing else can still be on its way.
+    push(
+        &srv,
+        &[
+            event("end-a", Some("team-a"), "get"),
+            event("end-b", Some("team-b"), "get"),
+        ],
+    )
+    .await;
+
+    assert_eq!(ids(&alice.added(3).await), ["a-1", "a-2", "end-a"]);
+    assert_eq!(ids(&bob.added(3).await), ["b-1", "b-2", "end-b"]);
+    assert_eq!(
+        ids(&all_ns.added(6).await),
+        ["a-1", "b-1", "a-2", "b-2", "end-a", "end-b"]
+    );
+    assert_eq!(
+        ids(&all.added(7).await),
+        ["a-1", "b-1", "c-1", "a-2", "b-2", "end-a", "end-b"]
+    );
+}
+
+#[tokio::test]
+async fn forbidden_and_unauthenticated_get_kube_style_status() {
+    let srv = TestServer::start(&[]).await;
+    let alice = srv.client(Some(ALICE_TOKEN));
+    let (code, status) = alice.get_json(&format!("{TEAM_B}?watch=1")).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    assert_eq!(status["kind"], "Status");
+    assert_eq!(status["apiVersion"], "v1");
+    assert_eq!(status["status"], "Failure");
+    assert_eq!(status["reason"], "Forbidden");
+    assert_eq!(status["details"]["group"], "audit.k8s.io");
+    assert_eq!(status["details"]["kind"], "namespacedevents");
+    assert_eq!(
+        status["message"],
+        r#"namespacedevents.audit.k8s.io is forbidden: User "alice" cannot watch resource "namespacedevents" in API group "audit.k8s.io" in the namespace "team-b": No policy matched."#
+    );
+    let (code, status) = alice.get_json(&format!("{EVENTS}?watch=1")).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    assert_eq!(
+        status["message"],
+        r#"events.audit.k8s.io is forbidden: User "alice" cannot watch resource "events" in API group "audit.k8s.io" at the cluster scope: No policy matched."#
+    );
+    let (code, _) = alice.get_json(&format!("{ALL_NS}?watch=1")).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+
+    for token in [None, Some("wrong-token")] {
+        let (code, status) = srv
+            .client(token)
+            .get_json(&format!("{TEAM_A}?watch=1"))
+            .await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED);
+        assert_eq!(status["reason"], "Unauthorized");
+        assert_eq!(status["message"], "Unauthorized");
+    }
+    // Writing is forbidden to a read-only user before the method is even considered…
+    let resp = alice.send(Method::POST, TEAM_A, &[], "{}").await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn unsupported_verbs_and_paths() {
+    let srv = TestServer::start(&[]).await;
+    let admin = srv.client(Some(ADMIN_TOKEN));
+    for (method, path, code, reason) in [
+        (
+            Method::GET,
+            EVENTS.to_owned(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+        ),
+        (
+            Method::POST,
+            EVENTS.to_owned(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+        ),
+        (
+            Method::DELETE,
+            TEAM_A.to_owned(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+        ),
+        (
+            Method::GET,
+            format!("{EVENTS}/some-name"),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+        ),
+        (
+            Method::GET,
+            "/apis/audit.k8s.io/v1alpha1/widgets?watch=1".into(),
+            StatusCode::NOT_FOUND,
+            "NotFound",
+        ),
+        (
+            Method::GET,
+            "/apis/audit.k8s.io/v1alpha1/namespaces/team-a/events?watch=1".into(),
+            StatusCode::NOT_FOUND,
+            "NotFound",
+        ),
+        (
+            Method::GET,
+            "/apis/audit.k8s.io/v1/events?watch=1".into(),
+            StatusCode::NOT_FOUND,
+            "NotFound",
+        ),
+        (
+            Method::GET,
+            "/nothing-here".into(),
+            StatusCode::NOT_FOUND,
+            "NotFound",
+        ),
+        (
+            Method::GET,
+            format!("{EVENTS}?watch=1&resourceVersion=abc"),
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+        ),
+        (
+            Method::GET,
+            format!("{EVENTS}?watch=1&fieldSelector=metadata.name%3Dx"),
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+        ),
+    ] {
+        let resp = admin.send(method.clone(), &path, &[], "").await;
+        assert_eq!(resp.status(), code, "{method} {path}");
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(status["reason"], reason, "{method} {path}");
+        assert_eq!(status["kind"], "Status");
+    }
+}
+
+#[tokio::test]
+async fn resume_from_a_resource_version_and_expire() {
+    let srv = TestServer::start(&["--window-events", "4"]).await;
+    push(&srv, &mixed()).await; // rv 1..=5; the window keeps 2..=5
+    let admin = srv.client(Some(ADMIN_TOKEN));
+    let mut from3 = admin
+        .watch(&format!("{EVENTS}?watch=1&resourceVersion=3"))
+        .await;
+    assert_eq!(ids(&from3.added(2).await), ["a-2", "b-2"]);
+    let mut alice_from0 = srv
+        .client(Some(ALICE_TOKEN))
+        .watch(&format!("{TEAM_A}?watch=1&resourceVersion=0"))
+        .await;
+    assert_eq!(
+        ids(&alice_from0.added(1).await),
+        ["a-2"],
+        "team-a's events still in the window"
+    );
+    // Replay then live, no gap.
+    push(&srv, &[event("a-3", Some("team-a"), "get")]).await;
+    assert_eq!(ids(&from3.added(1).await), ["a-3"]);
+    assert_eq!(ids(&alice_from0.added(1).await), ["a-3"]);
+
+    let mut expired = admin
+        .watch(&format!("{EVENTS}?watch=1&resourceVersion=1"))
+        .await;
+    let err = expired.next().await.unwrap();
+    assert_eq!(err["type"], "ERROR");
+    assert_eq!(err["object"]["kind"], "Status");
+    assert_eq!(err["object"]["code"], 410);
+    assert_eq!(err["object"]["reason"], "Expired");
+    assert!(
+        expired.next().await.is_none(),
+        "the stream ends after the ERROR"
+    );
+}
+
+#[tokio::test]
+async fn field_selector_filters_and_timeout_ends_the_stream() {
+    let srv = TestServer::start(&[]).await;
+    let admin = srv.client(Some(ADMIN_TOKEN));
+    let mut deletes = admin
+        .watch(&format!(
+            "{EVENTS}?watch=1&fieldSelector=verb%3Ddelete,user.username%3Dbob"
+        ))
+        .await;
+    let mut short = admin
+        .watch(&format!("{EVENTS}?watch=1&timeoutSeconds=1"))
+        .await;
+    push(&srv, &mixed()).await;
+    assert_eq!(ids(&deletes.added(2).await), ["b-1", "a-2"]);
+    let mut seen = 0;
+    while let Some(ev) = short.next().await {
+        assert_eq!(ev["type"], "ADDED");
+        seen += 1;
+    }
+    assert!(seen <= 5, "the stream ended by itself after timeoutSeconds");
+}
+
+#[tokio::test]
+async fn http2_watch_works() {
+    let srv = TestServer::start(&[]).await;
+    let mut w = srv
+        .client(Some(ALICE_TOKEN))
+        .http2()
+        .watch(&format!("{TEAM_A}?watch=1"))
+        .await;
+    push(&srv, &mixed()).await;
+    assert_eq!(ids(&w.added(2).await), ["a-1", "a-2"]);
+}
+
+/// A watcher that never reads its socket loses events; ingest and the other watchers do
+/// not notice, and the loss is counted.
+#[tokio::test]
+async fn a_watcher_that_never_reads_slows_no_one() {
+    let srv = TestServer::start(&[]).await;
+    let admin = srv.client(Some(ADMIN_TOKEN));
+    // The stuck watcher: headers read, body never polled.
+    let stuck = admin
+        .send(Method::GET, &format!("{EVENTS}?watch=1"), &[], "")
+        .await;
+    assert_eq!(stuck.status(), StatusCode::OK);
+    let mut fast = admin.watch(&format!("{EVENTS}?watch=1")).await;
+
+    let lines = fixtures::lines("all-events.jsonl");
+    let rounds = 40; // ~37 MB through the bus: far more than socket buffers and the queue hold
+    let reader = tokio::spawn(async move {
+        let mut n = 0;
+        while n < rounds * lines_len() {
+            let ev = fast.next().await.expect("fast watcher's stream ended");
+            if ev["type"] == "ADDED" {
+                n += 1;
+            }
+        }
+        n
+    });
+    let pusher = srv.client(Some(PUSH_TOKEN));
+    for _ in 0..rounds {
+        for batch in lines.chunks(400) {
+            let (code, _) = pusher.push("", event_list("audit.k8s.io/v1", batch)).await;
+            assert_eq!(code, StatusCode::OK);
+        }
+    }
+    assert_eq!(
+        reader.await.unwrap(),
+        rounds * lines.len(),
+        "the fast watcher got everything"
+    );
+    support::eventually("drops counted for the stuck watcher", || async {
+        let (_, body) = admin.get("/metrics").await;
+        let text = String::from_utf8_lossy(&body).to_string();
+        metric(&text, "kube_audit_stream_bus_dropped_events_total") > 0.0
+    })
+    .await;
+    drop(stuck);
+}
+
+fn lines_len() -> usize {
+    fixtures::lines("all-events.jsonl").len()
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
