@@ -291,6 +291,16 @@ impl Subscription {
         self.shared.dropped.swap(0, Ordering::Relaxed)
     }
 
+    /// Whether events were lost since the last `take_dropped`.
+    pub fn has_dropped(&self) -> bool {
+        self.shared.dropped.load(Ordering::Relaxed) > 0
+    }
+
+    /// Bytes queued for this subscriber and not yet taken: how far it lags.
+    pub fn backlog_bytes(&self) -> usize {
+        self.shared.pending_bytes.load(Ordering::Relaxed)
+    }
+
     /// The bus's resourceVersion when this subscription started.
     pub fn start_resource_version(&self) -> u64 {
         self.start_rv

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{bus, tls};
+use crate::{budget, bus, tls};
 
 /// The `--dev` example token file (kube-apiserver's static token CSV).
 pub const DEV_TOKENS: &str = include_str!("../deploy/dev/tokens.csv");
@@ -182,12 +182,17 @@ pub struct Stream {
     /// Bytes kept in memory for resuming watches.
     #[arg(long, default_value_t = 64 << 20)]
     pub window_bytes: usize,
-    /// Each watcher's sustained byte budget (0: unlimited).
-    #[arg(long)]
-    pub watcher_bytes_per_second: Option<u64>,
-    /// Each watcher's burst byte budget (0: unlimited).
-    #[arg(long)]
-    pub watcher_burst_bytes: Option<u64>,
+    /// Each watcher's sustained byte budget; over it, events are sent truncated, then
+    /// dropped (and the watcher told). 0: unlimited.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub watcher_bytes_per_second: u64,
+    /// Bytes a watcher may receive at once above its sustained rate.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub watcher_burst_bytes: u64,
+    /// Server-wide egress budget for all watchers together, shared equally among the
+    /// open watches. 0: no server-wide cap.
+    #[arg(long, default_value_t = 0)]
+    pub max_egress_bytes_per_second: u64,
     /// Events larger than this reach every watcher truncated (kube-apiserver's truncate
     /// backend default).
     #[arg(long, default_value_t = 100 * 1024)]
@@ -243,6 +248,8 @@ pub struct Settings {
     pub ingest: IngestSettings,
     pub bus: bus::Config,
     pub max_event_bytes: usize,
+    pub budget: budget::Config,
+    pub max_egress_bytes_per_second: u64,
     pub dev: bool,
 }
 
@@ -341,6 +348,11 @@ impl ServeArgs {
                 subscriber_queue_bytes: SUBSCRIBER_QUEUE_BYTES,
             },
             max_event_bytes: self.stream.max_event_bytes,
+            budget: budget::Config {
+                bytes_per_second: self.stream.watcher_bytes_per_second,
+                burst_bytes: self.stream.watcher_burst_bytes,
+            },
+            max_egress_bytes_per_second: self.stream.max_egress_bytes_per_second,
             dev,
         })
     }
@@ -477,19 +489,11 @@ impl Stream {
                 return Err(err(flag, "must be > 0"));
             }
         }
-        for (flag, set) in [
-            (
-                "--watcher-bytes-per-second",
-                self.watcher_bytes_per_second.is_some(),
-            ),
-            ("--watcher-burst-bytes", self.watcher_burst_bytes.is_some()),
-        ] {
-            if set {
-                return Err(err(
-                    flag,
-                    "not supported yet (per-watcher budgets are still to come)",
-                ));
-            }
+        if self.watcher_bytes_per_second > 0 && self.watcher_burst_bytes == 0 {
+            return Err(err(
+                "--watcher-burst-bytes",
+                "must be > 0 while --watcher-bytes-per-second is set (0 there means unlimited)",
+            ));
         }
         Ok(())
     }
@@ -547,10 +551,9 @@ mod tests {
                 vec!["--dev", "--tls-cert-file", "x"],
                 "--tls-private-key-file:",
             ),
-            (vec!["--dev", "--kubeconfig", "k"], "--kubeconfig:"),
             (
-                vec!["--dev", "--watcher-bytes-per-second", "5"],
-                "--watcher-bytes-per-second:",
+                vec!["--dev", "--watcher-burst-bytes", "0"],
+                "--watcher-burst-bytes:",
             ),
             (
                 vec!["--dev", "--ingest-client-ca-file", "ca"],

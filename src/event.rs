@@ -280,7 +280,9 @@ fn decode_event(raw: &RawValue, source: &str, now: &str) -> Result<Event, String
     let namespace = object_ref.namespace.filter(|ns| !ns.is_empty());
     let name = format!("{}-{}", audit_id, stage.to_ascii_lowercase());
 
-    let mut head = Vec::with_capacity(raw.get().len() + 256);
+    // Sized to fit: `Bytes::from(Vec)` keeps the whole allocation for as long as the
+    // event lives in the window.
+    let mut head = Vec::with_capacity(160 + name.len() + namespace.as_ref().map_or(0, |n| n.len()));
     head.extend_from_slice(br#"{"type":"ADDED","object":{"kind":"Event","apiVersion":"audit.k8s.io/v1alpha1","metadata":{"name":"#);
     write_json_str(&mut head, &name);
     if let Some(ns) = &namespace {
@@ -329,18 +331,25 @@ fn encode_tail(
     annotations: &BTreeMap<String, String>,
     truncated: bool,
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
+    let kept = |key: &str| {
+        let ours = matches!(key, "kind" | "apiVersion" | "metadata" | "annotations");
+        let body = truncated && BODY_FIELDS.contains(&key);
+        !(ours || body)
+    };
+    let capacity = 64
+        + creation_timestamp.len()
+        + members
+            .0
+            .iter()
+            .filter(|(k, _)| kept(k))
+            .map(|(k, v)| k.len() + v.get().len() + 4)
+            .sum::<usize>()
+        + annotations.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>();
+    let mut out = Vec::with_capacity(capacity);
     out.extend_from_slice(br#"","creationTimestamp":"#);
     write_json_str(&mut out, creation_timestamp);
     out.push(b'}');
-    for (key, value) in &members.0 {
-        let owned = matches!(
-            key.as_ref(),
-            "kind" | "apiVersion" | "metadata" | "annotations"
-        );
-        if owned || (truncated && BODY_FIELDS.contains(&key.as_ref())) {
-            continue;
-        }
+    for (key, value) in members.0.iter().filter(|(k, _)| kept(k)) {
         out.push(b',');
         write_json_str(&mut out, key);
         out.push(b':');

@@ -21,7 +21,9 @@ pub struct Metrics {
     ingest_oversized: IntCounterVec,
     watchers: IntGaugeVec,
     watch_events_sent: IntCounterVec,
-    watch_dropped_reported: IntCounterVec,
+    watch_bytes_sent: IntCounterVec,
+    watch_truncated: IntCounterVec,
+    watch_dropped: IntCounterVec,
     bus_published: IntCounter,
     bus_dropped: IntCounter,
     bus_window_events: IntGauge,
@@ -79,13 +81,25 @@ impl Metrics {
                 opts("watch", "events_sent_total", "Events written to watchers."),
                 &["resource"]
             )),
-            watch_dropped_reported: reg!(IntCounterVec::new(
+            watch_bytes_sent: reg!(IntCounterVec::new(
+                opts("watch", "sent_bytes_total", "Bytes written to watchers."),
+                &["resource"]
+            )),
+            watch_truncated: reg!(IntCounterVec::new(
+                opts(
+                    "watch",
+                    "truncated_events_total",
+                    "Events sent truncated because the watcher was over its budget or lagging."
+                ),
+                &["resource"]
+            )),
+            watch_dropped: reg!(IntCounterVec::new(
                 opts(
                     "watch",
                     "dropped_events_total",
-                    "Events watchers lost and were told about, by reason."
+                    "Events watchers lost, by resource and reason (budget: over the byte budget; queue_full: not reading fast enough)."
                 ),
-                &["reason"]
+                &["resource", "reason"]
             )),
             bus_published: reg!(IntCounter::with_opts(opts(
                 "bus",
@@ -139,9 +153,12 @@ impl Metrics {
         WatchGuard {
             gauge,
             sent: self.watch_events_sent.with_label_values(&[resource]),
+            sent_bytes: self.watch_bytes_sent.with_label_values(&[resource]),
+            truncated: self.watch_truncated.with_label_values(&[resource]),
+            dropped_budget: self.watch_dropped.with_label_values(&[resource, "budget"]),
             dropped_queue_full: self
-                .watch_dropped_reported
-                .with_label_values(&["queue_full"]),
+                .watch_dropped
+                .with_label_values(&[resource, "queue_full"]),
         }
     }
 
@@ -178,12 +195,24 @@ impl Default for Metrics {
 pub struct WatchGuard {
     gauge: IntGauge,
     sent: IntCounter,
+    sent_bytes: IntCounter,
+    truncated: IntCounter,
+    dropped_budget: IntCounter,
     dropped_queue_full: IntCounter,
 }
 
 impl WatchGuard {
-    pub fn sent(&self, events: u64) {
-        self.sent.inc_by(events);
+    /// One event written, `bytes` long, whole or truncated.
+    pub fn sent(&self, bytes: usize, truncated: bool) {
+        self.sent.inc();
+        self.sent_bytes.inc_by(bytes as u64);
+        if truncated {
+            self.truncated.inc();
+        }
+    }
+
+    pub fn dropped_budget(&self, events: u64) {
+        self.dropped_budget.inc_by(events);
     }
 
     pub fn dropped_queue_full(&self, events: u64) {
@@ -207,7 +236,8 @@ mod tests {
         m.ingest_request(200);
         m.ingest_accepted(3, 100);
         let guard = m.watch_started("events");
-        guard.sent(2);
+        guard.sent(100, false);
+        guard.sent(10, true);
         let stats = Stats::default();
         stats.published_events.store(3, Ordering::Relaxed);
         let text = m.render(&stats);
@@ -218,6 +248,10 @@ mod tests {
         assert!(text.contains("kube_audit_stream_ingest_events_total 3"));
         assert!(text.contains("kube_audit_stream_watch_watchers{resource=\"events\"} 1"));
         assert!(text.contains("kube_audit_stream_bus_published_events_total 3"));
+        assert!(text.contains("kube_audit_stream_watch_sent_bytes_total{resource=\"events\"} 110"));
+        assert!(
+            text.contains("kube_audit_stream_watch_truncated_events_total{resource=\"events\"} 1")
+        );
         // A second scrape adds nothing new.
         assert!(
             m.render(&stats)

@@ -25,12 +25,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::authn::{self, UserInfo};
 use crate::authz::{self, AlwaysAllowPaths, Attributes, Authorizer, Decision};
+use crate::budget::{self, Budget, EgressShare};
 use crate::bus::{Bus, Scope};
 use crate::config::{AuthzSettings, Settings};
 use crate::discovery::{self, Discovery};
 use crate::event::{API_GROUP, API_VERSION};
 use crate::metrics::Metrics;
 use crate::reply::{self, Body};
+use crate::stall::StallGuard;
 use crate::status::ApiError;
 use crate::tls::{self, Peer};
 use crate::{ingest, watch};
@@ -44,6 +46,9 @@ const MAX_WATCHES: usize = 5_000;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for in-flight requests after watches were told to end.
 const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection whose writes make no progress for this long is closed: its peer
+/// stopped reading (a stuck watcher). Long enough for any live client's hiccup.
+const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// The longest pause between retries of a failing `accept` (e.g. out of file descriptors).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -74,6 +79,10 @@ struct Inner {
     discovery: Discovery,
     metrics: Metrics,
     watches: Arc<Semaphore>,
+    budget: budget::Config,
+    /// The server-wide egress cap, if any, shared by every watch's budget.
+    egress: Option<Arc<EgressShare>>,
+    lag_bytes: usize,
     /// Cancelled on shutdown: ends every watch stream and background task.
     shutdown: CancellationToken,
 }
@@ -111,6 +120,12 @@ impl App {
                 discovery: Discovery::new(),
                 metrics: Metrics::new(),
                 watches: Arc::new(Semaphore::new(MAX_WATCHES)),
+                budget: settings.budget,
+                egress: (settings.max_egress_bytes_per_second > 0)
+                    .then(|| EgressShare::new(settings.max_egress_bytes_per_second)),
+                // A watcher with half its queue's byte cap waiting is falling behind:
+                // it gets truncated events until it catches up.
+                lag_bytes: settings.bus.subscriber_queue_bytes / 2,
                 shutdown,
             }),
         })
@@ -274,8 +289,13 @@ impl App {
             )));
         };
         tracing::info!(user = %attrs.user.name, resource, namespace = %attrs.namespace, "watch started");
-        let guard = app.metrics.watch_started(resource);
-        let resp = watch::serve(&app.bus, scope, &query, guard, app.shutdown.clone())?;
+        let ctx = watch::WatchCtx {
+            budget: Budget::new(app.budget, app.egress.clone(), tokio::time::Instant::now()),
+            lag_bytes: app.lag_bytes,
+            guard: app.metrics.watch_started(resource),
+            shutdown: app.shutdown.clone(),
+        };
+        let resp = watch::serve(&app.bus, scope, &query, ctx)?;
         // The permit lives as long as the response body.
         Ok(resp.map(|body| reply::hold(body, permit)))
     }
@@ -412,9 +432,8 @@ async fn serve_connection(
         async move { Ok::<_, Infallible>(app.handle(req, &peer).await) }
     });
     let builder = auto::Builder::new(TokioExecutor::new());
-    let conn = builder
-        .serve_connection(TokioIo::new(tls), service)
-        .into_owned();
+    let io = TokioIo::new(StallGuard::new(tls, WRITE_STALL_TIMEOUT));
+    let conn = builder.serve_connection(io, service).into_owned();
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(peer = %remote_addr, error = %e, "connection ended with an error");
     }

@@ -270,39 +270,32 @@ async fn http2_watch_works() {
 /// not notice, and the loss is counted.
 #[tokio::test]
 async fn a_watcher_that_never_reads_slows_no_one() {
-    let srv = TestServer::start(&[]).await;
+    // No byte budget here: this is about the queue, not the budget.
+    let srv = TestServer::start(&["--watcher-bytes-per-second", "0"]).await;
     let admin = srv.client(Some(ADMIN_TOKEN));
     // The stuck watcher: headers read, body never polled.
-    let stuck = admin
-        .send(Method::GET, &format!("{EVENTS}?watch=1"), &[], "")
-        .await;
+    let stuck = admin.send(Method::GET, &format!("{EVENTS}?watch=1"), &[], "").await;
     assert_eq!(stuck.status(), StatusCode::OK);
-    let mut fast = admin.watch(&format!("{EVENTS}?watch=1")).await;
+    let fast = admin.watch(&format!("{EVENTS}?watch=1")).await;
 
     let lines = fixtures::lines("all-events.jsonl");
     let rounds = 40; // ~37 MB through the bus: far more than socket buffers and the queue hold
-    let reader = tokio::spawn(async move {
-        let mut n = 0;
-        while n < rounds * lines_len() {
-            let ev = fast.next().await.expect("fast watcher's stream ended");
-            if ev["type"] == "ADDED" {
-                n += 1;
-            }
-        }
-        n
-    });
+    let (progress, received) = tokio::sync::watch::channel(0usize);
+    let reader = tokio::spawn(read_added(fast, rounds * lines.len(), progress));
     let pusher = srv.client(Some(PUSH_TOKEN));
-    for _ in 0..rounds {
+    for round in 0..rounds {
+        // Keep the fast watcher within a round of ingest, whatever the machine's speed.
+        let mut received = received.clone();
+        let want = round.saturating_sub(1) * lines.len();
+        tokio::time::timeout(support::DEADLINE, received.wait_for(|n| *n >= want)).await.unwrap().unwrap();
         for batch in lines.chunks(400) {
             let (code, _) = pusher.push("", event_list("audit.k8s.io/v1", batch)).await;
             assert_eq!(code, StatusCode::OK);
         }
     }
-    assert_eq!(
-        reader.await.unwrap(),
-        rounds * lines.len(),
-        "the fast watcher got everything"
-    );
+    let (added, bookmarks) = reader.await.unwrap();
+    assert_eq!(added, rounds * lines.len(), "the fast watcher got everything");
+    assert_eq!(bookmarks, 0, "and was never told of a drop");
     support::eventually("drops counted for the stuck watcher", || async {
         let (_, body) = admin.get("/metrics").await;
         let text = String::from_utf8_lossy(&body).to_string();
@@ -312,8 +305,26 @@ async fn a_watcher_that_never_reads_slows_no_one() {
     drop(stuck);
 }
 
-fn lines_len() -> usize {
-    fixtures::lines("all-events.jsonl").len()
+/// Read `n` ADDED events, publishing progress; returns (ADDED, BOOKMARK) counts.
+async fn read_added(
+    mut w: support::client::WatchReader,
+    n: usize,
+    progress: tokio::sync::watch::Sender<usize>,
+) -> (usize, usize) {
+    let (mut added, mut bookmarks) = (0, 0);
+    while added < n {
+        let ev = w.next().await.expect("stream ended early");
+        match ev["type"].as_str() {
+            Some("ADDED") => added += 1,
+            Some("BOOKMARK") => bookmarks += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+        if added % 100 == 0 {
+            progress.send_replace(added);
+        }
+    }
+    progress.send_replace(added);
+    (added, bookmarks)
 }
 
 fn metric(text: &str, name: &str) -> f64 {

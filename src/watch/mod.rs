@@ -18,7 +18,8 @@ use http_body_util::BodyExt;
 use tokio::time::{Instant, Interval, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::bus::{Bus, Scope, Subscription};
+use crate::budget::{Budget, Verdict};
+use crate::bus::{Bus, Published, Scope, Subscription};
 use crate::event::{DROPPED_ANNOTATION, GROUP_VERSION, KIND};
 use crate::metrics::WatchGuard;
 use crate::reply::Body;
@@ -103,6 +104,16 @@ fn query_bool(v: &str) -> bool {
     !(v.is_empty() || v == "0" || v.eq_ignore_ascii_case("false"))
 }
 
+/// What a watch needs besides its query: its budget, how much backlog counts as
+/// lagging, its metrics, and the server's shutdown signal.
+pub struct WatchCtx {
+    pub budget: Budget,
+    /// Queued bytes above which the watcher is lagging and gets truncated events.
+    pub lag_bytes: usize,
+    pub guard: WatchGuard,
+    pub shutdown: CancellationToken,
+}
+
 /// Start a watch of `scope`. Errors found before the stream starts are plain `Status`
 /// responses, except an expired resourceVersion, which kube-apiserver sends as a 200
 /// with one `ERROR` event.
@@ -110,8 +121,7 @@ pub fn serve(
     bus: &Bus,
     scope: Scope,
     query: &Query,
-    guard: WatchGuard,
-    shutdown: CancellationToken,
+    ctx: WatchCtx,
 ) -> Result<Response<Body>, ApiError> {
     let sub = match bus.subscribe(scope, query.resource_version) {
         Ok(sub) => sub,
@@ -123,14 +133,14 @@ pub fn serve(
             return Ok(stream_response(crate::reply::full(e.to_watch_event())));
         }
     };
-    let start_rv = query
+    let last_rv = query
         .resource_version
         .unwrap_or_else(|| sub.start_resource_version());
     let body = WatchBody {
         sub,
         pending: VecDeque::new(),
         deadline: Box::pin(tokio::time::sleep(query.timeout())),
-        shutdown: Box::pin(shutdown.cancelled_owned()),
+        shutdown: Box::pin(ctx.shutdown.cancelled_owned()),
         bookmarks: query.allow_watch_bookmarks.then(|| {
             let mut i =
                 tokio::time::interval_at(Instant::now() + BOOKMARK_INTERVAL, BOOKMARK_INTERVAL);
@@ -138,10 +148,14 @@ pub fn serve(
             i
         }),
         skip_through: query.resource_version.unwrap_or(0),
-        last_rv: start_rv,
+        last_rv,
         selector: query.field_selector.clone(),
+        budget: ctx.budget,
+        lag_bytes: ctx.lag_bytes,
+        dropped_budget: 0,
+        report: None,
         done: false,
-        guard,
+        guard: ctx.guard,
     };
     Ok(stream_response(body.boxed_unsync()))
 }
@@ -171,12 +185,17 @@ pub fn bookmark(resource_version: u64, dropped: Option<u64>) -> Bytes {
     Bytes::from(out)
 }
 
+/// About the size of a dropped-count bookmark: what the budget must allow before one
+/// is sent without an event to ride along with.
+const BOOKMARK_BYTES: usize = 160;
+
 /// The streaming body of one watch. Hyper polls it only when the connection can take
 /// more, so a peer that stops reading stops this body, its bus queue fills, and the bus
-/// drops for it alone.
+/// drops for it alone. Each event is charged to the watcher's budget as it is taken
+/// off the queue: sent whole, sent truncated, or dropped and reported.
 struct WatchBody {
     sub: Subscription,
-    /// Frames of the event being written (at most one event's worth).
+    /// Frames of the event being written (at most one event's worth, and a bookmark).
     pending: VecDeque<Bytes>,
     deadline: Pin<Box<Sleep>>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -185,8 +204,85 @@ struct WatchBody {
     skip_through: u64,
     last_rv: u64,
     selector: FieldSelector,
+    budget: Budget,
+    lag_bytes: usize,
+    /// Events dropped by the budget and not yet reported.
+    dropped_budget: u64,
+    /// When to report drops if no event comes to carry the report.
+    report: Option<Pin<Box<Sleep>>>,
     done: bool,
     guard: WatchGuard,
+}
+
+impl WatchBody {
+    /// Queue a bookmark counting every drop since the last one, if there were any.
+    fn report_drops(&mut self, now: Instant) {
+        let queue_full = self.sub.take_dropped();
+        self.guard.dropped_queue_full(queue_full);
+        let total = queue_full + std::mem::take(&mut self.dropped_budget);
+        if total > 0 {
+            let line = bookmark(self.last_rv, Some(total));
+            self.budget.charge(line.len(), now);
+            self.pending.push_back(line);
+        }
+        self.report = None;
+    }
+
+    /// Charge an event to the budget and queue its frames, or drop it.
+    fn deliver(&mut self, p: &Published) {
+        let now = Instant::now();
+        let full = p.wire_len(false);
+        let truncated_len = p.event.can_truncate().then(|| p.wire_len(true));
+        let lagging = self.sub.backlog_bytes() > self.lag_bytes;
+        let truncated = match self.budget.admit(full, truncated_len, lagging, now) {
+            Verdict::Drop => {
+                self.dropped_budget += 1;
+                self.guard.dropped_budget(1);
+                return;
+            }
+            Verdict::Full => false,
+            Verdict::Truncated => true,
+        };
+        self.report_drops(now);
+        self.pending.push_back(p.event.head().clone());
+        self.pending.push_back(p.digits().clone());
+        self.pending.push_back(p.event.tail(truncated).clone());
+        self.last_rv = p.resource_version;
+        self.guard.sent(p.wire_len(truncated), truncated);
+    }
+
+    /// With nothing to send: is a drop report or a periodic bookmark due?
+    fn idle(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.dropped_budget > 0 || self.sub.has_dropped() {
+            let now = Instant::now();
+            let wait = self.budget.wait_for(BOOKMARK_BYTES, now);
+            if wait.is_zero() {
+                self.report_drops(now);
+                return true;
+            }
+            let timer = self
+                .report
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
+            if timer.as_mut().poll(cx).is_ready() {
+                self.report = None;
+                return true;
+            }
+        }
+        let tick = self
+            .bookmarks
+            .as_mut()
+            .is_some_and(|i| i.poll_tick(cx).is_ready());
+        if tick {
+            let now = Instant::now();
+            self.report_drops(now);
+            if self.pending.is_empty() {
+                let line = bookmark(self.last_rv, None);
+                self.budget.charge(line.len(), now);
+                self.pending.push_back(line);
+            }
+        }
+        tick
+    }
 }
 
 impl http_body::Body for WatchBody {
@@ -213,35 +309,15 @@ impl http_body::Body for WatchBody {
             }
             match this.sub.poll_next(cx) {
                 Poll::Ready(Some(p)) => {
-                    if p.resource_version <= this.skip_through || !this.selector.matches(&p.event) {
-                        continue;
+                    if p.resource_version > this.skip_through && this.selector.matches(&p.event) {
+                        this.deliver(&p);
                     }
-                    let dropped = this.sub.take_dropped();
-                    if dropped > 0 {
-                        this.guard.dropped_queue_full(dropped);
-                        this.pending
-                            .push_back(bookmark(this.last_rv, Some(dropped)));
-                    }
-                    this.pending.push_back(p.event.head().clone());
-                    this.pending.push_back(p.digits().clone());
-                    this.pending.push_back(p.event.tail(false).clone());
-                    this.last_rv = p.resource_version;
-                    this.guard.sent(1);
                 }
                 Poll::Ready(None) => this.done = true,
                 Poll::Pending => {
-                    let tick = this
-                        .bookmarks
-                        .as_mut()
-                        .is_some_and(|i| i.poll_tick(cx).is_ready());
-                    if !tick {
+                    if !this.idle(cx) {
                         return Poll::Pending;
                     }
-                    let dropped = Some(this.sub.take_dropped()).filter(|n| *n > 0);
-                    if let Some(n) = dropped {
-                        this.guard.dropped_queue_full(n);
-                    }
-                    this.pending.push_back(bookmark(this.last_rv, dropped));
                 }
             }
         }

@@ -1,0 +1,136 @@
+//! Ingest decode benchmark: `event::decode_event_list` on webhook `EventList` bodies built
+//! from the real audit fixtures, next to two serde_json baselines on the same bytes in the
+//! same run:
+//!
+//! * `baseline_raw_split`: the bare envelope split into `Vec<&RawValue>` items, the least
+//!   any decoder must do (the first pass of `decode_event_list`);
+//! * `baseline_value_tree`: a full `serde_json::Value` parse, what a naive decoder does.
+//!
+//! Counters are bytes and events per iteration, so divan prints MB/s and events/s.
+//! Run with `cargo bench --bench ingest`.
+
+use std::path::PathBuf;
+use std::sync::LazyLock;
+
+use divan::counter::{BytesCount, ItemsCount};
+use divan::{Bencher, black_box};
+use kube_audit_stream::event::decode_event_list;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Stands in for the clock, as ingest passes it for events with no timestamp at all.
+const NOW: &str = "2026-01-01T00:00:00Z";
+const SOURCE: &str = "bench-apiserver";
+
+fn main() {
+    divan::main();
+}
+
+/// A webhook body and the number of events in it.
+struct Fixture {
+    body: Vec<u8>,
+    events: usize,
+}
+
+/// Wrap a JSON-lines audit log into one `audit.k8s.io/v1` `EventList`, as kube-apiserver's
+/// webhook backend sends it, and check once that the decoder accepts all of it.
+fn load(name: &str) -> Fixture {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/audit")
+        .join(name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()));
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let body = format!(
+        r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{{}},"items":[{}]}}"#,
+        lines.join(",")
+    )
+    .into_bytes();
+    let decoded = decode_event_list(&body, SOURCE, NOW)
+        .unwrap_or_else(|e| panic!("fixture {name} is not a valid EventList: {e}"));
+    assert_eq!(decoded.len(), lines.len(), "every line of {name} is an event");
+    Fixture {
+        body,
+        events: lines.len(),
+    }
+}
+
+/// 186 events, 0.9 MB, mostly `RequestResponse` with request/response objects.
+static ALL_EVENTS: LazyLock<Fixture> = LazyLock::new(|| load("all-events.jsonl"));
+/// 37 small `Metadata` events (under 1 KB each).
+static AUDIT2RBAC: LazyLock<Fixture> = LazyLock::new(|| load("audit2rbac-demo.log"));
+
+/// The envelope only, items left as raw text.
+#[derive(Deserialize)]
+struct RawList<'a> {
+    #[serde(borrow)]
+    items: Vec<&'a RawValue>,
+}
+
+fn counted<'a, 'b>(bencher: Bencher<'a, 'b>, fixture: &Fixture) -> Bencher<'a, 'b> {
+    bencher
+        .counter(BytesCount::new(fixture.body.len()))
+        .counter(ItemsCount::new(fixture.events))
+}
+
+fn decode(bencher: Bencher, fixture: &'static Fixture) {
+    counted(bencher, fixture).bench(|| {
+        decode_event_list(black_box(&fixture.body), SOURCE, NOW)
+            .expect("the fixture decoded once at load")
+    });
+}
+
+fn raw_split(bencher: Bencher, fixture: &'static Fixture) {
+    counted(bencher, fixture).bench(|| {
+        let list: RawList<'_> =
+            serde_json::from_slice(black_box(&fixture.body)).expect("the fixture is JSON");
+        list.items.len()
+    });
+}
+
+fn value_tree(bencher: Bencher, fixture: &'static Fixture) {
+    counted(bencher, fixture).bench(|| {
+        serde_json::from_slice::<serde_json::Value>(black_box(&fixture.body))
+            .expect("the fixture is JSON")
+    });
+}
+
+/// tests/fixtures/audit/all-events.jsonl as one EventList.
+mod all_events {
+    use super::*;
+
+    #[divan::bench]
+    fn decode_event_list(bencher: Bencher) {
+        decode(bencher, &ALL_EVENTS);
+    }
+
+    #[divan::bench]
+    fn baseline_raw_split(bencher: Bencher) {
+        raw_split(bencher, &ALL_EVENTS);
+    }
+
+    #[divan::bench]
+    fn baseline_value_tree(bencher: Bencher) {
+        value_tree(bencher, &ALL_EVENTS);
+    }
+}
+
+/// tests/fixtures/audit/audit2rbac-demo.log (small events) as one EventList.
+mod audit2rbac_demo {
+    use super::*;
+
+    #[divan::bench]
+    fn decode_event_list(bencher: Bencher) {
+        decode(bencher, &AUDIT2RBAC);
+    }
+
+    #[divan::bench]
+    fn baseline_raw_split(bencher: Bencher) {
+        raw_split(bencher, &AUDIT2RBAC);
+    }
+
+    #[divan::bench]
+    fn baseline_value_tree(bencher: Bencher) {
+        value_tree(bencher, &AUDIT2RBAC);
+    }
+}

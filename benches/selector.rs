@@ -1,0 +1,83 @@
+//! `fieldSelector` benchmark: `watch::FieldSelector::matches` over every decoded event of
+//! tests/fixtures/audit/all-events.jsonl, with a baseline in the same run that compares
+//! the same fields of the same events to the same values by hand (the least a filter
+//! can cost). Counters are events per iteration, so divan prints events/s.
+//! Run with `cargo bench --bench selector`.
+
+use std::path::PathBuf;
+use std::sync::LazyLock;
+
+use divan::counter::ItemsCount;
+use divan::{Bencher, black_box};
+use kube_audit_stream::event::{Event, decode_event_list};
+use kube_audit_stream::watch::FieldSelector;
+
+fn main() {
+    divan::main();
+}
+
+static EVENTS: LazyLock<Vec<Event>> = LazyLock::new(|| {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/audit/all-events.jsonl");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()));
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let body = format!(
+        r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{{}},"items":[{}]}}"#,
+        lines.join(",")
+    );
+    decode_event_list(body.as_bytes(), "bench-apiserver", "2026-01-01T00:00:00Z")
+        .expect("all-events.jsonl is a valid EventList")
+});
+
+fn parse(selector: &str) -> FieldSelector {
+    FieldSelector::parse(selector).expect("the bench's selectors are valid")
+}
+
+/// Count the events `keep` lets through, with the events' count as the counter.
+fn filter(bencher: Bencher, keep: impl Fn(&Event) -> bool + Sync) {
+    let events = &*EVENTS;
+    bencher
+        .counter(ItemsCount::new(events.len()))
+        .bench(|| black_box(events).iter().filter(|e| keep(e)).count());
+}
+
+/// `user.username=system:admin` (37 of 186 events match).
+mod one_term {
+    use super::*;
+
+    #[divan::bench]
+    fn field_selector(bencher: Bencher) {
+        let selector = parse("user.username=system:admin");
+        filter(bencher, |e| black_box(&selector).matches(e));
+    }
+
+    #[divan::bench]
+    fn baseline_str_eq(bencher: Bencher) {
+        let user = String::from("system:admin");
+        filter(bencher, |e| *e.username == *black_box(&user));
+    }
+}
+
+/// `verb=create,objectRef.resource=pods,stage!=ResponseStarted`: three terms, AND.
+mod three_terms {
+    use super::*;
+
+    #[divan::bench]
+    fn field_selector(bencher: Bencher) {
+        let selector = parse("verb=create,objectRef.resource=pods,stage!=ResponseStarted");
+        filter(bencher, |e| black_box(&selector).matches(e));
+    }
+
+    #[divan::bench]
+    fn baseline_str_eq(bencher: Bencher) {
+        let (verb, resource, stage) = (
+            String::from("create"),
+            String::from("pods"),
+            String::from("ResponseStarted"),
+        );
+        filter(bencher, |e| {
+            let (verb, resource, stage) = black_box((&verb, &resource, &stage));
+            *e.verb == **verb && *e.resource == **resource && *e.stage != **stage
+        });
+    }
+}

@@ -1,0 +1,3 @@
+//! Placeholder while the load generator is written.
+
+fn main() {}

@@ -1,0 +1,194 @@
+//! Per-watcher bandwidth, black-box: over budget, events are truncated, then dropped, and
+//! the watcher is told; a lagging reader gets truncated events while a fast one gets
+//! everything; a reader that never reads costs bounded memory.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use http::{Method, StatusCode};
+use support::client::WatchReader;
+use support::fixtures::{self, event_list};
+use support::server::{ADMIN_TOKEN, PUSH_TOKEN, TestServer};
+
+const EVENTS: &str = "/apis/audit.k8s.io/v1alpha1/events?watch=1";
+
+/// What one watcher saw, by kind.
+#[derive(Default, Debug)]
+struct Seen {
+    full: usize,
+    truncated: usize,
+    /// Sum of the `audit.k8s.io/dropped` bookmark counts.
+    dropped: u64,
+    /// The order things arrived in: 'F', 'T', 'D'.
+    sequence: String,
+}
+
+impl Seen {
+    fn take(&mut self, ev: &serde_json::Value) {
+        match ev["type"].as_str() {
+            Some("ADDED") => {
+                if ev["object"]["annotations"]["audit.k8s.io/truncated"] == "true" {
+                    assert!(ev["object"].get("responseObject").is_none());
+                    assert!(ev["object"].get("requestObject").is_none());
+                    self.truncated += 1;
+                    self.sequence.push('T');
+                } else {
+                    self.full += 1;
+                    self.sequence.push('F');
+                }
+            }
+            Some("BOOKMARK") => {
+                let n = &ev["object"]["metadata"]["annotations"]["audit.k8s.io/dropped"];
+                let n: u64 = n.as_str().expect("a dropped count").parse().unwrap();
+                assert!(n > 0);
+                self.dropped += n;
+                self.sequence.push('D');
+            }
+            other => panic!("unexpected event type {other:?}"),
+        }
+    }
+
+    fn accounted(&self) -> u64 {
+        (self.full + self.truncated) as u64 + self.dropped
+    }
+}
+
+async fn read_until_accounted(w: &mut WatchReader, total: u64) -> Seen {
+    let mut seen = Seen::default();
+    while seen.accounted() < total {
+        seen.take(&w.next().await.expect("stream ended early"));
+    }
+    seen
+}
+
+fn openshift_batch() -> String {
+    event_list("audit.k8s.io/v1", &fixtures::lines("openshift-audit_in.log"))
+}
+
+#[tokio::test]
+async fn over_budget_truncates_then_drops_and_tells() {
+    // 200 kB at once, then 20 kB/s: a batch of 100 events (810 kB, mostly bodies) is far over.
+    let srv = TestServer::start(&["--watcher-bytes-per-second", "20000", "--watcher-burst-bytes", "200000"]).await;
+    let mut w = srv.client(Some(ADMIN_TOKEN)).watch(EVENTS).await;
+    let (code, _) = srv.client(Some(PUSH_TOKEN)).push("", openshift_batch()).await;
+    assert_eq!(code, StatusCode::OK);
+
+    let seen = read_until_accounted(&mut w, 100).await;
+    assert!(seen.sequence.starts_with('F'), "within the burst events go whole: {}", seen.sequence);
+    assert!(seen.truncated > 0, "then truncated: {}", seen.sequence);
+    assert!(seen.dropped > 0, "then dropped and reported: {}", seen.sequence);
+    // Every report comes before the next event delivered after the drops it counts.
+    assert!(!seen.sequence.contains("DD"), "{}", seen.sequence);
+
+    let (_, metrics) = srv.client(Some(ADMIN_TOKEN)).get("/metrics").await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains(&format!(
+            "kube_audit_stream_watch_dropped_events_total{{reason=\"budget\",resource=\"events\"}} {}",
+            seen.dropped
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&format!(
+        "kube_audit_stream_watch_truncated_events_total{{resource=\"events\"}} {}",
+        seen.truncated
+    )));
+}
+
+#[tokio::test]
+async fn a_lagging_reader_gets_truncated_events_while_a_fast_one_gets_everything() {
+    // A budget far above the push rate: only lag makes a difference here.
+    let srv = TestServer::start(&["--watcher-bytes-per-second", "1000000000", "--watcher-burst-bytes", "1000000000"]).await;
+    let admin = srv.client(Some(ADMIN_TOKEN));
+    let mut fast = admin.watch(EVENTS).await;
+    let mut slow = admin.watch(EVENTS).await;
+    let (slow_tx, slow_done) = tokio::sync::oneshot::channel::<()>();
+    let rounds = 40u64; // 32 MB: more than socket buffers plus the queue's byte cap
+    let slow_reader = tokio::spawn(async move {
+        let mut seen = Seen::default();
+        let mut done = Some(slow_done);
+        while seen.accounted() < rounds * 100 {
+            // A few reads a second until the pushing is over, then catch up at full speed.
+            if let Some(rx) = done.as_mut() {
+                if rx.try_recv().is_ok() {
+                    done = None;
+                } else {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+            seen.take(&slow.next().await.expect("slow stream ended"));
+        }
+        seen
+    });
+
+    let pusher = srv.client(Some(PUSH_TOKEN));
+    let mut fast_seen = Seen::default();
+    for round in 1..=rounds {
+        let (code, _) = pusher.push("", openshift_batch()).await;
+        assert_eq!(code, StatusCode::OK);
+        // Keep up with ingest: the fast reader is never behind by more than one batch.
+        while fast_seen.accounted() < round * 100 {
+            fast_seen.take(&fast.next().await.unwrap());
+        }
+    }
+    slow_tx.send(()).unwrap();
+    // The >100 KiB events are truncated for everyone (--max-event-bytes): 2 a batch.
+    assert_eq!((fast_seen.full as u64, fast_seen.truncated as u64, fast_seen.dropped), (98 * rounds, 2 * rounds, 0));
+
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(120), slow_reader).await.unwrap().unwrap();
+    assert!(seen.truncated as u64 > 2 * rounds, "lagging, it got truncated events: {seen:?}");
+    assert!(seen.dropped > 0, "and was told what it lost: {seen:?}");
+    assert_eq!(seen.accounted(), 100 * rounds);
+}
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test]
+async fn a_reader_that_never_reads_costs_bounded_memory() {
+    let srv = TestServer::start(&["--window-bytes", "8000000", "--watcher-bytes-per-second", "0"]).await;
+    let admin = srv.client(Some(ADMIN_TOKEN));
+    let stuck = admin.send(Method::GET, EVENTS, &[], "").await;
+    assert_eq!(stuck.status(), StatusCode::OK);
+    let lines = fixtures::lines("all-events.jsonl");
+    let batches: Vec<String> = lines.chunks(400).map(|b| event_list("audit.k8s.io/v1", b)).collect();
+    let pusher = srv.client(Some(PUSH_TOKEN));
+    // Warm up (allocator arenas, TLS, the stuck watcher's socket buffers), then measure.
+    for _ in 0..10 {
+        for b in &batches {
+            pusher.push("", b.clone()).await;
+        }
+    }
+    let before = rss_bytes();
+    let rounds = 100; // ~90 MB of events through a watcher that reads nothing
+    for _ in 0..rounds {
+        for b in &batches {
+            let (code, _) = pusher.push("", b.clone()).await;
+            assert_eq!(code, StatusCode::OK);
+        }
+    }
+    let grown = rss_bytes().saturating_sub(before);
+    let pushed: usize = batches.iter().map(String::len).sum::<usize>() * rounds;
+    eprintln!("pushed {} MB, RSS grew {} MB", pushed >> 20, grown >> 20);
+    assert!(grown < 64 << 20, "RSS grew {} MB for {} MB pushed", grown >> 20, pushed >> 20);
+
+    let (_, metrics) = admin.get("/metrics").await;
+    let mut values = BTreeMap::new();
+    for line in String::from_utf8_lossy(&metrics).lines() {
+        if let Some((k, v)) = line.split_once(' ') {
+            values.insert(k.to_owned(), v.to_owned());
+        }
+    }
+    let dropped: f64 = values["kube_audit_stream_bus_dropped_events_total"].parse().unwrap();
+    assert!(dropped > 0.0, "the stuck watcher lost events instead of holding them");
+    drop(stuck);
+}
