@@ -22,6 +22,9 @@ pub const SUBSCRIBER_QUEUE_EVENTS: usize = 2048;
 /// references, so this bounds how far a watcher may lag, not memory it owns.
 pub const SUBSCRIBER_QUEUE_BYTES: usize = 8 << 20;
 
+/// Re-authorizing a watch more often than this buys nothing but load.
+const MIN_RECHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// A start-up error: one line naming the flag and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -224,6 +227,31 @@ impl Source {
 pub enum AuthzSettings {
     AlwaysAllow,
     Abac(Source),
+    /// SubjectAccessReview, answers cached for these TTLs.
+    Webhook {
+        authorized_ttl: Duration,
+        unauthorized_ttl: Duration,
+    },
+}
+
+/// Cluster mode: kubeconfigs (`None`: in-cluster) for each concern.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub authentication_kubeconfig: Option<PathBuf>,
+    pub authorization_kubeconfig: Option<PathBuf>,
+    pub token_cache_ttl: Duration,
+}
+
+/// Client-certificate authentication from flags; in cluster mode, unset values come from
+/// the extension-apiserver-authentication ConfigMap.
+#[derive(Debug, Clone, Default)]
+pub struct ClientCertSettings {
+    pub client_ca_file: Option<PathBuf>,
+    pub requestheader_client_ca_file: Option<PathBuf>,
+    pub requestheader_allowed_names: Vec<String>,
+    pub requestheader_username_headers: Vec<String>,
+    pub requestheader_group_headers: Vec<String>,
+    pub requestheader_extra_headers_prefix: Vec<String>,
 }
 
 /// Who may push.
@@ -243,7 +271,12 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub cert: tls::CertSource,
     pub token_auth: Option<Source>,
+    pub client_certs: ClientCertSettings,
+    /// Set in cluster mode: how to reach kube-apiserver.
+    pub cluster: Option<Cluster>,
     pub authorization: AuthzSettings,
+    /// How often a long watch is authorized again.
+    pub recheck_interval: Duration,
     pub always_allow_paths: Vec<String>,
     pub ingest: IngestSettings,
     pub bus: bus::Config,
@@ -258,7 +291,6 @@ impl ServeArgs {
     pub fn validate(&self) -> Result<Settings, Error> {
         let dev = self.dev;
         let listen = self.serving.validate(dev)?;
-        self.authentication.validate()?;
         self.stream.validate()?;
 
         let cert = match (
@@ -287,7 +319,35 @@ impl ServeArgs {
             }
         };
 
-        let token_auth = match (&self.authentication.token_auth_file, dev) {
+        let authn = &self.authentication;
+        let authz = &self.authorization;
+        // Cluster mode: kube-apiserver is asked (TokenReview, SubjectAccessReview, the
+        // authentication ConfigMap). Chosen by the default Webhook mode or by naming a
+        // kubeconfig; never in --dev.
+        let any_kubeconfig = authn.kubeconfig.is_some()
+            || authn.authentication_kubeconfig.is_some()
+            || authz.authorization_kubeconfig.is_some();
+        if dev && any_kubeconfig {
+            return Err(err(
+                "--dev",
+                "never talks to a cluster: drop --kubeconfig and friends",
+            ));
+        }
+        let cluster = (!dev
+            && (authz.authorization_mode == AuthorizationMode::Webhook || any_kubeconfig))
+            .then(|| Cluster {
+                authentication_kubeconfig: authn
+                    .authentication_kubeconfig
+                    .clone()
+                    .or_else(|| authn.kubeconfig.clone()),
+                authorization_kubeconfig: authz
+                    .authorization_kubeconfig
+                    .clone()
+                    .or_else(|| authn.kubeconfig.clone()),
+                token_cache_ttl: authn.authentication_token_webhook_cache_ttl,
+            });
+
+        let token_auth = match (&authn.token_auth_file, dev) {
             (Some(p), _) => Some(Source::File(p.clone())),
             (None, true) => Some(Source::Embedded {
                 name: "deploy/dev/tokens.csv (embedded)",
@@ -295,14 +355,25 @@ impl ServeArgs {
             }),
             (None, false) => None,
         };
-        if token_auth.is_none() {
+        let client_certs = ClientCertSettings {
+            client_ca_file: authn.client_ca_file.clone(),
+            requestheader_client_ca_file: authn.requestheader_client_ca_file.clone(),
+            requestheader_allowed_names: authn.requestheader_allowed_names.clone(),
+            requestheader_username_headers: authn.requestheader_username_headers.clone(),
+            requestheader_group_headers: authn.requestheader_group_headers.clone(),
+            requestheader_extra_headers_prefix: authn.requestheader_extra_headers_prefix.clone(),
+        };
+        if cluster.is_none()
+            && token_auth.is_none()
+            && client_certs.client_ca_file.is_none()
+            && client_certs.requestheader_client_ca_file.is_none()
+        {
             return Err(err(
                 "--token-auth-file",
-                "no authenticator configured: watchers could never authenticate (request-header, x509 and TokenReview authentication are not supported yet)",
+                "no authenticator configured: set --token-auth-file, --client-ca-file or --requestheader-client-ca-file, or run in cluster mode (--authorization-mode=Webhook)",
             ));
         }
 
-        let authz = &self.authorization;
         let authorization = match (authz.authorization_mode, dev) {
             (AuthorizationMode::AlwaysAllow, _) => AuthzSettings::AlwaysAllow,
             (AuthorizationMode::Abac, _) => match &authz.authorization_policy_file {
@@ -322,23 +393,34 @@ impl ServeArgs {
                     None => dev_policy(),
                 })
             }
-            (AuthorizationMode::Webhook, false) => {
-                return Err(err(
-                    "--authorization-mode",
-                    "Webhook (SubjectAccessReview) is not supported yet; use ABAC with --authorization-policy-file, or AlwaysAllow",
-                ));
-            }
+            (AuthorizationMode::Webhook, false) => AuthzSettings::Webhook {
+                authorized_ttl: authz.authorization_webhook_cache_authorized_ttl,
+                unauthorized_ttl: authz.authorization_webhook_cache_unauthorized_ttl,
+            },
         };
-        if authz.authorization_kubeconfig.is_some() {
-            return Err(not_supported("--authorization-kubeconfig"));
+        if authz.authorization_policy_file.is_some()
+            && authz.authorization_mode != AuthorizationMode::Abac
+            && !dev
+        {
+            return Err(err(
+                "--authorization-policy-file",
+                "only used with --authorization-mode=ABAC",
+            ));
         }
+        // A long watch is authorized again this often: no staler than a cached answer.
+        let recheck_interval = authz
+            .authorization_webhook_cache_authorized_ttl
+            .max(MIN_RECHECK_INTERVAL);
 
         let ingest = self.ingest.validate(dev)?;
         Ok(Settings {
             listen,
             cert,
             token_auth,
+            client_certs,
+            cluster,
             authorization,
+            recheck_interval,
             always_allow_paths: authz.authorization_always_allow_paths.clone(),
             ingest,
             bus: bus::Config {
@@ -363,13 +445,6 @@ fn dev_policy() -> Source {
         name: "deploy/dev/abac-policy.jsonl (embedded)",
         text: DEV_POLICY,
     }
-}
-
-fn not_supported(flag: &str) -> Error {
-    err(
-        flag,
-        "not supported yet (cluster-mode authentication and authorization are still to come)",
-    )
 }
 
 /// Names the self-signed certificate is valid for.
@@ -399,43 +474,6 @@ impl SecureServing {
             (None, false) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         };
         Ok(SocketAddr::new(ip, self.secure_port))
-    }
-}
-
-impl Authentication {
-    fn validate(&self) -> Result<(), Error> {
-        let unsupported = [
-            ("--kubeconfig", self.kubeconfig.is_some()),
-            (
-                "--authentication-kubeconfig",
-                self.authentication_kubeconfig.is_some(),
-            ),
-            ("--client-ca-file", self.client_ca_file.is_some()),
-            (
-                "--requestheader-client-ca-file",
-                self.requestheader_client_ca_file.is_some(),
-            ),
-            (
-                "--requestheader-allowed-names",
-                !self.requestheader_allowed_names.is_empty(),
-            ),
-            (
-                "--requestheader-username-headers",
-                !self.requestheader_username_headers.is_empty(),
-            ),
-            (
-                "--requestheader-group-headers",
-                !self.requestheader_group_headers.is_empty(),
-            ),
-            (
-                "--requestheader-extra-headers-prefix",
-                !self.requestheader_extra_headers_prefix.is_empty(),
-            ),
-        ];
-        match unsupported.iter().find(|(_, set)| *set) {
-            Some((flag, _)) => Err(not_supported(flag)),
-            None => Ok(()),
-        }
     }
 }
 
@@ -569,8 +607,17 @@ mod tests {
                 "--ingest-token-file:",
             ),
             (
-                vec!["--token-auth-file", "t", "--ingest-token-file", "i"],
-                "--authorization-mode:",
+                vec![
+                    "--authorization-mode",
+                    "AlwaysAllow",
+                    "--token-auth-file",
+                    "t",
+                    "--authorization-policy-file",
+                    "p",
+                    "--ingest-token-file",
+                    "i",
+                ],
+                "--authorization-policy-file:",
             ),
             (
                 vec![
@@ -596,6 +643,51 @@ mod tests {
             let e = serve(&args).unwrap_err();
             assert!(e.starts_with(flag), "{args:?}: {e}");
         }
+    }
+
+    #[test]
+    fn webhook_mode_is_cluster_mode() {
+        let s = serve(&[
+            "--ingest-token-file",
+            "i",
+            "--kubeconfig",
+            "kc",
+            "--authorization-kubeconfig",
+            "akc",
+            "--authorization-webhook-cache-authorized-ttl",
+            "3s",
+        ])
+        .unwrap();
+        let c = s.cluster.expect("cluster mode");
+        assert_eq!(
+            c.authentication_kubeconfig.as_deref(),
+            Some(std::path::Path::new("kc"))
+        );
+        assert_eq!(
+            c.authorization_kubeconfig.as_deref(),
+            Some(std::path::Path::new("akc"))
+        );
+        assert!(matches!(s.authorization, AuthzSettings::Webhook { .. }));
+        assert_eq!(s.recheck_interval, Duration::from_secs(3));
+        // In-cluster (no kubeconfig) is cluster mode too; ABAC with a token file is not.
+        assert!(
+            serve(&["--ingest-token-file", "i"])
+                .unwrap()
+                .cluster
+                .is_some()
+        );
+        let abac = serve(&[
+            "--ingest-token-file",
+            "i",
+            "--token-auth-file",
+            "t",
+            "--authorization-mode",
+            "ABAC",
+            "--authorization-policy-file",
+            "p",
+        ])
+        .unwrap();
+        assert!(abac.cluster.is_none());
     }
 
     #[test]

@@ -344,7 +344,10 @@ fn encode_tail(
             .filter(|(k, _)| kept(k))
             .map(|(k, v)| k.len() + v.get().len() + 4)
             .sum::<usize>()
-        + annotations.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>();
+        + annotations
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 6)
+            .sum::<usize>();
     let mut out = Vec::with_capacity(capacity);
     out.extend_from_slice(br#"","creationTimestamp":"#);
     write_json_str(&mut out, creation_timestamp);

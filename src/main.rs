@@ -49,7 +49,7 @@ fn main() -> ExitCode {
 }
 
 async fn serve(settings: Settings) -> Result<(), String> {
-    let app = App::new(&settings).map_err(|e| e.to_string())?;
+    let app = App::new(&settings).await.map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|e| format!("--secure-port: binding {}: {e}", settings.listen))?;

@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::authn::{self, UserInfo};
+use crate::authn::{self, SharedAuthConfig, UserInfo, delegated};
 use crate::authz::{self, AlwaysAllowPaths, Attributes, Authorizer, Decision};
 use crate::budget::{self, Budget, EgressShare};
 use crate::bus::{Bus, Scope};
@@ -83,6 +83,7 @@ struct Inner {
     /// The server-wide egress cap, if any, shared by every watch's budget.
     egress: Option<Arc<EgressShare>>,
     lag_bytes: usize,
+    recheck_interval: Duration,
     /// Cancelled on shutdown: ends every watch stream and background task.
     shutdown: CancellationToken,
 }
@@ -90,28 +91,37 @@ struct Inner {
 impl App {
     /// Load what the settings name (certificates, token files, policies). Must run inside
     /// a tokio runtime: certificate reloading is a background task.
-    pub fn new(settings: &Settings) -> Result<App, Error> {
+    pub async fn new(settings: &Settings) -> Result<App, Error> {
         let shutdown = CancellationToken::new();
         let tls = tls::server_config(&settings.cert, shutdown.clone())?;
-        let mut authenticators: Vec<Arc<dyn authn::Authenticator>> = vec![];
-        if let Some(source) = &settings.token_auth {
-            let (text, origin) = source.read().map_err(Error::Load)?;
-            authenticators.push(Arc::new(
-                authn::TokenFile::parse(&text, &origin).map_err(Error::Load)?,
-            ));
-        }
+        let authn = authenticators(settings, &shutdown).await?;
         let authz: Arc<dyn Authorizer> = match &settings.authorization {
             AuthzSettings::AlwaysAllow => Arc::new(authz::AlwaysAllow),
             AuthzSettings::Abac(source) => {
                 let (text, origin) = source.read().map_err(Error::Load)?;
                 Arc::new(authz::Abac::parse(&text, &origin).map_err(Error::Load)?)
             }
+            AuthzSettings::Webhook {
+                authorized_ttl,
+                unauthorized_ttl,
+            } => {
+                let kubeconfig = settings
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.authorization_kubeconfig.as_deref());
+                let client = kube_client(kubeconfig, "--authorization-kubeconfig").await?;
+                Arc::new(authz::SubjectAccessReviewer::new(
+                    client,
+                    *authorized_ttl,
+                    *unauthorized_ttl,
+                ))
+            }
         };
         Ok(App {
             inner: Arc::new(Inner {
                 tls,
                 bus: Bus::new(settings.bus.clone()),
-                authn: authn::Chain::new(authenticators),
+                authn,
                 authz,
                 always_allow: AlwaysAllowPaths::new(&settings.always_allow_paths),
                 ingest: ingest::Gate::new(&settings.ingest).map_err(Error::Load)?,
@@ -126,6 +136,7 @@ impl App {
                 // A watcher with half its queue's byte cap waiting is falling behind:
                 // it gets truncated events until it catches up.
                 lag_bytes: settings.bus.subscriber_queue_bytes / 2,
+                recheck_interval: settings.recheck_interval,
                 shutdown,
             }),
         })
@@ -196,6 +207,10 @@ impl App {
     }
 
     async fn authorize(&self, attrs: &Attributes) -> Result<(), ApiError> {
+        // As k8s.io/apiserver's delegated authorization: this group is never asked about.
+        if attrs.user.groups.iter().any(|g| g == PRIVILEGED_GROUP) {
+            return Ok(());
+        }
         match self.inner.authz.authorize(attrs).await {
             Ok(Decision::Allow) => Ok(()),
             Ok(Decision::Deny(reason) | Decision::NoOpinion(reason)) => {
@@ -289,7 +304,15 @@ impl App {
             )));
         };
         tracing::info!(user = %attrs.user.name, resource, namespace = %attrs.namespace, "watch started");
+        let recheck: watch::Recheck = {
+            let (app, attrs) = (self.clone(), attrs.clone());
+            Arc::new(move || {
+                let (app, attrs) = (app.clone(), attrs.clone());
+                Box::pin(async move { app.authorize(&attrs).await })
+            })
+        };
         let ctx = watch::WatchCtx {
+            recheck: Some((recheck, app.recheck_interval)),
             budget: Budget::new(app.budget, app.egress.clone(), tokio::time::Instant::now()),
             lag_bytes: app.lag_bytes,
             guard: app.metrics.watch_started(resource),
@@ -299,6 +322,85 @@ impl App {
         // The permit lives as long as the response body.
         Ok(resp.map(|body| reply::hold(body, permit)))
     }
+}
+
+/// Members are allowed everything without asking the authorizer.
+const PRIVILEGED_GROUP: &str = "system:masters";
+
+/// A client for kube-apiserver from a kubeconfig, or the in-cluster config.
+async fn kube_client(
+    kubeconfig: Option<&std::path::Path>,
+    flag: &str,
+) -> Result<kube::Client, Error> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| Error::Load(format!("{flag}: {}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| Error::Load(format!("{flag}: {}: {e}", path.display())))?
+        }
+        None => kube::Config::incluster().map_err(|e| {
+            Error::Load(format!("{flag}: not given, and no in-cluster config: {e}"))
+        })?,
+    };
+    kube::Client::try_from(config).map_err(|e| Error::Load(format!("{flag}: {e}")))
+}
+
+/// The authenticator chain, in kube-apiserver's order: front proxy, x509, static tokens,
+/// TokenReview. In cluster mode the client-certificate settings come from the
+/// authentication ConfigMap (flags override) and follow its changes.
+async fn authenticators(
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) -> Result<authn::Chain, Error> {
+    let certs = &settings.client_certs;
+    let read = |p: &Option<std::path::PathBuf>| -> Result<Option<(String, String)>, Error> {
+        p.as_ref()
+            .map(|p| {
+                std::fs::read_to_string(p)
+                    .map(|pem| (pem, p.display().to_string()))
+                    .map_err(|e| Error::Load(format!("reading {}: {e}", p.display())))
+            })
+            .transpose()
+    };
+    let overrides = delegated::Overrides {
+        client_ca_pem: read(&certs.client_ca_file)?,
+        requestheader_ca_pem: read(&certs.requestheader_client_ca_file)?,
+        allowed_names: certs.requestheader_allowed_names.clone(),
+        username_headers: certs.requestheader_username_headers.clone(),
+        group_headers: certs.requestheader_group_headers.clone(),
+        extra_prefixes: certs.requestheader_extra_headers_prefix.clone(),
+    };
+    let mut token_review = None;
+    let shared = match &settings.cluster {
+        Some(cluster) => {
+            let kubeconfig = cluster.authentication_kubeconfig.as_deref();
+            let client = kube_client(kubeconfig, "--authentication-kubeconfig").await?;
+            let config = delegated::load(&client, &overrides)
+                .await
+                .map_err(Error::Load)?;
+            let shared = SharedAuthConfig::new(config);
+            delegated::spawn_refresh(client.clone(), overrides, shared.clone(), shutdown.clone());
+            token_review = Some(authn::TokenReviewer::new(client, cluster.token_cache_ttl));
+            shared
+        }
+        None => SharedAuthConfig::new(overrides.resolve(None).map_err(Error::Load)?),
+    };
+    let mut chain: Vec<Arc<dyn authn::Authenticator>> = vec![
+        Arc::new(authn::RequestHeader(shared.clone())),
+        Arc::new(authn::X509(shared)),
+    ];
+    if let Some(source) = &settings.token_auth {
+        let (text, origin) = source.read().map_err(Error::Load)?;
+        chain.push(Arc::new(
+            authn::TokenFile::parse(&text, &origin).map_err(Error::Load)?,
+        ));
+    }
+    if let Some(t) = token_review {
+        chain.push(Arc::new(t));
+    }
+    Ok(authn::Chain::new(chain))
 }
 
 /// kube-apiserver's `RequestInfo`, as authorization `Attributes` (user left empty).

@@ -63,21 +63,41 @@ async fn read_until_accounted(w: &mut WatchReader, total: u64) -> Seen {
 }
 
 fn openshift_batch() -> String {
-    event_list("audit.k8s.io/v1", &fixtures::lines("openshift-audit_in.log"))
+    event_list(
+        "audit.k8s.io/v1",
+        &fixtures::lines("openshift-audit_in.log"),
+    )
 }
 
 #[tokio::test]
 async fn over_budget_truncates_then_drops_and_tells() {
     // 200 kB at once, then 20 kB/s: a batch of 100 events (810 kB, mostly bodies) is far over.
-    let srv = TestServer::start(&["--watcher-bytes-per-second", "20000", "--watcher-burst-bytes", "200000"]).await;
+    let srv = TestServer::start(&[
+        "--watcher-bytes-per-second",
+        "20000",
+        "--watcher-burst-bytes",
+        "200000",
+    ])
+    .await;
     let mut w = srv.client(Some(ADMIN_TOKEN)).watch(EVENTS).await;
-    let (code, _) = srv.client(Some(PUSH_TOKEN)).push("", openshift_batch()).await;
+    let (code, _) = srv
+        .client(Some(PUSH_TOKEN))
+        .push("", openshift_batch())
+        .await;
     assert_eq!(code, StatusCode::OK);
 
     let seen = read_until_accounted(&mut w, 100).await;
-    assert!(seen.sequence.starts_with('F'), "within the burst events go whole: {}", seen.sequence);
+    assert!(
+        seen.sequence.starts_with('F'),
+        "within the burst events go whole: {}",
+        seen.sequence
+    );
     assert!(seen.truncated > 0, "then truncated: {}", seen.sequence);
-    assert!(seen.dropped > 0, "then dropped and reported: {}", seen.sequence);
+    assert!(
+        seen.dropped > 0,
+        "then dropped and reported: {}",
+        seen.sequence
+    );
     // Every report comes before the next event delivered after the drops it counts.
     assert!(!seen.sequence.contains("DD"), "{}", seen.sequence);
 
@@ -99,7 +119,13 @@ async fn over_budget_truncates_then_drops_and_tells() {
 #[tokio::test]
 async fn a_lagging_reader_gets_truncated_events_while_a_fast_one_gets_everything() {
     // A budget far above the push rate: only lag makes a difference here.
-    let srv = TestServer::start(&["--watcher-bytes-per-second", "1000000000", "--watcher-burst-bytes", "1000000000"]).await;
+    let srv = TestServer::start(&[
+        "--watcher-bytes-per-second",
+        "1000000000",
+        "--watcher-burst-bytes",
+        "1000000000",
+    ])
+    .await;
     let admin = srv.client(Some(ADMIN_TOKEN));
     let mut fast = admin.watch(EVENTS).await;
     let mut slow = admin.watch(EVENTS).await;
@@ -134,10 +160,23 @@ async fn a_lagging_reader_gets_truncated_events_while_a_fast_one_gets_everything
     }
     slow_tx.send(()).unwrap();
     // The >100 KiB events are truncated for everyone (--max-event-bytes): 2 a batch.
-    assert_eq!((fast_seen.full as u64, fast_seen.truncated as u64, fast_seen.dropped), (98 * rounds, 2 * rounds, 0));
+    assert_eq!(
+        (
+            fast_seen.full as u64,
+            fast_seen.truncated as u64,
+            fast_seen.dropped
+        ),
+        (98 * rounds, 2 * rounds, 0)
+    );
 
-    let seen = tokio::time::timeout(std::time::Duration::from_secs(120), slow_reader).await.unwrap().unwrap();
-    assert!(seen.truncated as u64 > 2 * rounds, "lagging, it got truncated events: {seen:?}");
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(120), slow_reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        seen.truncated as u64 > 2 * rounds,
+        "lagging, it got truncated events: {seen:?}"
+    );
     assert!(seen.dropped > 0, "and was told what it lost: {seen:?}");
     assert_eq!(seen.accounted(), 100 * rounds);
 }
@@ -155,12 +194,21 @@ fn rss_bytes() -> u64 {
 
 #[tokio::test]
 async fn a_reader_that_never_reads_costs_bounded_memory() {
-    let srv = TestServer::start(&["--window-bytes", "8000000", "--watcher-bytes-per-second", "0"]).await;
+    let srv = TestServer::start(&[
+        "--window-bytes",
+        "8000000",
+        "--watcher-bytes-per-second",
+        "0",
+    ])
+    .await;
     let admin = srv.client(Some(ADMIN_TOKEN));
     let stuck = admin.send(Method::GET, EVENTS, &[], "").await;
     assert_eq!(stuck.status(), StatusCode::OK);
     let lines = fixtures::lines("all-events.jsonl");
-    let batches: Vec<String> = lines.chunks(400).map(|b| event_list("audit.k8s.io/v1", b)).collect();
+    let batches: Vec<String> = lines
+        .chunks(400)
+        .map(|b| event_list("audit.k8s.io/v1", b))
+        .collect();
     let pusher = srv.client(Some(PUSH_TOKEN));
     // Warm up (allocator arenas, TLS, the stuck watcher's socket buffers), then measure.
     for _ in 0..10 {
@@ -179,7 +227,12 @@ async fn a_reader_that_never_reads_costs_bounded_memory() {
     let grown = rss_bytes().saturating_sub(before);
     let pushed: usize = batches.iter().map(String::len).sum::<usize>() * rounds;
     eprintln!("pushed {} MB, RSS grew {} MB", pushed >> 20, grown >> 20);
-    assert!(grown < 64 << 20, "RSS grew {} MB for {} MB pushed", grown >> 20, pushed >> 20);
+    assert!(
+        grown < 64 << 20,
+        "RSS grew {} MB for {} MB pushed",
+        grown >> 20,
+        pushed >> 20
+    );
 
     let (_, metrics) = admin.get("/metrics").await;
     let mut values = BTreeMap::new();
@@ -188,7 +241,12 @@ async fn a_reader_that_never_reads_costs_bounded_memory() {
             values.insert(k.to_owned(), v.to_owned());
         }
     }
-    let dropped: f64 = values["kube_audit_stream_bus_dropped_events_total"].parse().unwrap();
-    assert!(dropped > 0.0, "the stuck watcher lost events instead of holding them");
+    let dropped: f64 = values["kube_audit_stream_bus_dropped_events_total"]
+        .parse()
+        .unwrap();
+    assert!(
+        dropped > 0.0,
+        "the stuck watcher lost events instead of holding them"
+    );
     drop(stuck);
 }

@@ -83,7 +83,21 @@ fn bad_flags_fail_with_one_clear_line() {
             vec!["serve", "--dev", "--authorization-mode", "RBAC"],
             "kube-audit-stream: invalid value 'RBAC'",
         ),
-        (vec!["serve"], "kube-audit-stream: --token-auth-file:"),
+        (vec!["serve"], "kube-audit-stream: --ingest-token-file:"),
+        (
+            vec![
+                "serve",
+                "--ingest-token-file",
+                "i",
+                "--authorization-mode",
+                "AlwaysAllow",
+            ],
+            "kube-audit-stream: --token-auth-file:",
+        ),
+        (
+            vec!["serve", "--ingest-token-file", "/nope.csv"],
+            "kube-audit-stream: --authentication-kubeconfig: not given, and no in-cluster config",
+        ),
         (
             vec!["serve", "--dev", "--token-auth-file", "/does/not/exist.csv"],
             "kube-audit-stream: reading /does/not/exist.csv",

@@ -274,7 +274,9 @@ async fn a_watcher_that_never_reads_slows_no_one() {
     let srv = TestServer::start(&["--watcher-bytes-per-second", "0"]).await;
     let admin = srv.client(Some(ADMIN_TOKEN));
     // The stuck watcher: headers read, body never polled.
-    let stuck = admin.send(Method::GET, &format!("{EVENTS}?watch=1"), &[], "").await;
+    let stuck = admin
+        .send(Method::GET, &format!("{EVENTS}?watch=1"), &[], "")
+        .await;
     assert_eq!(stuck.status(), StatusCode::OK);
     let fast = admin.watch(&format!("{EVENTS}?watch=1")).await;
 
@@ -287,14 +289,21 @@ async fn a_watcher_that_never_reads_slows_no_one() {
         // Keep the fast watcher within a round of ingest, whatever the machine's speed.
         let mut received = received.clone();
         let want = round.saturating_sub(1) * lines.len();
-        tokio::time::timeout(support::DEADLINE, received.wait_for(|n| *n >= want)).await.unwrap().unwrap();
+        tokio::time::timeout(support::DEADLINE, received.wait_for(|n| *n >= want))
+            .await
+            .unwrap()
+            .unwrap();
         for batch in lines.chunks(400) {
             let (code, _) = pusher.push("", event_list("audit.k8s.io/v1", batch)).await;
             assert_eq!(code, StatusCode::OK);
         }
     }
     let (added, bookmarks) = reader.await.unwrap();
-    assert_eq!(added, rounds * lines.len(), "the fast watcher got everything");
+    assert_eq!(
+        added,
+        rounds * lines.len(),
+        "the fast watcher got everything"
+    );
     assert_eq!(bookmarks, 0, "and was never told of a drop");
     support::eventually("drops counted for the stuck watcher", || async {
         let (_, body) = admin.get("/metrics").await;

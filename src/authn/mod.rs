@@ -2,7 +2,9 @@
 //! order. Knows nothing of authorization, the bus or HTTP routing; sees only the request
 //! headers and what the TLS layer learned about the peer.
 
+pub mod delegated;
 mod token_file;
+mod token_review;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,7 +12,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use http::HeaderMap;
 
+pub use delegated::{RequestHeader, SharedAuthConfig, X509};
 pub use token_file::TokenFile;
+pub use token_review::TokenReviewer;
 
 use crate::tls::Peer;
 

@@ -3,12 +3,14 @@
 //! the router builds the attributes and asks.
 
 mod abac;
+mod sar;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
 pub use abac::Abac;
+pub use sar::SubjectAccessReviewer;
 
 use crate::authn::UserInfo;
 

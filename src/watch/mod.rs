@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::{Response, StatusCode};
 use http_body::Frame;
 use http_body_util::BodyExt;
@@ -106,7 +107,13 @@ fn query_bool(v: &str) -> bool {
 
 /// What a watch needs besides its query: its budget, how much backlog counts as
 /// lagging, its metrics, and the server's shutdown signal.
+/// Authorize the watch again; an error ends it with that error as an `ERROR` event.
+pub type Recheck =
+    std::sync::Arc<dyn Fn() -> BoxFuture<'static, Result<(), ApiError>> + Send + Sync>;
+
 pub struct WatchCtx {
+    /// Re-authorization and how often to do it.
+    pub recheck: Option<(Recheck, Duration)>,
     pub budget: Budget,
     /// Queued bytes above which the watcher is lagging and gets truncated events.
     pub lag_bytes: usize,
@@ -150,6 +157,12 @@ pub fn serve(
         skip_through: query.resource_version.unwrap_or(0),
         last_rv,
         selector: query.field_selector.clone(),
+        recheck: ctx.recheck.map(|(recheck, every)| {
+            let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            (recheck, tick)
+        }),
+        rechecking: None,
         budget: ctx.budget,
         lag_bytes: ctx.lag_bytes,
         dropped_budget: 0,
@@ -204,6 +217,9 @@ struct WatchBody {
     skip_through: u64,
     last_rv: u64,
     selector: FieldSelector,
+    recheck: Option<(Recheck, Interval)>,
+    /// A re-authorization under way.
+    rechecking: Option<BoxFuture<'static, Result<(), ApiError>>>,
     budget: Budget,
     lag_bytes: usize,
     /// Events dropped by the budget and not yet reported.
@@ -249,6 +265,34 @@ impl WatchBody {
         self.pending.push_back(p.event.tail(truncated).clone());
         self.last_rv = p.resource_version;
         self.guard.sent(p.wire_len(truncated), truncated);
+    }
+
+    /// Drive re-authorization; `true` when it ended the watch (access was revoked, or
+    /// could not be confirmed: fail closed).
+    fn poll_recheck(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.rechecking.is_none() {
+            let Some((recheck, tick)) = self.recheck.as_mut() else {
+                return false;
+            };
+            if tick.poll_tick(cx).is_pending() {
+                return false;
+            }
+            self.rechecking = Some(recheck());
+        }
+        let Some(Poll::Ready(result)) = self.rechecking.as_mut().map(|f| f.as_mut().poll(cx))
+        else {
+            return false;
+        };
+        self.rechecking = None;
+        match result {
+            Ok(()) => false,
+            Err(e) => {
+                tracing::info!(error = %e, "watch no longer authorized; ending it");
+                self.pending.push_back(e.to_watch_event());
+                self.done = true;
+                true
+            }
+        }
     }
 
     /// With nothing to send: is a drop report or a periodic bookmark due?
@@ -305,6 +349,9 @@ impl http_body::Body for WatchBody {
                 || this.deadline.as_mut().poll(cx).is_ready()
             {
                 this.done = true;
+                continue;
+            }
+            if this.poll_recheck(cx) {
                 continue;
             }
             match this.sub.poll_next(cx) {

@@ -36,8 +36,20 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Start with the standard test users plus `extra` flags.
+    /// Stand-alone mode: the standard test users (static tokens, ABAC) plus `extra` flags.
     pub async fn start(extra: &[&str]) -> TestServer {
+        Self::start_mode(false, extra).await
+    }
+
+    /// Cluster mode: authentication and authorization delegated to the kube-apiserver
+    /// that `kubeconfig` names, plus `extra` flags.
+    pub async fn start_cluster(kubeconfig: &std::path::Path, extra: &[&str]) -> TestServer {
+        let mut args = vec!["--kubeconfig", kubeconfig.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        Self::start_mode(true, &args).await
+    }
+
+    async fn start_mode(cluster: bool, extra: &[&str]) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::new("test-serving-ca");
         let serving = ca.server();
@@ -48,9 +60,7 @@ impl TestServer {
         };
         let cert = write("tls.crt", &serving.cert);
         let key = write("tls.key", &serving.key);
-        let tokens = write("tokens.csv", TOKENS);
         let ingest_tokens = write("ingest-tokens.csv", INGEST_TOKENS);
-        let policy = write("policy.jsonl", POLICY);
         let mut argv: Vec<String> = [
             "kube-audit-stream",
             "serve",
@@ -62,22 +72,32 @@ impl TestServer {
             &cert,
             "--tls-private-key-file",
             &key,
-            "--token-auth-file",
-            &tokens,
-            "--authorization-mode",
-            "ABAC",
-            "--authorization-policy-file",
-            &policy,
             "--ingest-token-file",
             &ingest_tokens,
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if !cluster {
+            let tokens = write("tokens.csv", TOKENS);
+            let policy = write("policy.jsonl", POLICY);
+            argv.extend(
+                [
+                    "--token-auth-file",
+                    &tokens,
+                    "--authorization-mode",
+                    "ABAC",
+                    "--authorization-policy-file",
+                    &policy,
+                ]
+                .iter()
+                .map(|s| s.to_string()),
+            );
+        }
         argv.extend(extra.iter().map(|s| s.to_string()));
         let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command;
         let settings = args.validate().unwrap();
-        let app = App::new(&settings).unwrap();
+        let app = App::new(&settings).await.unwrap();
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .unwrap();
