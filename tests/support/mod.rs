@@ -2,7 +2,9 @@
 //! real TLS, an HTTPS client that speaks HTTP/1.1 or HTTP/2, and the audit fixtures.
 #![allow(dead_code)] // each test file uses its own part of the helpers
 
+pub mod aggregator;
 pub mod client;
+pub mod fake_apiserver;
 pub mod fixtures;
 pub mod pki;
 pub mod server;

@@ -1,0 +1,376 @@
+//! Cluster mode, black-box, against a fake kube-apiserver (TokenReview,
+//! SubjectAccessReview, the authentication ConfigMap) and a fake aggregator that proxies
+//! with a front-proxy client certificate: who gets in, who is believed, what is cached,
+//! and what happens when access is revoked.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use http::{Method, StatusCode};
+use support::aggregator::FakeAggregator;
+use support::fake_apiserver::{FakeApiServer, Rule};
+use support::fixtures::{event, event_list};
+use support::pki::Ca;
+use support::server::{PUSH_TOKEN, TestServer};
+
+const TEAM_A: &str = "/apis/audit.k8s.io/v1alpha1/namespaces/team-a/namespacedevents?watch=1";
+const TEAM_B: &str = "/apis/audit.k8s.io/v1alpha1/namespaces/team-b/namespacedevents?watch=1";
+const EVENTS: &str = "/apis/audit.k8s.io/v1alpha1/events?watch=1";
+const FRONT_PROXY_CN: &str = "front-proxy-client";
+
+/// A fake cluster: CAs, the ConfigMap, alice (token and RoleBinding-style rule in team-a).
+struct Cluster {
+    fake: FakeApiServer,
+    front_proxy_ca: Ca,
+    client_ca: Ca,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn new() -> Cluster {
+        let fake = FakeApiServer::start().await;
+        let cluster = Cluster {
+            fake,
+            front_proxy_ca: Ca::new("front-proxy-ca"),
+            client_ca: Ca::new("client-ca"),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        cluster.publish_auth_config(&cluster.client_ca.pem());
+        cluster
+            .fake
+            .add_token("alice-token", "alice", "uid-alice", &["team-a-devs"]);
+        cluster.fake.allow(Rule::namespaced(
+            "alice",
+            &["watch"],
+            "team-a",
+            "audit.k8s.io",
+            "namespacedevents",
+        ));
+        cluster
+    }
+
+    fn publish_auth_config(&self, client_ca_pem: &str) {
+        let mut data = BTreeMap::new();
+        data.insert("client-ca-file".to_owned(), client_ca_pem.to_owned());
+        data.insert(
+            "requestheader-client-ca-file".to_owned(),
+            self.front_proxy_ca.pem(),
+        );
+        data.insert(
+            "requestheader-allowed-names".to_owned(),
+            format!(r#"["{FRONT_PROXY_CN}"]"#),
+        );
+        data.insert(
+            "requestheader-username-headers".to_owned(),
+            r#"["X-Remote-User"]"#.to_owned(),
+        );
+        data.insert(
+            "requestheader-group-headers".to_owned(),
+            r#"["X-Remote-Group"]"#.to_owned(),
+        );
+        data.insert(
+            "requestheader-extra-headers-prefix".to_owned(),
+            r#"["X-Remote-Extra-"]"#.to_owned(),
+        );
+        self.fake.set_auth_config(data);
+    }
+
+    async fn server(&self, extra: &[&str]) -> TestServer {
+        TestServer::start_cluster(&self.fake.kubeconfig(self.dir.path()), extra).await
+    }
+
+    async fn aggregator(&self, srv: &TestServer) -> FakeAggregator {
+        FakeAggregator::start(
+            srv.addr,
+            &srv.ca.pem(),
+            self.front_proxy_ca.client(FRONT_PROXY_CN, &[]),
+            &[
+                ("alice-at-aggregator", "alice", &["team-a-devs"]),
+                ("admin-at-aggregator", "admin", &["system:masters"]),
+            ],
+        )
+        .await
+    }
+}
+
+async fn push(srv: &TestServer) {
+    let items = [
+        event("a-1", Some("team-a"), "delete"),
+        event("b-1", Some("team-b"), "delete"),
+        event("a-2", Some("team-a"), "get"),
+    ];
+    let (code, _) = srv
+        .client(Some(PUSH_TOKEN))
+        .push("", event_list("audit.k8s.io/v1", &items))
+        .await;
+    assert_eq!(code, StatusCode::OK);
+}
+
+fn ids(objs: &[serde_json::Value]) -> Vec<&str> {
+    objs.iter()
+        .map(|o| o["auditID"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn namespace_user_through_the_aggregator_sees_only_their_namespace() {
+    let cluster = Cluster::new().await;
+    let srv = cluster.server(&[]).await;
+    let agg = cluster.aggregator(&srv).await;
+    let alice = support::client::Client::new(agg.addr, &agg.ca_pem(), Some("alice-at-aggregator"));
+    let mut w = alice.watch(TEAM_A).await;
+    push(&srv).await;
+    assert_eq!(ids(&w.added(2).await), ["a-1", "a-2"]);
+
+    let (code, status) = alice.get_json(TEAM_B).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    assert_eq!(
+        status["message"],
+        r#"namespacedevents.audit.k8s.io is forbidden: User "alice" cannot watch resource "namespacedevents" in API group "audit.k8s.io" in the namespace "team-b""#
+    );
+    assert_eq!(status["reason"], "Forbidden");
+    assert_eq!(status["code"], 403);
+    // The review asked is kube-apiserver's shape, with the front proxy's identity.
+    let sar = cluster.fake.last_subject_access_review().unwrap();
+    assert_eq!(sar["spec"]["user"], "alice");
+    assert!(
+        sar["spec"]["groups"]
+            .as_array()
+            .unwrap()
+            .contains(&"team-a-devs".into())
+    );
+    assert!(
+        sar["spec"]["groups"]
+            .as_array()
+            .unwrap()
+            .contains(&"system:authenticated".into())
+    );
+    assert_eq!(sar["spec"]["resourceAttributes"]["verb"], "watch");
+    assert_eq!(sar["spec"]["resourceAttributes"]["group"], "audit.k8s.io");
+    assert_eq!(sar["spec"]["resourceAttributes"]["version"], "v1alpha1");
+    assert_eq!(
+        sar["spec"]["resourceAttributes"]["resource"],
+        "namespacedevents"
+    );
+    assert_eq!(sar["spec"]["resourceAttributes"]["namespace"], "team-b");
+
+    // system:masters is allowed without a review.
+    let before = cluster.fake.subject_access_reviews();
+    let admin = support::client::Client::new(agg.addr, &agg.ca_pem(), Some("admin-at-aggregator"));
+    let mut all = admin.watch(EVENTS).await;
+    push(&srv).await;
+    assert_eq!(all.added(3).await.len(), 3);
+    assert_eq!(cluster.fake.subject_access_reviews(), before);
+}
+
+#[tokio::test]
+async fn identities_cannot_be_forged() {
+    let cluster = Cluster::new().await;
+    let srv = cluster.server(&[]).await;
+    let forged = [
+        ("X-Remote-User", "admin"),
+        ("X-Remote-Group", "system:masters"),
+    ];
+    let get = |client: support::client::Client| async move {
+        let resp = client.send(Method::GET, EVENTS, &forged, "").await;
+        resp.status()
+    };
+    // No credentials at all.
+    assert_eq!(get(srv.client(None)).await, StatusCode::UNAUTHORIZED);
+    // Headers on a connection without a front-proxy certificate are ignored: still alice.
+    assert_eq!(
+        get(srv.client(Some("alice-token"))).await,
+        StatusCode::FORBIDDEN
+    );
+    // A "front proxy" certificate from a CA nobody trusts.
+    let rogue = Ca::new("rogue-ca");
+    assert_eq!(
+        get(srv
+            .client(None)
+            .with_cert(rogue.client(FRONT_PROXY_CN, &[])))
+        .await,
+        StatusCode::UNAUTHORIZED
+    );
+    // The right CA, but a CN that is not an allowed front proxy.
+    let intruder = cluster.front_proxy_ca.client("intruder", &[]);
+    assert_eq!(
+        get(srv.client(None).with_cert(intruder)).await,
+        StatusCode::UNAUTHORIZED
+    );
+    // The real front proxy is believed.
+    let proxy = cluster.front_proxy_ca.client(FRONT_PROXY_CN, &[]);
+    assert_eq!(get(srv.client(None).with_cert(proxy)).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn x509_users_and_ca_rotation_from_the_config_map() {
+    let cluster = Cluster::new().await;
+    cluster.fake.allow(Rule::group(
+        "team-c",
+        &["watch"],
+        Some("team-c"),
+        "audit.k8s.io",
+        "namespacedevents",
+    ));
+    let srv = cluster.server(&[]).await;
+    let path = "/apis/audit.k8s.io/v1alpha1/namespaces/team-c/namespacedevents?watch=1";
+    let carol = srv
+        .client(None)
+        .with_cert(cluster.client_ca.client("carol", &["team-c"]));
+    let resp = carol.send(Method::GET, path, &[], "").await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "CN is the user, O the groups"
+    );
+    drop(resp);
+
+    // Rotate the client CA in the ConfigMap: the new CA's users get in, without a restart.
+    let rotated = Ca::new("client-ca-2");
+    let dave = srv
+        .client(None)
+        .with_cert(rotated.client("dave", &["team-c"]));
+    assert_eq!(
+        dave.send(Method::GET, path, &[], "").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    cluster.publish_auth_config(&rotated.pem());
+    support::eventually("the rotated client CA to be used", || {
+        let dave = dave.clone();
+        async move { dave.send(Method::GET, path, &[], "").await.status() == StatusCode::OK }
+    })
+    .await;
+    assert_eq!(
+        carol.send(Method::GET, path, &[], "").await.status(),
+        StatusCode::UNAUTHORIZED,
+        "the old CA is gone"
+    );
+}
+
+#[tokio::test]
+async fn token_reviews_and_access_reviews_are_cached_and_coalesced() {
+    let cluster = Cluster::new().await;
+    let srv = cluster.server(&[]).await;
+    let alice = srv.client(Some("alice-token"));
+    let watches = futures_util::future::join_all((0..100).map(|_| {
+        let alice = alice.clone();
+        async move { alice.send(Method::GET, TEAM_A, &[], "").await }
+    }))
+    .await;
+    assert!(watches.iter().all(|r| r.status() == StatusCode::OK));
+    assert_eq!(
+        cluster.fake.token_reviews(),
+        1,
+        "one TokenReview for 100 requests with one token"
+    );
+    assert_eq!(
+        cluster.fake.subject_access_reviews(),
+        1,
+        "one SubjectAccessReview for 100 identical watches"
+    );
+
+    let (code, _) = srv.client(Some("unknown-token")).get_json(TEAM_A).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    // A token the cluster knows still cannot push.
+    let (code, _) = srv
+        .client(Some("alice-token"))
+        .push(
+            "",
+            event_list("audit.k8s.io/v1", &[event("x", None, "get")]),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn revoking_access_ends_a_live_watch_with_403() {
+    let cluster = Cluster::new().await;
+    let srv = cluster
+        .server(&["--authorization-webhook-cache-authorized-ttl", "1s"])
+        .await;
+    let mut w = srv.client(Some("alice-token")).watch(TEAM_A).await;
+    push(&srv).await;
+    assert_eq!(ids(&w.added(2).await), ["a-1", "a-2"]);
+    cluster.fake.revoke_user("alice");
+    let err = loop {
+        let ev = w.next().await.expect("the stream ends only after an ERROR");
+        if ev["type"] == "ERROR" {
+            break ev;
+        }
+    };
+    assert_eq!(err["object"]["code"], 403);
+    assert_eq!(err["object"]["reason"], "Forbidden");
+    assert!(w.next().await.is_none(), "and the stream ends");
+}
+
+#[tokio::test]
+async fn kubectl_through_the_aggregator() {
+    let cluster = Cluster::new().await;
+    let srv = cluster.server(&[]).await;
+    let agg = cluster.aggregator(&srv).await;
+    let home = tempfile::tempdir().unwrap();
+    let ca = home.path().join("aggregator-ca.crt");
+    std::fs::write(&ca, agg.ca_pem()).unwrap();
+    let kubectl = |token: &str, path: &str| {
+        let mut c = tokio::process::Command::new("kubectl");
+        c.args([
+            "--server",
+            &agg.url(),
+            "--certificate-authority",
+            ca.to_str().unwrap(),
+            "--token",
+            token,
+            "get",
+            "--raw",
+            path,
+        ])
+        .env("KUBECONFIG", home.path().join("none"))
+        .env("HOME", home.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+        c
+    };
+    let out = kubectl("alice-at-aggregator", TEAM_B)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(r#"Error from server (Forbidden): namespacedevents.audit.k8s.io is forbidden: User "alice" cannot watch resource "namespacedevents" in API group "audit.k8s.io" in the namespace "team-b""#),
+        "{stderr}"
+    );
+
+    let mut child = kubectl("alice-at-aggregator", TEAM_A).spawn().unwrap();
+    support::eventually("kubectl's watch to open", || async {
+        let (_, body) = srv
+            .client(None)
+            .with_cert(
+                cluster
+                    .client_ca
+                    .client("metrics-reader", &["system:masters"]),
+            )
+            .get("/metrics")
+            .await;
+        String::from_utf8_lossy(&body)
+            .contains("kube_audit_stream_watch_watchers{resource=\"namespacedevents\"} 1")
+    })
+    .await;
+    push(&srv).await;
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut got = vec![];
+    while got.len() < 2 {
+        let line = tokio::time::timeout(support::DEADLINE, lines.next_line())
+            .await
+            .expect("no event")
+            .unwrap()
+            .expect("kubectl ended");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        got.push(v["object"]["auditID"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(got, ["a-1", "a-2"]);
+}
