@@ -305,18 +305,31 @@ async fn revoking_access_ends_a_live_watch_with_403() {
 }
 
 #[tokio::test]
-async fn kubectl_through_the_aggregator() {
+async fn kubectl_through_the_aggregator_and_directly_with_a_token() {
     let cluster = Cluster::new().await;
+    // What kube-apiserver's system:discovery role gives every authenticated user.
+    cluster
+        .fake
+        .allow(Rule::non_resource("system:authenticated", "/apis*"));
     let srv = cluster.server(&[]).await;
     let agg = cluster.aggregator(&srv).await;
     let home = tempfile::tempdir().unwrap();
     let ca = home.path().join("aggregator-ca.crt");
     std::fs::write(&ca, agg.ca_pem()).unwrap();
-    let kubectl = |token: &str, path: &str| {
+    let srv_ca = srv.ca_path();
+    let via = |direct: bool| {
+        if direct {
+            (srv.url(), srv_ca.clone())
+        } else {
+            (agg.url(), ca.clone())
+        }
+    };
+    let kubectl_to = |direct: bool, token: &str, path: &str| {
+        let (server, ca) = via(direct);
         let mut c = tokio::process::Command::new("kubectl");
         c.args([
             "--server",
-            &agg.url(),
+            &server,
             "--certificate-authority",
             ca.to_str().unwrap(),
             "--token",
@@ -333,16 +346,27 @@ async fn kubectl_through_the_aggregator() {
         .kill_on_drop(true);
         c
     };
-    let out = kubectl("alice-at-aggregator", TEAM_B)
-        .output()
-        .await
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(r#"Error from server (Forbidden): namespacedevents.audit.k8s.io is forbidden: User "alice" cannot watch resource "namespacedevents" in API group "audit.k8s.io" in the namespace "team-b""#),
-        "{stderr}"
-    );
+    let kubectl = |token: &str, path: &str| kubectl_to(false, token, path);
+    // Through the aggregator (front-proxy headers) and directly (TokenReview): same answer.
+    for (direct, token) in [(false, "alice-at-aggregator"), (true, "alice-token")] {
+        let out = kubectl_to(direct, token, TEAM_B).output().await.unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(r#"Error from server (Forbidden): namespacedevents.audit.k8s.io is forbidden: User "alice" cannot watch resource "namespacedevents" in API group "audit.k8s.io" in the namespace "team-b""#),
+            "direct={direct}: {stderr}"
+        );
+        let out = kubectl_to(direct, token, "/apis/audit.k8s.io/v1alpha1")
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "direct={direct}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("\"namespacedevents\""));
+    }
 
     let mut child = kubectl("alice-at-aggregator", TEAM_A).spawn().unwrap();
     support::eventually("kubectl's watch to open", || async {
