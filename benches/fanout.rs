@@ -41,7 +41,8 @@ struct Fixture {
 }
 
 static ALL_EVENTS: LazyLock<Fixture> = LazyLock::new(|| {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/audit/all-events.jsonl");
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/audit/all-events.jsonl");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()));
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -104,7 +105,10 @@ fn publish(bencher: Bencher, subscribers: usize) {
         })
         .bench_local_values(|events| bus.publish(events));
     let dropped = bus.stats().dropped_queue_full.load(Ordering::Relaxed);
-    assert_eq!(dropped, 0, "a subscriber queue filled: the bench measured drops");
+    assert_eq!(
+        dropped, 0,
+        "a subscriber queue filled: the bench measured drops"
+    );
     drop(subs);
 }
 

@@ -48,7 +48,11 @@ fn load(name: &str) -> Fixture {
     .into_bytes();
     let decoded = decode_event_list(&body, SOURCE, NOW)
         .unwrap_or_else(|e| panic!("fixture {name} is not a valid EventList: {e}"));
-    assert_eq!(decoded.len(), lines.len(), "every line of {name} is an event");
+    assert_eq!(
+        decoded.len(),
+        lines.len(),
+        "every line of {name} is an event"
+    );
     Fixture {
         body,
         events: lines.len(),
