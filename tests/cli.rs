@@ -203,20 +203,11 @@ async fn dev_mode_end_to_end_as_the_readme_says() {
         String::from_utf8_lossy(&push.stderr)
     );
 
-    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
-    let mut seen = vec![];
-    while seen.len() < 4 {
-        let line = tokio::time::timeout(support::DEADLINE, lines.next_line())
-            .await
-            .expect("no event")
-            .unwrap()
-            .expect("kubectl ended");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    for v in support::json_lines(watch.stdout.take().unwrap(), 4).await {
         assert_eq!(
             v["object"]["metadata"]["namespace"], "team-a",
             "alice sees team-a only"
         );
-        seen.push(v);
     }
 
     // SIGTERM: the server ends alice's watch, so kubectl exits, and the server exits 0.

@@ -384,17 +384,10 @@ async fn kubectl_through_the_aggregator_and_directly_with_a_token() {
     })
     .await;
     push(&srv).await;
-    use tokio::io::AsyncBufReadExt;
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut got = vec![];
-    while got.len() < 2 {
-        let line = tokio::time::timeout(support::DEADLINE, lines.next_line())
-            .await
-            .expect("no event")
-            .unwrap()
-            .expect("kubectl ended");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        got.push(v["object"]["auditID"].as_str().unwrap().to_owned());
-    }
+    let got: Vec<String> = support::json_lines(child.stdout.take().unwrap(), 2)
+        .await
+        .iter()
+        .map(|v| v["object"]["auditID"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(got, ["a-1", "a-2"]);
 }

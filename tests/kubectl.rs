@@ -9,7 +9,6 @@ use std::process::Stdio;
 
 use support::fixtures::{event, event_list};
 use support::server::{ALICE_TOKEN, PUSH_TOKEN, TestServer};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const TEAM_A: &str = "/apis/audit.k8s.io/v1alpha1/namespaces/team-a/namespacedevents?watch=1";
 
@@ -122,17 +121,11 @@ async fn alice_watches_her_namespace_with_every_kubectl() {
             .await;
         assert_eq!(code, 200);
 
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut got = vec![];
-        while got.len() < 2 {
-            let line = tokio::time::timeout(support::DEADLINE, lines.next_line())
-                .await
-                .unwrap_or_else(|_| panic!("{}: no event", bin.display()))
-                .unwrap()
-                .unwrap_or_else(|| panic!("{}: stream ended", bin.display()));
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            got.push(v["object"]["auditID"].as_str().unwrap().to_owned());
-        }
+        let got: Vec<String> = support::json_lines(child.stdout.take().unwrap(), 2)
+            .await
+            .iter()
+            .map(|v| v["object"]["auditID"].as_str().unwrap().to_owned())
+            .collect();
         assert_eq!(
             got,
             [ids[0].clone(), ids[2].clone()],

@@ -27,3 +27,19 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The first `n` JSON lines a child process prints (a `kubectl get --raw` watch, say).
+pub async fn json_lines(stdout: tokio::process::ChildStdout, n: usize) -> Vec<serde_json::Value> {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let line = tokio::time::timeout(DEADLINE, lines.next_line())
+            .await
+            .expect("no line within the deadline")
+            .expect("reading the process's output")
+            .expect("the process ended early");
+        out.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {e}: {line}")));
+    }
+    out
+}
