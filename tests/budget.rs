@@ -250,3 +250,31 @@ async fn a_reader_that_never_reads_costs_bounded_memory() {
     );
     drop(stuck);
 }
+
+#[tokio::test]
+async fn a_server_wide_cap_is_shared_by_every_watcher() {
+    // Per-watcher budgets off; the server's 100 kB/s is split between the two watchers.
+    let srv = TestServer::start(&[
+        "--watcher-bytes-per-second",
+        "0",
+        "--max-egress-bytes-per-second",
+        "100000",
+    ])
+    .await;
+    let admin = srv.client(Some(ADMIN_TOKEN));
+    let mut a = admin.watch(EVENTS).await;
+    let mut b = admin.clone().http2().watch(EVENTS).await;
+    let (code, _) = srv
+        .client(Some(PUSH_TOKEN))
+        .push("", openshift_batch())
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    for w in [&mut a, &mut b] {
+        let seen = read_until_accounted(w, 100).await;
+        assert!(seen.full > 0, "{seen:?}");
+        assert!(
+            seen.dropped > 0,
+            "810 kB at once is far over a 50 kB/s share: {seen:?}"
+        );
+    }
+}
