@@ -1,7 +1,8 @@
 //! The WATCH endpoints: the query (`watch`, `resourceVersion`, `timeoutSeconds`,
 //! `allowWatchBookmarks`, `fieldSelector`), and `WatchBody`, the streaming response that
-//! reads one bus subscription and writes the shared event bytes as they are. Never
-//! publishes and never authorizes: the router has already decided who may see what.
+//! reads one bus subscription and writes the shared event bytes as they are, charging
+//! each event to the watcher's budget. Never publishes and never decides who may see
+//! what: the router authorized the watch, and hands it a `Recheck` to ask again.
 
 pub mod selector;
 
@@ -105,12 +106,12 @@ fn query_bool(v: &str) -> bool {
     !(v.is_empty() || v == "0" || v.eq_ignore_ascii_case("false"))
 }
 
-/// What a watch needs besides its query: its budget, how much backlog counts as
-/// lagging, its metrics, and the server's shutdown signal.
 /// Authorize the watch again; an error ends it with that error as an `ERROR` event.
 pub type Recheck =
     std::sync::Arc<dyn Fn() -> BoxFuture<'static, Result<(), ApiError>> + Send + Sync>;
 
+/// What a watch needs besides its query: re-authorization, its budget, how much backlog
+/// counts as lagging, its metrics, and the server's shutdown signal.
 pub struct WatchCtx {
     /// Re-authorization and how often to do it.
     pub recheck: Option<(Recheck, Duration)>,
@@ -148,20 +149,13 @@ pub fn serve(
         pending: VecDeque::new(),
         deadline: Box::pin(tokio::time::sleep(query.timeout())),
         shutdown: Box::pin(ctx.shutdown.cancelled_owned()),
-        bookmarks: query.allow_watch_bookmarks.then(|| {
-            let mut i =
-                tokio::time::interval_at(Instant::now() + BOOKMARK_INTERVAL, BOOKMARK_INTERVAL);
-            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            i
-        }),
+        bookmarks: query
+            .allow_watch_bookmarks
+            .then(|| ticker(BOOKMARK_INTERVAL)),
         skip_through: query.resource_version.unwrap_or(0),
         last_rv,
         selector: query.field_selector.clone(),
-        recheck: ctx.recheck.map(|(recheck, every)| {
-            let mut tick = tokio::time::interval_at(Instant::now() + every, every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            (recheck, tick)
-        }),
+        recheck: ctx.recheck.map(|(recheck, every)| (recheck, ticker(every))),
         rechecking: None,
         budget: ctx.budget,
         lag_bytes: ctx.lag_bytes,
@@ -171,6 +165,13 @@ pub fn serve(
         guard: ctx.guard,
     };
     Ok(stream_response(body.boxed_unsync()))
+}
+
+/// Ticks every `every`, the first one `every` from now; late ticks are not made up.
+fn ticker(every: Duration) -> Interval {
+    let mut i = tokio::time::interval_at(Instant::now() + every, every);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    i
 }
 
 fn stream_response(body: Body) -> Response<Body> {
