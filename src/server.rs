@@ -236,43 +236,31 @@ impl App {
         };
 
         if !attrs.resource_request {
-            let path = attrs.path.as_str();
-            let read = matches!(*req.method(), Method::GET | Method::HEAD);
-            if matches!(path, "/healthz" | "/livez" | "/readyz") {
-                return if read {
-                    Ok(reply::bytes(
-                        StatusCode::OK,
-                        "text/plain; charset=utf-8",
-                        "ok",
-                    ))
-                } else {
-                    Err(not_allowed())
-                };
-            }
-            if path == "/metrics" {
-                let text = app.metrics.render(app.bus.stats());
-                return if read {
-                    Ok(reply::bytes(
-                        StatusCode::OK,
-                        "text/plain; version=0.0.4",
-                        text,
-                    ))
-                } else {
-                    Err(not_allowed())
-                };
-            }
-            let accept = req
-                .headers()
-                .get(http::header::ACCEPT)
-                .and_then(|v| v.to_str().ok());
-            let doc = app.discovery.document(path, accept).ok_or_else(not_found)?;
-            if !read {
-                return Err(not_allowed());
-            }
-            let mut resp = reply::bytes(StatusCode::OK, &doc.content_type, doc.body);
-            resp.headers_mut()
-                .insert(http::header::VARY, http::HeaderValue::from_static("Accept"));
-            return Ok(resp);
+            let resp = match attrs.path.as_str() {
+                "/healthz" | "/livez" | "/readyz" => {
+                    reply::bytes(StatusCode::OK, "text/plain; charset=utf-8", "ok")
+                }
+                "/metrics" => reply::bytes(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    app.metrics.render(app.bus.stats()),
+                ),
+                path => {
+                    let accept = req
+                        .headers()
+                        .get(http::header::ACCEPT)
+                        .and_then(|v| v.to_str().ok());
+                    let doc = app.discovery.document(path, accept).ok_or_else(not_found)?;
+                    let mut resp = reply::bytes(StatusCode::OK, &doc.content_type, doc.body);
+                    resp.headers_mut()
+                        .insert(http::header::VARY, http::HeaderValue::from_static("Accept"));
+                    resp
+                }
+            };
+            return match *req.method() {
+                Method::GET | Method::HEAD => Ok(resp),
+                _ => Err(not_allowed()),
+            };
         }
 
         if attrs.api_group != API_GROUP
