@@ -21,6 +21,8 @@ use crate::tls::{ClientCa, Peer};
 /// Bodies above this are decoded off the async workers, so that one big batch does not
 /// stall other connections on the same thread.
 const BLOCKING_DECODE_BYTES: usize = 256 * 1024;
+/// How long a refused push's body is read before the answer goes out regardless.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// A source name is a node or host name: DNS subdomain length.
 const MAX_SOURCE_LEN: usize = 253;
 
@@ -93,33 +95,19 @@ pub async fn handle<B>(
     max_event_bytes: usize,
 ) -> Result<Response<Body>, ApiError>
 where
-    B: HttpBody<Data = Bytes> + Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    if req.method() != Method::POST {
-        return Err(ApiError::MethodNotAllowed(format!(
-            "the server does not allow this method on the requested resource: {} /ingest (use POST)",
-            req.method()
-        )));
-    }
-    let pusher = gate.admit(req.headers(), peer)?;
-    let source = match query_source(req.uri().query())? {
-        Some(s) => s,
-        None if pusher.is_empty() => peer.remote_addr.ip().to_string(),
-        None => pusher,
+    let (parts, body) = req.into_parts();
+    let source = match admit(&parts, peer, gate, max_request_bytes) {
+        Ok(source) => source,
+        Err(e) => {
+            drain(body, max_request_bytes).await;
+            return Err(e);
+        }
     };
-    let declared = req
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max_request_bytes) {
-        return Err(ApiError::RequestEntityTooLarge {
-            limit: max_request_bytes,
-        });
-    }
     let limit = usize::try_from(max_request_bytes).unwrap_or(usize::MAX);
-    let body = match Limited::new(req.into_body(), limit).collect().await {
+    let body = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             return Err(ApiError::RequestEntityTooLarge {
@@ -157,6 +145,57 @@ where
         StatusCode::OK,
         serde_json::to_vec(&status).unwrap_or_default(),
     ))
+}
+
+/// Read and discard a refused push's body (bounded in bytes and time) before answering:
+/// an HTTP/2 stream whose request body is dropped unread is reset, and the pusher (the
+/// apiserver's webhook client, curl) loses the Status that says why it was refused.
+async fn drain<B>(mut body: B, max_bytes: u64)
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+{
+    let read = async {
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if seen > max_bytes {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, read).await;
+}
+
+/// Everything decided before the body is read: method, pusher, source, declared size.
+fn admit(
+    parts: &http::request::Parts,
+    peer: &Peer,
+    gate: &Gate,
+    max_request_bytes: u64,
+) -> Result<String, ApiError> {
+    if parts.method != Method::POST {
+        return Err(ApiError::MethodNotAllowed(format!(
+            "the server does not allow this method on the requested resource: {} /ingest (use POST)",
+            parts.method
+        )));
+    }
+    let pusher = gate.admit(&parts.headers, peer)?;
+    let source = match query_source(parts.uri.query())? {
+        Some(s) => s,
+        None if pusher.is_empty() => peer.remote_addr.ip().to_string(),
+        None => pusher,
+    };
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_request_bytes) {
+        return Err(ApiError::RequestEntityTooLarge {
+            limit: max_request_bytes,
+        });
+    }
+    Ok(source)
 }
 
 struct Decoded {

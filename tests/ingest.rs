@@ -273,3 +273,34 @@ async fn ingest_by_client_certificate() {
         .await;
     assert_eq!(code, StatusCode::UNAUTHORIZED);
 }
+
+/// A refused push over HTTP/2 still gets its whole Status (curl, like the apiservers'
+/// Go client, reports a reset stream if the server drops the unread body first).
+#[tokio::test]
+async fn refused_http2_pushes_get_their_status() {
+    let srv = TestServer::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("batch.json");
+    let lines = fixtures::lines("openshift-audit_in.log");
+    std::fs::write(&body, fixtures::event_list("audit.k8s.io/v1", &lines)).unwrap();
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, srv.ca.pem()).unwrap();
+    for _ in 0..10 {
+        let out = tokio::process::Command::new("curl")
+            .args(["--http2", "-sS", "--cacert", ca.to_str().unwrap()])
+            .args(["-H", "Authorization: Bearer not-a-pusher", "--data-binary"])
+            .arg(format!("@{}", body.display()))
+            .arg(format!("https://localhost:{}/ingest", srv.addr.port()))
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "curl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(status["code"], 401);
+        assert_eq!(status["reason"], "Unauthorized");
+    }
+}
