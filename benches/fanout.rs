@@ -13,7 +13,6 @@
 //! events/s and MB/s; each subscriber receives all of them. Run with
 //! `cargo bench --bench fanout`.
 
-use std::path::PathBuf;
 use std::sync::LazyLock;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
@@ -29,6 +28,8 @@ const SOURCE: &str = "bench-apiserver";
 /// `--max-event-bytes` default: ingest truncates events above it before publishing.
 const MAX_EVENT_BYTES: usize = 100 * 1024;
 
+mod common;
+
 fn main() {
     divan::main();
 }
@@ -41,16 +42,7 @@ struct Fixture {
 }
 
 static ALL_EVENTS: LazyLock<Fixture> = LazyLock::new(|| {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/audit/all-events.jsonl");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()));
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let body = format!(
-        r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{{}},"items":[{}]}}"#,
-        lines.join(",")
-    )
-    .into_bytes();
+    let (body, _) = common::event_list("all-events.jsonl");
     let batch = batch(&body);
     Fixture {
         events: batch.len(),

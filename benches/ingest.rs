@@ -9,8 +9,9 @@
 //! Counters are bytes and events per iteration, so divan prints MB/s and events/s.
 //! Run with `cargo bench --bench ingest`.
 
-use std::path::PathBuf;
 use std::sync::LazyLock;
+
+mod common;
 
 use divan::counter::{BytesCount, ItemsCount};
 use divan::{Bencher, black_box};
@@ -35,28 +36,11 @@ struct Fixture {
 /// Wrap a JSON-lines audit log into one `audit.k8s.io/v1` `EventList`, as kube-apiserver's
 /// webhook backend sends it, and check once that the decoder accepts all of it.
 fn load(name: &str) -> Fixture {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/audit")
-        .join(name);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()));
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let body = format!(
-        r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{{}},"items":[{}]}}"#,
-        lines.join(",")
-    )
-    .into_bytes();
+    let (body, events) = common::event_list(name);
     let decoded = decode_event_list(&body, SOURCE, NOW)
         .unwrap_or_else(|e| panic!("fixture {name} is not a valid EventList: {e}"));
-    assert_eq!(
-        decoded.len(),
-        lines.len(),
-        "every line of {name} is an event"
-    );
-    Fixture {
-        body,
-        events: lines.len(),
-    }
+    assert_eq!(decoded.len(), events, "every line of {name} is an event");
+    Fixture { body, events }
 }
 
 /// 186 events, 0.9 MB, mostly `RequestResponse` with request/response objects.

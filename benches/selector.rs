@@ -6,7 +6,6 @@
 //! precision.
 //! Run with `cargo bench --bench selector`.
 
-use std::path::PathBuf;
 use std::sync::LazyLock;
 
 use divan::counter::ItemsCount;
@@ -14,21 +13,15 @@ use divan::{Bencher, black_box};
 use kube_audit_stream::event::{Event, decode_event_list};
 use kube_audit_stream::watch::FieldSelector;
 
+mod common;
+
 fn main() {
     divan::main();
 }
 
 static EVENTS: LazyLock<Vec<Event>> = LazyLock::new(|| {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/audit/all-events.jsonl");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()));
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let body = format!(
-        r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{{}},"items":[{}]}}"#,
-        lines.join(",")
-    );
-    decode_event_list(body.as_bytes(), "bench-apiserver", "2026-01-01T00:00:00Z")
+    let (body, _) = common::event_list("all-events.jsonl");
+    decode_event_list(&body, "bench-apiserver", "2026-01-01T00:00:00Z")
         .expect("all-events.jsonl is a valid EventList")
 });
 

@@ -6,8 +6,10 @@
 //! the kubeadm patch agree with each other, with kube-apiserver's flag names and with the
 //! server's limits, and the image recipe builds what the Deployment runs.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -28,33 +30,10 @@ const ADMIN_TOKEN: &str = "admin-token";
 // ---------------------------------------------------------------------------------------
 // Helpers
 
-/// The documents of a YAML file as JSON values, converted by PyYAML (the crate has no
-/// YAML parser).
+/// The documents of a YAML file of the repository.
 fn yaml_file(rel: &str) -> Vec<Value> {
-    const TO_JSON: &str = "import json, sys, yaml\n\
-        json.dump([d for d in yaml.safe_load_all(sys.stdin) if d is not None], sys.stdout, default=str)";
     let text = std::fs::read_to_string(format!("{ROOT}/{rel}")).unwrap();
-    let mut child = Command::new("python3")
-        .args(["-c", TO_JSON])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 on PATH");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !stderr.contains("No module named 'yaml'"),
-        "reading YAML needs PyYAML: pip install pyyaml (or kubernetes-validate, which CI installs)"
-    );
-    assert!(out.status.success(), "{rel}: not YAML: {stderr}");
-    serde_json::from_slice(&out.stdout).unwrap()
+    support::yaml::docs(&text, rel)
 }
 
 fn yaml_object(rel: &str) -> Value {

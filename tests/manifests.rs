@@ -11,8 +11,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use clap::Parser;
 use http::StatusCode;
@@ -23,38 +22,11 @@ use support::server::{ADMIN_TOKEN, TestServer};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-/// The documents of a YAML text as JSON values, converted by PyYAML.
-fn yaml_docs(yaml: &str, origin: &str) -> Vec<Value> {
-    const TO_JSON: &str = "import json, sys, yaml\n\
-        json.dump([d for d in yaml.safe_load_all(sys.stdin) if d is not None], sys.stdout, default=str)";
-    let mut child = Command::new("python3")
-        .args(["-c", TO_JSON])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 on PATH");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !stderr.contains("No module named 'yaml'"),
-        "reading YAML needs PyYAML: pip install pyyaml (or kubernetes-validate, which CI installs)"
-    );
-    assert!(out.status.success(), "{origin}: not YAML: {stderr}");
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// The one object in `manifests/base/<name>`.
 fn base(name: &str) -> Value {
     let path = format!("{ROOT}/manifests/base/{name}");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let mut docs = yaml_docs(&text, &path);
+    let mut docs = support::yaml::docs(&text, &path);
     assert_eq!(docs.len(), 1, "{path}: one object per file");
     docs.pop().unwrap()
 }
@@ -70,7 +42,7 @@ fn kustomize(dir: &str) -> Vec<Value> {
         "kubectl kustomize {dir}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    yaml_docs(&String::from_utf8(out.stdout).unwrap(), dir)
+    support::yaml::docs(&String::from_utf8(out.stdout).unwrap(), dir)
 }
 
 fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {

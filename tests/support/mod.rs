@@ -8,6 +8,7 @@ pub mod fake_apiserver;
 pub mod fixtures;
 pub mod pki;
 pub mod server;
+pub mod yaml;
 
 use std::future::Future;
 use std::time::Duration;
