@@ -3,11 +3,14 @@
 //! bounds the body, decodes the `EventList` whole and only then publishes it, so a bad
 //! batch leaves nothing half-published. Never waits on a watcher: `Bus::publish` does not.
 
+use std::sync::{Arc, RwLock};
+
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body as HttpBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
+use tokio_util::sync::CancellationToken;
 
 use crate::authn::{TokenFile, bearer_token};
 use crate::bus::Bus;
@@ -16,7 +19,7 @@ use crate::event::{self, Event};
 use crate::metrics::Metrics;
 use crate::reply::{self, Body};
 use crate::status::ApiError;
-use crate::tls::{ClientCa, Peer};
+use crate::tls::{self, ClientCa, Peer};
 
 /// Bodies above this are decoded off the async workers, so that one big batch does not
 /// stall other connections on the same thread.
@@ -30,12 +33,31 @@ const MAX_SOURCE_LEN: usize = 253;
 pub struct Gate {
     open_on_loopback: bool,
     tokens: Option<TokenFile>,
-    ca: Option<ClientCa>,
+    /// Swapped by a file watch when the CA file changes.
+    ca: Option<Arc<RwLock<ClientCa>>>,
     allowed_names: Vec<String>,
 }
 
 impl Gate {
-    pub fn new(settings: &IngestSettings) -> Result<Self, String> {
+    /// Load the token file and CA; the CA is reloaded when its file changes, until `shutdown`.
+    pub fn new(settings: &IngestSettings, shutdown: CancellationToken) -> Result<Self, String> {
+        let ca = match &settings.client_ca_file {
+            Some(path) => {
+                let ca = Arc::new(RwLock::new(ClientCa::load(path)?));
+                let (shared, file) = (ca.clone(), path.clone());
+                tls::spawn_file_watch(
+                    vec![path.clone()],
+                    "ingest client CA",
+                    shutdown,
+                    move || {
+                        *shared.write().unwrap_or_else(|e| e.into_inner()) = ClientCa::load(&file)?;
+                        Ok(())
+                    },
+                );
+                Some(ca)
+            }
+            None => None,
+        };
         Ok(Gate {
             open_on_loopback: settings.open_on_loopback,
             tokens: settings
@@ -43,11 +65,7 @@ impl Gate {
                 .as_deref()
                 .map(TokenFile::load)
                 .transpose()?,
-            ca: settings
-                .client_ca_file
-                .as_deref()
-                .map(ClientCa::load)
-                .transpose()?,
+            ca,
             allowed_names: settings.allowed_names.clone(),
         })
     }
@@ -57,7 +75,8 @@ impl Gate {
     pub fn admit(&self, headers: &http::HeaderMap, peer: &Peer) -> Result<String, ApiError> {
         let mut refusal = None;
         if let (Some(ca), Some(certs)) = (&self.ca, &peer.certs) {
-            match ca.verify(certs) {
+            let verified = ca.read().unwrap_or_else(|e| e.into_inner()).verify(certs);
+            match verified {
                 Ok(id) if self.allowed_names.contains(&id.common_name) => return Ok(id.common_name),
                 Ok(id) => {
                     refusal = Some(ApiError::ForbiddenPlain(format!(

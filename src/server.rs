@@ -124,7 +124,8 @@ impl App {
                 authn,
                 authz,
                 always_allow: AlwaysAllowPaths::new(&settings.always_allow_paths),
-                ingest: ingest::Gate::new(&settings.ingest).map_err(Error::Load)?,
+                ingest: ingest::Gate::new(&settings.ingest, shutdown.clone())
+                    .map_err(Error::Load)?,
                 max_request_bytes: settings.ingest.max_request_bytes,
                 max_event_bytes: settings.max_event_bytes,
                 discovery: Discovery::new(),

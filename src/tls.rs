@@ -23,7 +23,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 use tokio_util::sync::CancellationToken;
 
-/// How often the serving certificate files are checked for changes. Certificates rotate
+/// How often certificate and CA files are checked for changes. Certificates rotate
 /// on the scale of hours; a few seconds of delay costs nothing and a poll needs no
 /// file-notification machinery that behaves differently on every volume type.
 const CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
@@ -92,13 +92,18 @@ pub fn server_config(
         current: RwLock::new(Arc::new(load_certified_key(source, &provider)?)),
     });
     if let CertSource::Files { cert, key } = source {
-        spawn_reloader(
+        let (resolver, cert, key, provider) = (
             resolver.clone(),
             cert.clone(),
             key.clone(),
             provider.clone(),
-            shutdown,
         );
+        let files = vec![cert.clone(), key.clone()];
+        spawn_file_watch(files, "serving certificate", shutdown, move || {
+            let ck = certified_key_from_files(&cert, &key, &provider).map_err(|e| e.to_string())?;
+            *resolver.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ck);
+            Ok(())
+        });
     }
     let verifier = Arc::new(AnyClientCert {
         algorithms: provider.signature_verification_algorithms,
@@ -193,39 +198,39 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
-fn modified(paths: [&Path; 2]) -> Option<[SystemTime; 2]> {
-    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    Some([m(paths[0])?, m(paths[1])?])
+fn modified(paths: &[PathBuf]) -> Option<Vec<SystemTime>> {
+    paths
+        .iter()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
 }
 
-fn spawn_reloader(
-    resolver: Arc<Resolver>,
-    cert: PathBuf,
-    key: PathBuf,
-    provider: Arc<CryptoProvider>,
+/// Poll `files` until `shutdown` and call `reload` when any of them changes (Secret
+/// volumes swap files by symlink, which a modification time follows). A reload that fails,
+/// say on a half-written pair, keeps what is in force and is retried at the next tick.
+pub fn spawn_file_watch(
+    files: Vec<PathBuf>,
+    what: &'static str,
     shutdown: CancellationToken,
+    mut reload: impl FnMut() -> Result<(), String> + Send + 'static,
 ) {
     tokio::spawn(async move {
-        let mut seen = modified([&cert, &key]);
+        let mut seen = modified(&files);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(CERT_RELOAD_INTERVAL) => {}
             }
-            let now = modified([&cert, &key]);
+            let now = modified(&files);
             if now.is_none() || now == seen {
                 continue;
             }
-            // A half-written pair fails to load; keep serving the old one and retry.
-            match certified_key_from_files(&cert, &key, &provider) {
-                Ok(ck) => {
-                    *resolver.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ck);
+            match reload() {
+                Ok(()) => {
                     seen = now;
-                    tracing::info!(cert = %cert.display(), "reloaded serving certificate");
+                    tracing::info!(file = %files[0].display(), "reloaded {what}");
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "serving certificate changed but does not load yet")
-                }
+                Err(e) => tracing::warn!(error = %e, "{what} changed but does not load yet"),
             }
         }
     });

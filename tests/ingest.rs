@@ -304,3 +304,43 @@ async fn refused_http2_pushes_get_their_status() {
         assert_eq!(status["reason"], "Unauthorized");
     }
 }
+
+/// Rotating the ingest CA is a change of its file: no restart.
+#[tokio::test]
+async fn the_ingest_ca_file_is_reloaded_when_it_changes() {
+    let (old_ca, new_ca) = (
+        support::pki::Ca::new("ingest-ca-1"),
+        support::pki::Ca::new("ingest-ca-2"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ingest-ca.crt");
+    std::fs::write(&ca_file, old_ca.pem()).unwrap();
+    let srv = TestServer::start(&[
+        "--ingest-client-ca-file",
+        ca_file.to_str().unwrap(),
+        "--ingest-allowed-names",
+        "apiserver-1",
+    ])
+    .await;
+    let body = || fixtures::event_list("audit.k8s.io/v1", &[fixtures::event("r-1", None, "get")]);
+    let old = srv
+        .client(None)
+        .with_cert(old_ca.client("apiserver-1", &[]));
+    let new = srv
+        .client(None)
+        .with_cert(new_ca.client("apiserver-1", &[]));
+    assert_eq!(old.push("", body()).await.0, StatusCode::OK);
+    assert_eq!(new.push("", body()).await.0, StatusCode::UNAUTHORIZED);
+
+    std::fs::write(&ca_file, new_ca.pem()).unwrap();
+    support::eventually("the new ingest CA to be in force", || {
+        let new = new.clone();
+        async move { new.push("", body()).await.0 == StatusCode::OK }
+    })
+    .await;
+    assert_eq!(
+        old.push("", body()).await.0,
+        StatusCode::UNAUTHORIZED,
+        "the old CA is gone"
+    );
+}
