@@ -75,6 +75,14 @@ impl Client {
         TlsConnector::from(Arc::new(config))
     }
 
+    /// Whether a TLS handshake succeeds: the server's certificate is trusted by this
+    /// client's CA (and, with a client certificate, the handshake accepts it).
+    pub async fn handshake_ok(&self) -> bool {
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        self.connector().connect(name, tcp).await.is_ok()
+    }
+
     /// Send one request on a fresh connection.
     pub async fn send(
         &self,
