@@ -96,7 +96,8 @@ impl Budget {
         }
     }
 
-    pub fn is_unlimited(&self) -> bool {
+    #[cfg(test)]
+    fn is_unlimited(&self) -> bool {
         self.limits().0.is_infinite()
     }
 

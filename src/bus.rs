@@ -282,10 +282,6 @@ impl Subscription {
         next
     }
 
-    pub async fn next(&mut self) -> Option<Arc<Published>> {
-        std::future::poll_fn(|cx| self.poll_next(cx)).await
-    }
-
     /// Events lost since the last call, because the queue was full.
     pub fn take_dropped(&self) -> u64 {
         self.shared.dropped.swap(0, Ordering::Relaxed)

@@ -55,11 +55,6 @@ impl ApiError {
         }
     }
 
-    /// A label from a closed set, for metrics.
-    pub fn metric_label(&self) -> &'static str {
-        self.code_reason().1
-    }
-
     pub fn to_status(&self) -> Status {
         let (code, reason) = self.code_reason();
         let details = match self {

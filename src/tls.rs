@@ -69,8 +69,8 @@ pub struct Peer {
 }
 
 impl Peer {
-    #[doc(hidden)]
-    pub fn for_tests() -> Self {
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
         Peer {
             remote_addr: SocketAddr::from(([127, 0, 0, 1], 1)),
             certs: None,
