@@ -1,17 +1,19 @@
 # kube-audit-stream container image: hack/build-image.sh builds it.
 #
-# Build stage: the official Rust image (Debian bookworm). It already has everything the
-# build needs (rustc and cargo for x86_64/aarch64-unknown-linux-gnu, gcc and the glibc
-# headers that ring's C and assembly parts compile with), so the build downloads nothing
-# but crates from crates.io.
+# Build stage: the official Rust image (Debian bookworm), which has everything the build
+# needs (rustc, cargo, gcc and the glibc headers and static libraries ring compiles and
+# links with), so the build downloads nothing but crates. hack/build-static.sh links the
+# binary statically.
 #
-# Run stage: distroless "cc" (glibc, libgcc, CA certificates, no shell, no package
-# manager), as its non-root user. Why glibc and not a fully static musl binary: the
-# official image has no musl target (adding one means a rustup download, or apk packages
-# on the Alpine variant), and musl's allocator is markedly slower under the many-thread
-# fan-out this server does, which an allocator crate would fix only with a new
-# dependency. Build and run stages are both Debian 12, so the glibc versions match.
+# Run stage: scratch, the static binary and nothing else (no shell, no libc, no package
+# manager), as a non-root numeric user. Without CA certificates in the image, the kube
+# client trusts only the CA of its kubeconfig or, in a pod, the service account's
+# ca.crt; that is all it talks to.
+#
+# BIN_STAGE=prebuilt packages a binary built outside instead (hack/build-image.sh
+# --prebuilt): the build context is then a directory holding only that binary.
 ARG RUST_VERSION=1.89
+ARG BIN_STAGE=build
 
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
@@ -19,17 +21,22 @@ WORKDIR /src
 # (benches, the load generator) even when it builds only the binary, and the binary embeds
 # deploy/dev/.
 COPY . .
-# Symbols kept (for readable backtraces), debug info dropped: a smaller image.
-ENV CARGO_PROFILE_RELEASE_STRIP=debuginfo
 # The cache mounts keep the crate downloads and the build between image builds.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin kube-audit-stream \
-    && install -D -m 0755 target/release/kube-audit-stream /out/kube-audit-stream
+    hack/build-static.sh /out
 
-FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=build /out/kube-audit-stream /usr/local/bin/kube-audit-stream
-# distroless "nonroot": uid and gid 65532. Numeric, so that runAsNonRoot can verify it.
+FROM scratch AS prebuilt
+COPY kube-audit-stream /out/kube-audit-stream
+
+FROM ${BIN_STAGE} AS bin
+# A no-op, but a stage with no instruction leaves a working container behind in buildah.
+WORKDIR /out
+
+FROM scratch
+COPY --from=bin /out/kube-audit-stream /usr/local/bin/kube-audit-stream
+# Numeric, so that runAsNonRoot can verify it; manifests/base/deployment.yaml runs as
+# the same user.
 USER 65532:65532
 EXPOSE 8443
 ENTRYPOINT ["/usr/local/bin/kube-audit-stream"]

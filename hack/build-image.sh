@@ -1,30 +1,41 @@
 #!/usr/bin/env bash
 # Builds the container image from the Dockerfile at the repository root, with docker
-# (BuildKit) or podman, whichever is installed.
+# (BuildKit), podman or buildah, whichever is installed.
 #
 #   hack/build-image.sh                                   # kube-audit-stream:latest
 #   hack/build-image.sh registry.example.com/kube-audit-stream:v0.1.0 --push
+#   hack/build-image.sh --prebuilt out/kube-audit-stream IMAGE   # package a binary from
+#                                                         # hack/build-static.sh
 #
-# Environment: CONTAINER_ENGINE (docker or podman), PLATFORM (e.g. linux/arm64),
+# Environment: CONTAINER_ENGINE (docker, podman or buildah), PLATFORM (e.g. linux/arm64),
 # RUST_VERSION (the build image's tag, default in the Dockerfile).
 # Then point manifests/base/kustomization.yaml (images:) at the same name and tag.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+
 image=kube-audit-stream:latest
 push=false
-for arg in "$@"; do
-  case "$arg" in
+prebuilt=
+while [ $# -gt 0 ]; do
+  case "$1" in
     --push) push=true ;;
-    -h | --help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    -*) echo "build-image.sh: unknown option $arg" >&2; exit 2 ;;
-    *) image=$arg ;;
+    --prebuilt)
+      [ $# -ge 2 ] || { echo "build-image.sh: --prebuilt needs the binary's path" >&2; exit 2; }
+      prebuilt=$2
+      shift
+      ;;
+    -h | --help) usage; exit 0 ;;
+    -*) echo "build-image.sh: unknown option $1" >&2; exit 2 ;;
+    *) image=$1 ;;
   esac
+  shift
 done
 
 engine=${CONTAINER_ENGINE:-}
 if [ -z "$engine" ]; then
-  for candidate in docker podman; do
+  for candidate in docker podman buildah; do
     if command -v "$candidate" >/dev/null 2>&1; then
       engine=$candidate
       break
@@ -32,21 +43,39 @@ if [ -z "$engine" ]; then
   done
 fi
 if [ -z "$engine" ]; then
-  echo "build-image.sh: neither docker nor podman is installed (or set CONTAINER_ENGINE)" >&2
+  echo "build-image.sh: none of docker, podman, buildah is installed (or set CONTAINER_ENGINE)" >&2
   exit 1
 fi
 
-args=(build --tag "$image" --file Dockerfile)
+context=.
+args=(--tag "$image" --file "$PWD/Dockerfile")
+if [ -n "$prebuilt" ]; then
+  if [ ! -x "$prebuilt" ]; then
+    echo "build-image.sh: $prebuilt is not an executable file" >&2
+    exit 1
+  fi
+  # A context of its own: the binary and nothing else.
+  context=$(mktemp -d)
+  trap 'rm -rf "$context"' EXIT
+  cp "$prebuilt" "$context/kube-audit-stream"
+  args+=(--build-arg BIN_STAGE=prebuilt)
+fi
 if [ -n "${PLATFORM:-}" ]; then
   args+=(--platform "$PLATFORM")
 fi
 if [ -n "${RUST_VERSION:-}" ]; then
   args+=(--build-arg "RUST_VERSION=$RUST_VERSION")
 fi
-# The Dockerfile's RUN --mount=type=cache needs BuildKit (docker's default since 23.0).
+case "$engine" in
+  # buildah's build is "bud"; it needs no daemon.
+  buildah) build=(bud) ;;
+  *) build=(build) ;;
+esac
+# The Dockerfile's RUN --mount=type=cache and FROM ${BIN_STAGE} need BuildKit (docker's
+# default since 23.0); podman and buildah understand both.
 export DOCKER_BUILDKIT=1
-echo "+ $engine ${args[*]} ."
-"$engine" "${args[@]}" .
+echo "+ $engine ${build[*]} ${args[*]} $context"
+"$engine" "${build[@]}" "${args[@]}" "$context"
 if $push; then
   echo "+ $engine push $image"
   "$engine" push "$image"

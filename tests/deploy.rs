@@ -915,8 +915,22 @@ fn the_image_recipe_matches_the_crate_and_the_deployment() {
         version(image_rust) >= version(rust_version),
         "the build image's Rust {image_rust} is older than the crate's rust-version {rust_version}"
     );
-    assert!(dockerfile.contains("cargo build --release --locked --bin kube-audit-stream"));
-    assert!(dockerfile.contains("ENTRYPOINT [\"/usr/local/bin/kube-audit-stream\"]"));
+    // The build stage runs the static build CI runs (hack/build-static.sh), and the image
+    // is that one binary on scratch.
+    let build_script = std::fs::read_to_string(format!("{ROOT}/hack/build-static.sh")).unwrap();
+    assert!(build_script.contains("cargo build --release --locked --bin kube-audit-stream"));
+    assert!(build_script.contains("target-feature=+crt-static"));
+    assert!(dockerfile.contains("hack/build-static.sh /out"));
+    let last_stage = dockerfile
+        .rsplit_once("\nFROM ")
+        .expect("the Dockerfile has stages")
+        .1;
+    assert!(
+        last_stage.starts_with("scratch\n"),
+        "the run stage is scratch"
+    );
+    assert!(last_stage.contains("COPY --from=bin /out/kube-audit-stream /usr/local/bin/"));
+    assert!(last_stage.contains("ENTRYPOINT [\"/usr/local/bin/kube-audit-stream\"]"));
 
     // The image's user is the Deployment's, and not root.
     let user = dockerfile
@@ -965,6 +979,7 @@ fn the_image_recipe_matches_the_crate_and_the_deployment() {
         "src/lib.rs",
         "benches/ingest.rs",
         "hack/loadgen/main.rs",
+        "hack/build-static.sh",
         "deploy/dev/tokens.csv",
         "deploy/dev/abac-policy.jsonl",
     ] {
