@@ -1,6 +1,6 @@
 //! `manifests/` against the server: the APIService names the group and version the server
-//! serves, the ClusterRoles grant exactly the resources and verbs it serves (a verb it does
-//! not serve is a permission nobody can use; a missing one locks users out), the
+//! serves, the ClusterRoles grant exactly the served resources with every served verb (a
+//! missing one locks users out) plus `list` (granted ahead of LIST) and nothing else, the
 //! Deployment's flags are ones the binary accepts in cluster mode, its probes answer
 //! without credentials, and the objects point at each other by the right names, in both
 //! variants (`manifests/` and `manifests/cert-manager/`, built with kubectl's kustomize).
@@ -164,9 +164,13 @@ async fn apiservice_and_roles_match_what_the_server_serves() {
                     .get(&resource)
                     .unwrap_or_else(|| panic!("{file} grants {resource}, which is not served"));
                 assert_eq!(*is_namespaced, namespaced, "{file}: {resource} namespaced?");
+                // Read-only, and all of it: what is served, and list, which the server
+                // answers 405 until it serves LIST.
+                let mut want = served_verbs.clone();
+                want.insert("list".to_owned());
                 assert_eq!(
-                    &verbs, served_verbs,
-                    "{file}: the verbs on {resource} must be those the server serves"
+                    verbs, want,
+                    "{file}: the verbs on {resource} must be those the server serves, and list"
                 );
                 granted.insert(resource);
             }
