@@ -10,10 +10,10 @@
 # client trusts only the CA of its kubeconfig or, in a pod, the service account's
 # ca.crt; that is all it talks to.
 #
-# BIN_STAGE=prebuilt packages a binary built outside instead (hack/build-image.sh
-# --prebuilt): the build context is then a directory holding only that binary.
+# Two targets share the run stage: the default (last) builds from source; `--target
+# prebuilt` packages a binary built outside instead (hack/build-image.sh --prebuilt), from
+# a build context holding only that binary.
 ARG RUST_VERSION=1.89
-ARG BIN_STAGE=build
 
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
@@ -26,15 +26,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     hack/build-static.sh /out
 
-FROM scratch AS prebuilt
-COPY kube-audit-stream /out/kube-audit-stream
-
-FROM ${BIN_STAGE} AS bin
-# A no-op, but a stage with no instruction leaves a working container behind in buildah.
-WORKDIR /out
-
-FROM scratch
-COPY --from=bin /out/kube-audit-stream /usr/local/bin/kube-audit-stream
+FROM scratch AS runtime
 # Numeric, so that runAsNonRoot can verify it; manifests/base/deployment.yaml runs as
 # the same user.
 USER 65532:65532
@@ -42,3 +34,9 @@ EXPOSE 8443
 ENTRYPOINT ["/usr/local/bin/kube-audit-stream"]
 # manifests/base/deployment.yaml passes "serve" and the cluster-mode flags.
 CMD ["serve", "--help"]
+
+FROM runtime AS prebuilt
+COPY kube-audit-stream /usr/local/bin/kube-audit-stream
+
+FROM runtime
+COPY --from=build /out/kube-audit-stream /usr/local/bin/kube-audit-stream

@@ -58,7 +58,7 @@ if [ -n "$prebuilt" ]; then
   context=$(mktemp -d)
   trap 'rm -rf "$context"' EXIT
   cp "$prebuilt" "$context/kube-audit-stream"
-  args+=(--build-arg BIN_STAGE=prebuilt)
+  args+=(--target prebuilt)
 fi
 if [ -n "${PLATFORM:-}" ]; then
   args+=(--platform "$PLATFORM")
@@ -71,8 +71,8 @@ case "$engine" in
   buildah) build=(bud) ;;
   *) build=(build) ;;
 esac
-# The Dockerfile's RUN --mount=type=cache and FROM ${BIN_STAGE} need BuildKit (docker's
-# default since 23.0); podman and buildah understand both.
+# The Dockerfile's RUN --mount=type=cache needs BuildKit (docker's default since 23.0);
+# podman and buildah understand it.
 export DOCKER_BUILDKIT=1
 echo "+ $engine ${build[*]} ${args[*]} $context"
 "$engine" "${build[@]}" "${args[@]}" "$context"

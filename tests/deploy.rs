@@ -921,16 +921,29 @@ fn the_image_recipe_matches_the_crate_and_the_deployment() {
     assert!(build_script.contains("cargo build --release --locked --bin kube-audit-stream"));
     assert!(build_script.contains("target-feature=+crt-static"));
     assert!(dockerfile.contains("hack/build-static.sh /out"));
-    let last_stage = dockerfile
-        .rsplit_once("\nFROM ")
-        .expect("the Dockerfile has stages")
-        .1;
+    let stages: Vec<&str> = dockerfile.split("\nFROM ").skip(1).collect();
+    let stage = |from: &str| {
+        stages
+            .iter()
+            .find(|s| s.starts_with(from))
+            .unwrap_or_else(|| panic!("the Dockerfile has a stage FROM {from}"))
+    };
+    let runtime = stage("scratch AS runtime\n");
+    assert!(runtime.contains("ENTRYPOINT [\"/usr/local/bin/kube-audit-stream\"]"));
+    // Both targets put the binary where the entrypoint runs it, and nothing else.
+    let from_source = stages.last().unwrap();
     assert!(
-        last_stage.starts_with("scratch\n"),
-        "the run stage is scratch"
+        from_source.starts_with("runtime\n"),
+        "the default target runs on scratch"
     );
-    assert!(last_stage.contains("COPY --from=bin /out/kube-audit-stream /usr/local/bin/"));
-    assert!(last_stage.contains("ENTRYPOINT [\"/usr/local/bin/kube-audit-stream\"]"));
+    let prebuilt = stage("runtime AS prebuilt\n");
+    for (target, copy) in [
+        (from_source, "COPY --from=build /out/kube-audit-stream"),
+        (prebuilt, "COPY kube-audit-stream"),
+    ] {
+        let copies: Vec<&str> = target.lines().filter(|l| l.starts_with("COPY")).collect();
+        assert_eq!(copies, [format!("{copy} /usr/local/bin/kube-audit-stream")]);
+    }
 
     // The image's user is the Deployment's, and not root.
     let user = dockerfile
