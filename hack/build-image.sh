@@ -11,7 +11,6 @@
 # RUST_VERSION (the build image's tag, default in the Dockerfile).
 # Then point manifests/base/kustomization.yaml (images:) at the same name and tag.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 
 usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
 
@@ -23,7 +22,8 @@ while [ $# -gt 0 ]; do
     --push) push=true ;;
     --prebuilt)
       [ $# -ge 2 ] || { echo "build-image.sh: --prebuilt needs the binary's path" >&2; exit 2; }
-      prebuilt=$2
+      # As the caller named it, before the cd below.
+      prebuilt=$(realpath -- "$2")
       shift
       ;;
     -h | --help) usage; exit 0 ;;
@@ -32,6 +32,8 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+
+cd "$(dirname "$0")/.."
 
 engine=${CONTAINER_ENGINE:-}
 if [ -z "$engine" ]; then

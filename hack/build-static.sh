@@ -10,13 +10,14 @@
 # fan-out this server does. Host names still resolve: glibc (2.34 on) has its "files" and
 # "dns" lookups built in, and the kubelet mounts /etc/hosts and /etc/resolv.conf.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 
 if [ $# -ne 1 ] || [ "${1#-}" != "$1" ]; then
   sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 fi
-out=$1
+# As the caller named it, before the cd below.
+out=$(realpath -- "$1")
+cd "$(dirname "$0")/.."
 
 target=$(rustc -vV | sed -n 's/^host: //p')
 case "$target" in
