@@ -297,6 +297,15 @@ impl Subscription {
         self.shared.pending_bytes.load(Ordering::Relaxed)
     }
 
+    /// Take no more events and free the queued ones now; the bus forgets this
+    /// subscriber at its next event.
+    pub fn close(&mut self) {
+        self.replay.clear();
+        self.rx.close();
+        while self.rx.try_recv().is_ok() {}
+        self.shared.pending_bytes.store(0, Ordering::Relaxed);
+    }
+
     /// The bus's resourceVersion when this subscription started.
     pub fn start_resource_version(&self) -> u64 {
         self.start_rv
@@ -371,6 +380,21 @@ mod tests {
         assert_eq!(slow.take_dropped(), 0);
         assert_eq!(fast.take_dropped(), 0);
         assert_eq!(bus.stats().dropped_queue_full.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_closed_subscription_frees_its_queue_and_is_forgotten() {
+        let bus = Bus::new(config());
+        let mut sub = bus.subscribe(Scope::All, Some(0)).unwrap();
+        bus.publish(events(&[None, None]));
+        let published = bus.lock().window[0].clone();
+        assert_eq!(Arc::strong_count(&published), 3, "window, queue, here");
+        sub.close();
+        assert_eq!(Arc::strong_count(&published), 2, "the queue let go");
+        assert_eq!(sub.backlog_bytes(), 0);
+        assert_eq!(drain(&mut sub), Vec::<u64>::new());
+        bus.publish(events(&[None]));
+        assert!(bus.lock().subscribers.is_empty());
     }
 
     #[test]

@@ -283,8 +283,15 @@ pub struct Settings {
     pub max_event_bytes: usize,
     pub budget: budget::Config,
     pub max_egress_bytes_per_second: u64,
+    /// How long a client may take nothing before its connection (HTTP/1.1) or its watch
+    /// (HTTP/2 stream) is closed. No flag: tests shorten it.
+    pub stall_limit: Duration,
     pub dev: bool,
 }
+
+/// Long enough for any live client's hiccup, short enough that a stuck watcher does not
+/// hold its queue and its slot for long.
+pub const DEFAULT_STALL_LIMIT: Duration = Duration::from_secs(60);
 
 impl ServeArgs {
     /// Check the flags together and resolve the `--dev` preset.
@@ -435,6 +442,7 @@ impl ServeArgs {
                 burst_bytes: self.stream.watcher_burst_bytes,
             },
             max_egress_bytes_per_second: self.stream.max_egress_bytes_per_second,
+            stall_limit: DEFAULT_STALL_LIMIT,
             dev,
         })
     }

@@ -14,7 +14,8 @@
 //! * [`ingest`]: `POST /ingest`, the audit webhook push.
 //! * [`event`]: decoding an `EventList` and serialising each event once.
 //! * [`bus`]: resourceVersions, the replay window, bounded fan-out to subscribers.
-//! * [`watch`]: the WATCH endpoints: query, scope, the streaming body.
+//! * [`watch`]: the WATCH endpoints: query, scope, the streaming body, and the watchdog
+//!   that ends a watch whose client stopped reading.
 //! * [`budget`]: each watcher's byte budget: send whole, truncated, or drop.
 //! * [`discovery`]: `/apis` documents, legacy and aggregated.
 //! * [`status`]: `ApiError` → `meta.k8s.io/v1` `Status`.

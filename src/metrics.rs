@@ -24,6 +24,7 @@ pub struct Metrics {
     watch_bytes_sent: IntCounterVec,
     watch_truncated: IntCounterVec,
     watch_dropped: IntCounterVec,
+    watch_stalled: IntCounterVec,
     bus_published: IntCounter,
     bus_dropped: IntCounter,
     bus_window_events: IntGauge,
@@ -101,6 +102,14 @@ impl Metrics {
                 ),
                 &["resource", "reason"]
             )),
+            watch_stalled: reg!(IntCounterVec::new(
+                opts(
+                    "watch",
+                    "stalled_total",
+                    "Watches ended because their client took nothing for the stall limit."
+                ),
+                &["resource"]
+            )),
             bus_published: reg!(IntCounter::with_opts(opts(
                 "bus",
                 "published_events_total",
@@ -159,6 +168,7 @@ impl Metrics {
             dropped_queue_full: self
                 .watch_dropped
                 .with_label_values(&[resource, "queue_full"]),
+            stalled: self.watch_stalled.with_label_values(&[resource]),
         }
     }
 
@@ -199,6 +209,7 @@ pub struct WatchGuard {
     truncated: IntCounter,
     dropped_budget: IntCounter,
     dropped_queue_full: IntCounter,
+    stalled: IntCounter,
 }
 
 impl WatchGuard {
@@ -217,6 +228,11 @@ impl WatchGuard {
 
     pub fn dropped_queue_full(&self, events: u64) {
         self.dropped_queue_full.inc_by(events);
+    }
+
+    /// The watch is ending because its client stopped reading.
+    pub fn stalled(&self) {
+        self.stalled.inc();
     }
 }
 
@@ -238,6 +254,7 @@ mod tests {
         let guard = m.watch_started("events");
         guard.sent(100, false);
         guard.sent(10, true);
+        guard.stalled();
         let stats = Stats::default();
         stats.published_events.store(3, Ordering::Relaxed);
         let text = m.render(&stats);
@@ -252,6 +269,7 @@ mod tests {
         assert!(
             text.contains("kube_audit_stream_watch_truncated_events_total{resource=\"events\"} 1")
         );
+        assert!(text.contains("kube_audit_stream_watch_stalled_total{resource=\"events\"} 1"));
         // A second scrape adds nothing new.
         assert!(
             m.render(&stats)

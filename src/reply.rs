@@ -36,37 +36,3 @@ pub fn json(code: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 pub fn error(e: &ApiError) -> Response<Body> {
     json(e.code_reason().0, e.to_json())
 }
-
-/// `body`, keeping `guard` alive until the body is dropped (a watch's slot, say).
-pub fn hold<T: Send + Unpin + 'static>(body: Body, guard: T) -> Body {
-    Held {
-        body,
-        _guard: guard,
-    }
-    .boxed_unsync()
-}
-
-struct Held<T> {
-    body: Body,
-    _guard: T,
-}
-
-impl<T: Unpin> http_body::Body for Held<T> {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}

@@ -46,9 +46,6 @@ const MAX_WATCHES: usize = 5_000;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for in-flight requests after watches were told to end.
 const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// A connection whose writes make no progress for this long is closed: its peer
-/// stopped reading (a stuck watcher). Long enough for any live client's hiccup.
-const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// The longest pause between retries of a failing `accept` (e.g. out of file descriptors).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -84,6 +81,9 @@ struct Inner {
     egress: Option<Arc<EgressShare>>,
     lag_bytes: usize,
     recheck_interval: Duration,
+    /// A connection whose writes make no progress for this long is closed, and so is a
+    /// watch whose client took nothing for this long: the peer stopped reading.
+    stall_limit: Duration,
     /// Cancelled on shutdown: ends every watch stream and background task.
     shutdown: CancellationToken,
 }
@@ -138,6 +138,7 @@ impl App {
                 // it gets truncated events until it catches up.
                 lag_bytes: settings.bus.subscriber_queue_bytes / 2,
                 recheck_interval: settings.recheck_interval,
+                stall_limit: settings.stall_limit,
                 shutdown,
             }),
         })
@@ -304,12 +305,12 @@ impl App {
             recheck: Some((recheck, app.recheck_interval)),
             budget: Budget::new(app.budget, app.egress.clone(), tokio::time::Instant::now()),
             lag_bytes: app.lag_bytes,
+            stall_limit: app.stall_limit,
             guard: app.metrics.watch_started(resource),
+            slot: permit,
             shutdown: app.shutdown.clone(),
         };
-        let resp = watch::serve(&app.bus, scope, &query, ctx)?;
-        // The permit lives as long as the response body.
-        Ok(resp.map(|body| reply::hold(body, permit)))
+        watch::serve(&app.bus, scope, &query, ctx)
     }
 }
 
@@ -518,12 +519,13 @@ async fn serve_connection(
             .into()
     });
     let peer = Peer { remote_addr, certs };
+    let stall_limit = app.inner.stall_limit;
     let service = service_fn(move |req| {
         let (app, peer) = (app.clone(), peer.clone());
         async move { Ok::<_, Infallible>(app.handle(req, &peer).await) }
     });
     let builder = auto::Builder::new(TokioExecutor::new());
-    let io = TokioIo::new(StallGuard::new(tls, WRITE_STALL_TIMEOUT));
+    let io = TokioIo::new(StallGuard::new(tls, stall_limit));
     let conn = builder.serve_connection(io, service).into_owned();
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(peer = %remote_addr, error = %e, "connection ended with an error");

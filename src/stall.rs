@@ -3,7 +3,7 @@
 //! stopped reading its socket is disconnected: its data stops at the socket, hyper's
 //! write stays pending, and nothing in HTTP/1.1 would ever time it out.
 //! (An HTTP/2 stream stalled by its own flow-control window leaves the socket writable;
-//! such a stream only costs its bounded bus queue and h2's bounded send buffer.)
+//! `watch` ends such a stream's watch itself, after the same limit.)
 
 use std::io;
 use std::pin::Pin;

@@ -1,15 +1,19 @@
 //! Per-watcher bandwidth, black-box: over budget, events are truncated, then dropped, and
 //! the watcher is told; a lagging reader gets truncated events while a fast one gets
-//! everything; a reader that never reads costs bounded memory.
+//! everything; a reader that never reads costs bounded memory; a watch whose client stops
+//! reading is ended, even on an HTTP/2 connection that stays busy.
 
 mod support;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use http::{Method, StatusCode};
+use http_body_util::BodyExt;
 use support::client::WatchReader;
 use support::fixtures::{self, event_list};
 use support::server::{ADMIN_TOKEN, PUSH_TOKEN, TestServer};
+use support::{DEADLINE, eventually};
 
 const EVENTS: &str = "/apis/audit.k8s.io/v1alpha1/events?watch=1";
 
@@ -277,4 +281,81 @@ async fn a_server_wide_cap_is_shared_by_every_watcher() {
             "810 kB at once is far over a 50 kB/s share: {seen:?}"
         );
     }
+}
+
+/// The values of the metrics page, by series.
+async fn metric(
+    conn: &mut hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    admin: &support::client::Client,
+    series: &str,
+) -> Option<f64> {
+    let resp = conn
+        .send_request(admin.request(Method::GET, "/metrics", &[], ""))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&text)
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn an_http2_watch_whose_client_stops_reading_is_ended_and_the_connection_lives() {
+    const STALL: Duration = Duration::from_secs(2);
+    let srv = TestServer::start_tuned(&["--watcher-bytes-per-second", "0"], |s| {
+        s.stall_limit = STALL
+    })
+    .await;
+    let admin = srv.client(Some(ADMIN_TOKEN)).http2();
+    // One connection, as the aggregator shares one among its users' watches; a window
+    // of 4 KiB per stream, so that a watch nobody reads stops after a few events.
+    let mut conn = admin.http2_connection(4096).await;
+    let stuck = conn
+        .send_request(admin.request(Method::GET, EVENTS, &[], ""))
+        .await
+        .unwrap();
+    assert_eq!(stuck.status(), StatusCode::OK);
+    let watchers = "kube_audit_stream_watch_watchers{resource=\"events\"}";
+    assert_eq!(metric(&mut conn, &admin, watchers).await, Some(1.0));
+
+    let lines = fixtures::lines("all-events.jsonl");
+    let (code, _) = srv
+        .client(Some(PUSH_TOKEN))
+        .push("", event_list("audit.k8s.io/v1", &lines))
+        .await;
+    assert_eq!(code, StatusCode::OK);
+
+    // The watch ends once its client has taken nothing for the limit, while the
+    // connection goes on serving other streams.
+    let stalled = "kube_audit_stream_watch_stalled_total{resource=\"events\"}";
+    eventually("the stuck watch to end", || async {
+        metric(&mut conn.clone(), &admin, stalled).await == Some(1.0)
+    })
+    .await;
+
+    // Read late, the stream gives what was in flight and then ends cleanly: whole
+    // events, and the client re-watches from the last one's resourceVersion.
+    let body = tokio::time::timeout(DEADLINE, stuck.into_body().collect())
+        .await
+        .expect("the ended watch's stream ends")
+        .unwrap()
+        .to_bytes();
+    let events: Vec<serde_json::Value> = body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    assert!(
+        !events.is_empty() && events.len() < lines.len(),
+        "{} events of {}",
+        events.len(),
+        lines.len()
+    );
+    assert!(events.iter().all(|e| e["type"] == "ADDED"));
+    eventually("the watch to be gone", || async {
+        metric(&mut conn.clone(), &admin, watchers).await == Some(0.0)
+    })
+    .await;
+    srv.stop().await.unwrap();
 }

@@ -1,14 +1,16 @@
 //! The WATCH endpoints: the query (`watch`, `resourceVersion`, `timeoutSeconds`,
 //! `allowWatchBookmarks`, `fieldSelector`), and `WatchBody`, the streaming response that
 //! reads one bus subscription and writes the shared event bytes as they are, charging
-//! each event to the watcher's budget. Never publishes and never decides who may see
-//! what: the router authorized the watch, and hands it a `Recheck` to ask again.
+//! each event to the watcher's budget, and its watchdog, which ends a watch whose client
+//! stopped reading. Never publishes and never decides who may see what: the router
+//! authorized the watch, and hands it a `Recheck` to ask again.
 
 pub mod selector;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError, TryLockError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ use futures_util::future::BoxFuture;
 use http::{Response, StatusCode};
 use http_body::Frame;
 use http_body_util::BodyExt;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Interval, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
@@ -111,14 +114,19 @@ pub type Recheck =
     std::sync::Arc<dyn Fn() -> BoxFuture<'static, Result<(), ApiError>> + Send + Sync>;
 
 /// What a watch needs besides its query: re-authorization, its budget, how much backlog
-/// counts as lagging, its metrics, and the server's shutdown signal.
+/// counts as lagging, how long its client may stop reading, its metrics, its place among
+/// the server's open watches, and the server's shutdown signal.
 pub struct WatchCtx {
     /// Re-authorization and how often to do it.
     pub recheck: Option<(Recheck, Duration)>,
     pub budget: Budget,
     /// Queued bytes above which the watcher is lagging and gets truncated events.
     pub lag_bytes: usize,
+    /// How long the client may take nothing before the watch ends.
+    pub stall_limit: Duration,
     pub guard: WatchGuard,
+    /// Released when the watch ends, even if its response lingers (see `watchdog`).
+    pub slot: OwnedSemaphorePermit,
     pub shutdown: CancellationToken,
 }
 
@@ -163,8 +171,73 @@ pub fn serve(
         report: None,
         done: false,
         guard: ctx.guard,
+        slot: Some(ctx.slot),
+        last_poll: Instant::now(),
     };
-    Ok(stream_response(body.boxed_unsync()))
+    let body = Arc::new(Mutex::new(body));
+    tokio::spawn(watchdog(Arc::downgrade(&body), ctx.stall_limit));
+    Ok(stream_response(SharedBody(body).boxed_unsync()))
+}
+
+/// Ends a watch whose client stopped taking what it has to send. Hyper polls a response
+/// body only when the connection can take more, and an HTTP/2 stream whose client
+/// stopped reading (its flow-control window shut) is never polled again while the
+/// connection stays open, as the aggregator's shared connection does. Such a body would
+/// never see its deadline or shutdown, and would keep its bus queue and slot as long as
+/// the client lives. Checked from outside, it is ended once it has had something to send
+/// and gone unpolled for `stall_limit`, as kube-apiserver closes watchers that stop
+/// reading: its queue is emptied and its slot released, and the stream ends after the
+/// line it was writing, should the client read again (it then re-watches from its last
+/// resourceVersion).
+async fn watchdog(body: Weak<Mutex<WatchBody>>, stall_limit: Duration) {
+    let mut tick = ticker(stall_limit / 4);
+    loop {
+        tick.tick().await;
+        let Some(body) = body.upgrade() else {
+            return;
+        };
+        let mut body = match body.try_lock() {
+            Ok(body) => body,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            // Being polled right now: not stalled.
+            Err(TryLockError::WouldBlock) => continue,
+        };
+        if body.done {
+            return;
+        }
+        if body.stalled_for(stall_limit) {
+            tracing::info!(
+                ?stall_limit,
+                "watch ended: its client took nothing for too long"
+            );
+            body.end_stalled();
+            return;
+        }
+    }
+}
+
+/// The response body: the watch, shared with its watchdog.
+struct SharedBody(Arc<Mutex<WatchBody>>);
+
+impl http_body::Body for SharedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let mut body = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        body.last_poll = Instant::now();
+        Pin::new(&mut *body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_end_stream()
+    }
 }
 
 /// Ticks every `every`, the first one `every` from now; late ticks are not made up.
@@ -205,8 +278,9 @@ const BOOKMARK_BYTES: usize = 160;
 
 /// The streaming body of one watch. Hyper polls it only when the connection can take
 /// more, so a peer that stops reading stops this body, its bus queue fills, and the bus
-/// drops for it alone. Each event is charged to the watcher's budget as it is taken
-/// off the queue: sent whole, sent truncated, or dropped and reported.
+/// drops for it alone (and `watchdog` ends it if that lasts). Each event is charged
+/// to the watcher's budget as it is taken off the queue: sent whole, sent truncated, or
+/// dropped and reported.
 struct WatchBody {
     sub: Subscription,
     /// Frames of the event being written (at most one event's worth, and a bookmark).
@@ -229,9 +303,28 @@ struct WatchBody {
     report: Option<Pin<Box<Sleep>>>,
     done: bool,
     guard: WatchGuard,
+    /// Its place among the server's open watches, until it ends.
+    slot: Option<OwnedSemaphorePermit>,
+    /// When hyper last asked for more.
+    last_poll: Instant,
 }
 
 impl WatchBody {
+    /// Whether it has had something to send and not been asked for it for `limit`.
+    fn stalled_for(&self, limit: Duration) -> bool {
+        let waiting = !self.pending.is_empty() || self.sub.backlog_bytes() > 0;
+        waiting && self.last_poll.elapsed() >= limit
+    }
+
+    /// End it for a client that stopped reading: free its queue and its slot now; the
+    /// stream ends after the line under way, if it is ever polled again.
+    fn end_stalled(&mut self) {
+        self.sub.close();
+        self.slot = None;
+        self.guard.stalled();
+        self.done = true;
+    }
+
     /// Queue a bookmark counting every drop since the last one, if there were any.
     fn report_drops(&mut self, now: Instant) {
         let queue_full = self.sub.take_dropped();

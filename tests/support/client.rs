@@ -83,20 +83,14 @@ impl Client {
         self.connector().connect(name, tcp).await.is_ok()
     }
 
-    /// Send one request on a fresh connection.
-    pub async fn send(
+    /// A request with this client's token.
+    pub fn request(
         &self,
         method: Method,
         path: &str,
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
-    ) -> http::Response<Incoming> {
-        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        let tls = self
-            .connector()
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .unwrap();
+    ) -> Request<Full<Bytes>> {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("https://localhost:{}{path}", self.addr.port()));
@@ -106,8 +100,45 @@ impl Client {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let req = req.body(Full::new(body.into())).unwrap();
-        let io = TokioIo::new(tls);
+        req.body(Full::new(body.into())).unwrap()
+    }
+
+    async fn tls(&self) -> TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let tls = self
+            .connector()
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        TokioIo::new(tls)
+    }
+
+    /// One HTTP/2 connection for several requests, each stream's receive window
+    /// `stream_window` bytes (a body nobody reads stops the stream after that much).
+    pub async fn http2_connection(
+        &self,
+        stream_window: u32,
+    ) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+        assert!(self.http2, "an HTTP/2 client");
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(stream_window)
+            .handshake(self.tls().await)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        sender
+    }
+
+    /// Send one request on a fresh connection.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> http::Response<Incoming> {
+        let req = self.request(method, path, headers, body);
+        let io = self.tls().await;
         if self.http2 {
             let (mut sender, conn) =
                 hyper::client::conn::http2::handshake(TokioExecutor::new(), io)

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use kube_audit_stream::config::{Cli, Command};
+use kube_audit_stream::config::{Cli, Command, Settings};
 use kube_audit_stream::server::{self, App};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -38,7 +38,12 @@ pub struct TestServer {
 impl TestServer {
     /// Stand-alone mode: the standard test users (static tokens, ABAC) plus `extra` flags.
     pub async fn start(extra: &[&str]) -> TestServer {
-        Self::start_mode(false, extra).await
+        Self::start_mode(false, extra, |_| {}).await
+    }
+
+    /// `start`, with settings no flag reaches (time limits a test cannot wait out).
+    pub async fn start_tuned(extra: &[&str], tune: impl FnOnce(&mut Settings)) -> TestServer {
+        Self::start_mode(false, extra, tune).await
     }
 
     /// Cluster mode: authentication and authorization delegated to the kube-apiserver
@@ -46,10 +51,14 @@ impl TestServer {
     pub async fn start_cluster(kubeconfig: &std::path::Path, extra: &[&str]) -> TestServer {
         let mut args = vec!["--kubeconfig", kubeconfig.to_str().unwrap()];
         args.extend_from_slice(extra);
-        Self::start_mode(true, &args).await
+        Self::start_mode(true, &args, |_| {}).await
     }
 
-    async fn start_mode(cluster: bool, extra: &[&str]) -> TestServer {
+    async fn start_mode(
+        cluster: bool,
+        extra: &[&str],
+        tune: impl FnOnce(&mut Settings),
+    ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::new("test-serving-ca");
         let serving = ca.server();
@@ -96,7 +105,8 @@ impl TestServer {
         }
         argv.extend(extra.iter().map(|s| s.to_string()));
         let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command;
-        let settings = args.validate().unwrap();
+        let mut settings = args.validate().unwrap();
+        tune(&mut settings);
         let app = App::new(&settings).await.unwrap();
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
