@@ -190,7 +190,7 @@ pub fn serve(
 /// line it was writing, should the client read again (it then re-watches from its last
 /// resourceVersion).
 async fn watchdog(body: Weak<Mutex<WatchBody>>, stall_limit: Duration) {
-    let mut tick = ticker(stall_limit / 4);
+    let mut tick = ticker((stall_limit / 4).max(Duration::from_millis(10)));
     loop {
         tick.tick().await;
         let Some(body) = body.upgrade() else {
