@@ -202,9 +202,8 @@ async fn watchdog(body: Weak<Mutex<WatchBody>>, stall_limit: Duration) {
             // Being polled right now: not stalled.
             Err(TryLockError::WouldBlock) => continue,
         };
-        if body.done {
-            return;
-        }
+        // A watch that ended on its own and is not polled to its end holds its slot
+        // as much as a live one: the same rule applies.
         if body.stalled_for(stall_limit) {
             tracing::info!(
                 ?stall_limit,
