@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
@@ -13,7 +12,7 @@ use http_body_util::BodyExt;
 use support::client::WatchReader;
 use support::fixtures::{self, event_list};
 use support::server::{ADMIN_TOKEN, PUSH_TOKEN, TestServer};
-use support::{DEADLINE, eventually};
+use support::{DEADLINE, eventually, metric};
 
 const EVENTS: &str = "/apis/audit.k8s.io/v1alpha1/events?watch=1";
 
@@ -239,15 +238,8 @@ async fn a_reader_that_never_reads_costs_bounded_memory() {
     );
 
     let (_, metrics) = admin.get("/metrics").await;
-    let mut values = BTreeMap::new();
-    for line in String::from_utf8_lossy(&metrics).lines() {
-        if let Some((k, v)) = line.split_once(' ') {
-            values.insert(k.to_owned(), v.to_owned());
-        }
-    }
-    let dropped: f64 = values["kube_audit_stream_bus_dropped_events_total"]
-        .parse()
-        .unwrap();
+    let dropped = metric(&metrics, "kube_audit_stream_bus_dropped_events_total")
+        .expect("the bus counts its drops");
     assert!(
         dropped > 0.0,
         "the stuck watcher lost events instead of holding them"
@@ -283,8 +275,8 @@ async fn a_server_wide_cap_is_shared_by_every_watcher() {
     }
 }
 
-/// The values of the metrics page, by series.
-async fn metric(
+/// One series of the metrics page, asked for on `conn`.
+async fn metric_on(
     conn: &mut hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
     admin: &support::client::Client,
     series: &str,
@@ -294,10 +286,10 @@ async fn metric(
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    let text = resp.into_body().collect().await.unwrap().to_bytes();
-    String::from_utf8_lossy(&text)
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    metric(
+        &resp.into_body().collect().await.unwrap().to_bytes(),
+        series,
+    )
 }
 
 #[tokio::test]
@@ -317,7 +309,7 @@ async fn an_http2_watch_whose_client_stops_reading_is_ended_and_the_connection_l
         .unwrap();
     assert_eq!(stuck.status(), StatusCode::OK);
     let watchers = "kube_audit_stream_watch_watchers{resource=\"events\"}";
-    assert_eq!(metric(&mut conn, &admin, watchers).await, Some(1.0));
+    assert_eq!(metric_on(&mut conn, &admin, watchers).await, Some(1.0));
 
     let lines = fixtures::lines("all-events.jsonl");
     let (code, _) = srv
@@ -330,7 +322,7 @@ async fn an_http2_watch_whose_client_stops_reading_is_ended_and_the_connection_l
     // connection goes on serving other streams.
     let stalled = "kube_audit_stream_watch_stalled_total{resource=\"events\"}";
     eventually("the stuck watch to end", || async {
-        metric(&mut conn.clone(), &admin, stalled).await == Some(1.0)
+        metric_on(&mut conn.clone(), &admin, stalled).await == Some(1.0)
     })
     .await;
 
@@ -354,7 +346,7 @@ async fn an_http2_watch_whose_client_stops_reading_is_ended_and_the_connection_l
     );
     assert!(events.iter().all(|e| e["type"] == "ADDED"));
     eventually("the watch to be gone", || async {
-        metric(&mut conn.clone(), &admin, watchers).await == Some(0.0)
+        metric_on(&mut conn.clone(), &admin, watchers).await == Some(0.0)
     })
     .await;
     srv.stop().await.unwrap();

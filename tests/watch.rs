@@ -307,8 +307,7 @@ async fn a_watcher_that_never_reads_slows_no_one() {
     assert_eq!(bookmarks, 0, "and was never told of a drop");
     support::eventually("drops counted for the stuck watcher", || async {
         let (_, body) = admin.get("/metrics").await;
-        let text = String::from_utf8_lossy(&body).to_string();
-        metric(&text, "kube_audit_stream_bus_dropped_events_total") > 0.0
+        support::metric(&body, "kube_audit_stream_bus_dropped_events_total").unwrap_or(0.0) > 0.0
     })
     .await;
     drop(stuck);
@@ -334,13 +333,4 @@ async fn read_added(
     }
     progress.send_replace(added);
     (added, bookmarks)
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(name)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
 }

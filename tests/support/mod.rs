@@ -44,3 +44,10 @@ pub async fn json_lines(stdout: tokio::process::ChildStdout, n: usize) -> Vec<se
     }
     out
 }
+
+/// The value of one series (`name{labels}` exactly as rendered) on a Prometheus text page.
+pub fn metric(text: &[u8], series: &str) -> Option<f64> {
+    String::from_utf8_lossy(text)
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
