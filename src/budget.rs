@@ -1,7 +1,9 @@
 //! Per-watcher bandwidth budget: a byte token bucket, charged with the bytes actually
 //! sent, that decides for each event whether it goes out whole, truncated, or not at all.
-//! Optionally capped by a server-wide egress rate shared equally by the open watches.
-//! Pure arithmetic on `tokio::time::Instant`: no I/O, no HTTP, no bus.
+//! Optionally capped by a server-wide egress rate shared by the watches that have
+//! something to send: every watcher has the same own rate, so an equal split among the
+//! active ones, each capped by its own rate, is the max-min fair share; idle watches
+//! take nothing from it. Pure arithmetic on `tokio::time::Instant`: no I/O, no HTTP, no bus.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,24 +26,25 @@ pub enum Verdict {
     Drop,
 }
 
-/// A server-wide egress rate, split equally among the watches registered with it.
+/// A server-wide egress rate, split equally among the watches that have something to
+/// send.
 #[derive(Debug)]
 pub struct EgressShare {
     bytes_per_second: u64,
-    watchers: AtomicUsize,
+    active: AtomicUsize,
 }
 
 impl EgressShare {
     pub fn new(bytes_per_second: u64) -> Arc<Self> {
         Arc::new(EgressShare {
             bytes_per_second,
-            watchers: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
         })
     }
 
-    /// This watch's fair share right now, in bytes per second.
+    /// An active watch's fair share right now, in bytes per second.
     fn share(&self) -> f64 {
-        self.bytes_per_second as f64 / self.watchers.load(Ordering::Relaxed).max(1) as f64
+        self.bytes_per_second as f64 / self.active.load(Ordering::Relaxed).max(1) as f64
     }
 }
 
@@ -56,13 +59,12 @@ pub struct Budget {
     tokens: f64,
     last: Instant,
     share: Option<Arc<EgressShare>>,
+    /// Counted among the share's active watches.
+    active: bool,
 }
 
 impl Budget {
     pub fn new(config: Config, share: Option<Arc<EgressShare>>, now: Instant) -> Self {
-        if let Some(s) = &share {
-            s.watchers.fetch_add(1, Ordering::Relaxed);
-        }
         let rate = match config.bytes_per_second {
             0 => f64::INFINITY,
             r => r as f64,
@@ -76,16 +78,33 @@ impl Budget {
             burst,
             tokens: 0.0,
             last: now,
-            share,
+            share: share.filter(|s| s.bytes_per_second > 0),
+            active: false,
         };
         b.tokens = b.limits().1;
         b
     }
 
+    /// Whether this watch has something to send; only such watches split the server's
+    /// egress rate. Called on changes only: a shared atomic, not a per-event cost.
+    pub fn set_active(&mut self, active: bool) {
+        if active == self.active {
+            return;
+        }
+        self.active = active;
+        if let Some(s) = &self.share {
+            if active {
+                s.active.fetch_add(1, Ordering::Relaxed);
+            } else {
+                s.active.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// (rate, burst) in force now: our own, lowered to our share of the server's.
     fn limits(&self) -> (f64, f64) {
         match &self.share {
-            Some(s) if s.bytes_per_second > 0 => {
+            Some(s) => {
                 let share = s.share();
                 (
                     self.rate.min(share),
@@ -164,9 +183,7 @@ impl Budget {
 
 impl Drop for Budget {
     fn drop(&mut self) {
-        if let Some(s) = &self.share {
-            s.watchers.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.set_active(false);
     }
 }
 
@@ -228,21 +245,29 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn server_share_is_split_equally() {
+    async fn server_share_goes_to_the_active_watches() {
         let now = Instant::now();
         let share = EgressShare::new(200_000);
         let mut a = Budget::new(cfg(0, 0), Some(share.clone()), now);
         assert!(!a.is_unlimited());
+        a.set_active(true);
         assert_eq!(a.limits(), (200_000.0, 200_000.0));
-        let b = Budget::new(cfg(50_000, 1_000_000), Some(share.clone()), now);
+        let mut b = Budget::new(cfg(50_000, 1_000_000), Some(share.clone()), now);
+        let mut idle = Budget::new(cfg(0, 0), Some(share.clone()), now);
+        assert_eq!(a.limits().0, 200_000.0, "idle watches take no share");
+        b.set_active(true);
+        b.set_active(true);
         assert_eq!(a.limits(), (100_000.0, 100_000.0));
         assert_eq!(
             b.limits(),
             (50_000.0, 100_000.0),
             "its own rate is lower than the share"
         );
+        idle.set_active(true);
+        idle.set_active(false);
+        assert_eq!(a.limits().0, 100_000.0);
         drop(b);
-        assert_eq!(a.limits().0, 200_000.0);
+        assert_eq!(a.limits().0, 200_000.0, "an ended watch gives its share back");
         // The tokens it started with are its own to spend.
         assert_eq!(a.admit(150_000, None, false, now), Verdict::Full);
     }

@@ -2,19 +2,22 @@
 //! subscribers. Never awaits, never blocks on a subscriber, knows nothing of HTTP or of
 //! who is allowed to watch.
 //!
-//! Each subscriber has a queue bounded in events *and* bytes, fed with `try_send`: when it
-//! is full the event is dropped for that subscriber and counted, so a slow watcher costs
-//! itself events and never costs ingest or anyone else time.
+//! Subscribers are indexed by scope (every event, every namespaced event, one namespace),
+//! and each one's field selector runs before its queue, so publishing costs work only for
+//! the subscribers that want the event. Each queue is bounded in events *and* bytes and
+//! never waits: when it is full the event is dropped for that subscriber and counted, so
+//! a slow watcher costs itself events and never costs ingest or anyone else time.
+//! Subscribers are woken once per published batch, after the bus lock is released.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use tokio::sync::mpsc;
+use futures_util::task::AtomicWaker;
 
 use crate::event::Event;
+use crate::selector::FieldSelector;
 
 /// Sizes of the window and of each subscriber's queue.
 #[derive(Debug, Clone)]
@@ -29,19 +32,33 @@ pub struct Config {
 #[derive(Debug)]
 pub struct Published {
     pub resource_version: u64,
-    digits: Bytes,
-    pub event: Arc<Event>,
+    digits: [u8; 20],
+    digits_len: u8,
+    pub event: Event,
 }
 
 impl Published {
+    fn new(resource_version: u64, event: Event) -> Self {
+        let mut digits = [0; 20];
+        let mut buf = itoa::Buffer::new();
+        let text = buf.format(resource_version).as_bytes();
+        digits[..text.len()].copy_from_slice(text);
+        Published {
+            resource_version,
+            digits,
+            digits_len: text.len() as u8,
+            event,
+        }
+    }
+
     /// The resourceVersion as the decimal text that fills the event's hole.
-    pub fn digits(&self) -> &Bytes {
-        &self.digits
+    pub fn digits(&self) -> &[u8] {
+        &self.digits[..usize::from(self.digits_len)]
     }
 
     /// Bytes this event puts on the wire in the given form.
     pub fn wire_len(&self, truncated: bool) -> usize {
-        self.event.wire_len(truncated) + self.digits.len()
+        self.event.wire_len(truncated) + usize::from(self.digits_len)
     }
 }
 
@@ -60,9 +77,29 @@ impl Scope {
     pub fn matches(&self, event: &Event) -> bool {
         match self {
             Scope::All => true,
-            Scope::AllNamespaces => event.namespace.is_some(),
-            Scope::Namespace(ns) => event.namespace.as_deref() == Some(&**ns),
+            Scope::AllNamespaces => event.namespace().is_some(),
+            Scope::Namespace(ns) => event.namespace() == Some(&**ns),
         }
+    }
+}
+
+/// What a subscriber wants: a scope, narrowed by a field selector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    pub scope: Scope,
+    pub selector: FieldSelector,
+}
+
+impl Filter {
+    pub fn scope(scope: Scope) -> Self {
+        Filter {
+            scope,
+            selector: FieldSelector::default(),
+        }
+    }
+
+    pub fn matches(&self, event: &Event) -> bool {
+        self.scope.matches(event) && self.selector.matches(event)
     }
 }
 
@@ -103,19 +140,84 @@ struct State {
     last_rv: u64,
     window: VecDeque<Arc<Published>>,
     window_bytes: usize,
-    subscribers: Vec<Subscriber>,
+    index: Index,
+    /// Counts publishes, so that a subscriber is woken once per batch.
+    batch: u64,
+}
+
+/// Subscribers by scope: an event visits `all`, then (if it has a namespace)
+/// `all_namespaces` and its namespace's list, and nobody else.
+#[derive(Default)]
+struct Index {
+    all: Vec<Subscriber>,
+    all_namespaces: Vec<Subscriber>,
+    namespaces: HashMap<Box<str>, Vec<Subscriber>>,
+}
+
+impl Index {
+    fn list_mut(&mut self, scope: &Scope) -> &mut Vec<Subscriber> {
+        match scope {
+            Scope::All => &mut self.all,
+            Scope::AllNamespaces => &mut self.all_namespaces,
+            Scope::Namespace(ns) => self.namespaces.entry(ns.clone()).or_default(),
+        }
+    }
+
+    fn remove(&mut self, scope: &Scope, queue: &Arc<Queue>) {
+        let list = self.list_mut(scope);
+        list.retain(|s| !Arc::ptr_eq(&s.queue, queue));
+        if list.is_empty()
+            && let Scope::Namespace(ns) = scope
+        {
+            self.namespaces.remove(ns);
+        }
+    }
 }
 
 struct Subscriber {
+    queue: Arc<Queue>,
+    selector: FieldSelector,
+    /// The last batch that queued something here, so it is woken once per batch.
+    woken_in: u64,
+}
+
+/// One subscriber's bounded queue, shared by the bus (producer) and its watch.
+struct Queue {
+    state: Mutex<QueueState>,
+    waker: AtomicWaker,
+    closed: AtomicBool,
     scope: Scope,
-    tx: mpsc::Sender<Arc<Published>>,
-    shared: Arc<SubscriberShared>,
 }
 
 #[derive(Default)]
-struct SubscriberShared {
-    pending_bytes: AtomicUsize,
-    dropped: AtomicU64,
+struct QueueState {
+    events: VecDeque<Arc<Published>>,
+    bytes: usize,
+    /// Events lost because the queue was full, not yet taken by the watch.
+    dropped: u64,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queue an event or count it lost; `true` if it was lost.
+    fn offer(&self, p: &Arc<Published>, size: usize, cfg: &Config) -> bool {
+        let mut q = self.lock();
+        // A queue always takes one event, however large, so that an event bigger than
+        // the byte cap can still reach an idle watcher.
+        let full = !q.events.is_empty()
+            && (q.events.len() >= cfg.subscriber_queue_events
+                || q.bytes + size > cfg.subscriber_queue_bytes);
+        if full {
+            q.dropped += 1;
+        } else {
+            q.events.push_back(p.clone());
+            q.bytes += size;
+        }
+        full
+    }
 }
 
 impl Bus {
@@ -141,49 +243,75 @@ impl Bus {
     /// Publish a batch, in order, as one step: a watcher sees all of it or (if it
     /// subscribes later) none of it. Returns the resourceVersion of the last event.
     pub fn publish(&self, events: Vec<Event>) -> u64 {
-        let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
         let cfg = &self.shared.config;
         let stats = &self.shared.stats;
-        let mut st = self.lock();
-        for event in events {
-            st.last_rv += 1;
-            let rv = st.last_rv;
-            let published = Arc::new(Published {
-                resource_version: rv,
-                digits: Bytes::copy_from_slice(itoa::Buffer::new().format(rv).as_bytes()),
-                event,
-            });
-            let size = published.wire_len(false);
-            stats.published_events.fetch_add(1, Ordering::Relaxed);
-            stats
-                .published_bytes
-                .fetch_add(size as u64, Ordering::Relaxed);
-            st.subscribers
-                .retain(|s| s.offer(&published, size, cfg.subscriber_queue_bytes, stats));
+        let (mut bytes, mut dropped) = (0u64, 0u64);
+        let count = events.len() as u64;
+        let mut wake: Vec<Arc<Queue>> = Vec::new();
+        let last_rv = {
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            st.batch += 1;
+            let batch = st.batch;
+            for event in events {
+                st.last_rv += 1;
+                let published = Arc::new(Published::new(st.last_rv, event));
+                let size = published.wire_len(false);
+                bytes += size as u64;
+                let ev = &published.event;
+                let namespaced = ev.namespace().and_then(|ns| st.index.namespaces.get_mut(ns));
+                let lists = [
+                    Some(&mut st.index.all),
+                    ev.namespace().map(|_| &mut st.index.all_namespaces),
+                    namespaced,
+                ];
+                for sub in lists.into_iter().flatten().flat_map(|l| l.iter_mut()) {
+                    if !sub.selector.matches(ev) || sub.queue.closed.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    dropped += u64::from(sub.queue.offer(&published, size, cfg));
+                    if sub.woken_in != batch {
+                        sub.woken_in = batch;
+                        wake.push(sub.queue.clone());
+                    }
+                }
 
-            st.window_bytes += published.event.memory_len();
-            st.window.push_back(published);
-            while st.window.len() > cfg.window_events || st.window_bytes > cfg.window_bytes {
-                let Some(old) = st.window.pop_front() else {
-                    break;
-                };
-                st.window_bytes -= old.event.memory_len();
+                st.window_bytes += published.event.memory_len();
+                st.window.push_back(published);
+                while st.window.len() > cfg.window_events || st.window_bytes > cfg.window_bytes {
+                    let Some(old) = st.window.pop_front() else {
+                        break;
+                    };
+                    st.window_bytes -= old.event.memory_len();
+                }
             }
+            stats
+                .window_events
+                .store(st.window.len(), Ordering::Relaxed);
+            stats.window_bytes.store(st.window_bytes, Ordering::Relaxed);
+            st.last_rv
+        };
+        for queue in wake {
+            queue.waker.wake();
         }
+        stats.published_events.fetch_add(count, Ordering::Relaxed);
+        stats.published_bytes.fetch_add(bytes, Ordering::Relaxed);
         stats
-            .window_events
-            .store(st.window.len(), Ordering::Relaxed);
-        stats.window_bytes.store(st.window_bytes, Ordering::Relaxed);
-        st.last_rv
+            .dropped_queue_full
+            .fetch_add(dropped, Ordering::Relaxed);
+        last_rv
     }
 
-    /// Subscribe to `scope`. With `since = Some(n)`, the events after `n` still in the
-    /// window come first (`n = 0`: the whole window), then the live ones, with no gap
-    /// between them because both are taken under the same lock.
-    pub fn subscribe(&self, scope: Scope, since: Option<u64>) -> Result<Subscription, Expired> {
-        let cfg = &self.shared.config;
-        let (tx, rx) = mpsc::channel(cfg.subscriber_queue_events.max(1));
-        let shared = Arc::new(SubscriberShared::default());
+    /// Subscribe to what `filter` selects. With `since = Some(n)`, the events after `n`
+    /// still in the window come first (`n = 0`: the whole window), then the live ones,
+    /// with no gap between them because both are taken under the same lock.
+    pub fn subscribe(&self, filter: Filter, since: Option<u64>) -> Result<Subscription, Expired> {
+        let queue = Arc::new(Queue {
+            state: Mutex::default(),
+            waker: AtomicWaker::new(),
+            closed: AtomicBool::new(false),
+            scope: filter.scope.clone(),
+        });
         let mut st = self.lock();
         let replay = match since {
             None => VecDeque::new(),
@@ -200,115 +328,154 @@ impl Bus {
                 }
                 st.window
                     .iter()
-                    .filter(|p| p.resource_version > n && scope.matches(&p.event))
+                    .filter(|p| p.resource_version > n && filter.matches(&p.event))
                     .cloned()
                     .collect()
             }
         };
-        st.subscribers.push(Subscriber {
-            scope,
-            tx,
-            shared: shared.clone(),
+        st.index.list_mut(&filter.scope).push(Subscriber {
+            queue: queue.clone(),
+            selector: filter.selector,
+            woken_in: 0,
         });
         Ok(Subscription {
             replay,
-            rx,
-            shared,
+            closer: Closer {
+                bus: Arc::downgrade(&self.shared),
+                queue,
+            },
+            dropped: 0,
             start_rv: st.last_rv,
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Nothing under this lock can leave the state half-updated on a panic: take it back.
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.shared.lock()
     }
 }
 
-impl Subscriber {
-    /// Offer an event; `false` when the subscriber is gone and should be removed.
-    fn offer(&self, p: &Arc<Published>, size: usize, max_bytes: usize, stats: &Stats) -> bool {
-        if !self.scope.matches(&p.event) {
-            return !self.tx.is_closed();
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing under this lock can leave the state half-updated on a panic: take it back.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Ends a subscription from anywhere (its watch, or the sweeper that ends stalled
+/// watches): frees its queued events and takes it off the bus. Idempotent.
+#[derive(Clone)]
+pub struct Closer {
+    bus: Weak<Shared>,
+    queue: Arc<Queue>,
+}
+
+impl Closer {
+    pub fn close(&self) {
+        if self.queue.closed.swap(true, Ordering::Relaxed) {
+            return;
         }
-        let pending = self.shared.pending_bytes.load(Ordering::Relaxed);
-        // A queue always takes one event, however large, so that an event bigger than the
-        // byte cap can still reach an idle watcher.
-        if pending > 0 && pending + size > max_bytes {
-            self.drop_one(stats);
-            return true;
+        let freed = std::mem::take(&mut *self.queue.lock());
+        if let Some(bus) = self.bus.upgrade() {
+            bus.lock().index.remove(&self.queue.scope, &self.queue);
         }
-        match self.tx.try_send(p.clone()) {
-            Ok(()) => {
-                self.shared.pending_bytes.fetch_add(size, Ordering::Relaxed);
-                true
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.drop_one(stats);
-                true
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
+        self.queue.waker.wake();
+        drop(freed);
     }
 
-    fn drop_one(&self, stats: &Stats) {
-        self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-        stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+    /// Whether events are waiting, or were lost for lack of room, since the watch last
+    /// took from the queue: a watch that is not polled while this holds is stalled.
+    pub fn has_pending(&self) -> bool {
+        let q = self.queue.lock();
+        !q.events.is_empty() || q.dropped > 0
     }
 }
 
 /// One subscriber's end: the replayed events, then the live queue.
 pub struct Subscription {
     replay: VecDeque<Arc<Published>>,
-    rx: mpsc::Receiver<Arc<Published>>,
-    shared: Arc<SubscriberShared>,
+    closer: Closer,
+    /// Lost events taken from the queue and not yet reported.
+    dropped: u64,
     start_rv: u64,
 }
 
 impl Subscription {
-    /// The next event, replay first.
-    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Arc<Published>>> {
-        if let Some(p) = self.replay.pop_front() {
-            return Poll::Ready(Some(p));
+    /// Move every waiting event (replay first) to the back of `into` and say how many
+    /// bytes (full form) that was; `Ready(None)` once the subscription is closed and
+    /// empty, `Pending` (the waker registered) when there is nothing yet.
+    pub fn poll_take(
+        &mut self,
+        cx: &mut Context<'_>,
+        into: &mut VecDeque<Arc<Published>>,
+    ) -> Poll<Option<usize>> {
+        match self.take(into) {
+            0 => {}
+            bytes => return Poll::Ready(Some(bytes)),
         }
-        let next = self.rx.poll_recv(cx);
-        if let Poll::Ready(Some(p)) = &next {
-            self.shared
-                .pending_bytes
-                .fetch_sub(p.wire_len(false), Ordering::Relaxed);
+        self.closer.queue.waker.register(cx.waker());
+        match self.take(into) {
+            0 if self.closer.queue.closed.load(Ordering::Relaxed) => Poll::Ready(None),
+            0 => Poll::Pending,
+            bytes => Poll::Ready(Some(bytes)),
         }
-        next
+    }
+
+    /// Take without waiting; the bytes taken (0: nothing).
+    pub fn take(&mut self, into: &mut VecDeque<Arc<Published>>) -> usize {
+        if !self.replay.is_empty() {
+            let bytes = self.replay.iter().map(|p| p.wire_len(false)).sum();
+            into.append(&mut self.replay);
+            return bytes;
+        }
+        let mut q = self.closer.queue.lock();
+        self.dropped += std::mem::take(&mut q.dropped);
+        if q.events.is_empty() {
+            return 0;
+        }
+        if into.is_empty() {
+            // Swap rather than copy: the queue keeps the emptied buffer's allocation.
+            std::mem::swap(into, &mut q.events);
+        } else {
+            into.append(&mut q.events);
+        }
+        std::mem::take(&mut q.bytes)
     }
 
     /// Events lost since the last call, because the queue was full.
-    pub fn take_dropped(&self) -> u64 {
-        self.shared.dropped.swap(0, Ordering::Relaxed)
+    pub fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped)
+    }
+
+    /// Whether lost events were taken with the queue and not yet reported (no lock).
+    pub fn has_taken_drops(&self) -> bool {
+        self.dropped > 0
     }
 
     /// Whether events were lost since the last `take_dropped`.
     pub fn has_dropped(&self) -> bool {
-        self.shared.dropped.load(Ordering::Relaxed) > 0
+        self.dropped > 0 || self.closer.queue.lock().dropped > 0
     }
 
-    /// Bytes queued for this subscriber and not yet taken: how far it lags.
-    pub fn backlog_bytes(&self) -> usize {
-        self.shared.pending_bytes.load(Ordering::Relaxed)
+    /// A handle that ends this subscription from elsewhere.
+    pub fn closer(&self) -> Closer {
+        self.closer.clone()
     }
 
-    /// Take no more events and free the queued ones now; the bus forgets this
-    /// subscriber at its next event.
+    /// Take no more events and free the queued ones now.
     pub fn close(&mut self) {
         self.replay.clear();
-        self.rx.close();
-        while self.rx.try_recv().is_ok() {}
-        self.shared.pending_bytes.store(0, Ordering::Relaxed);
+        self.closer.close();
     }
 
     /// The bus's resourceVersion when this subscription started.
     pub fn start_resource_version(&self) -> u64 {
         self.start_rv
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.closer.close();
     }
 }
 
@@ -323,8 +490,9 @@ mod tests {
             .enumerate()
             .map(|(i, ns)| {
                 let ns = ns.map_or(String::new(), |n| format!(r#","namespace":"{n}""#));
+                let verb = if i % 2 == 0 { "get" } else { "put" };
                 format!(
-                    r#"{{"level":"Metadata","auditID":"id-{i}","stage":"ResponseComplete","objectRef":{{"resource":"pods"{ns}}}}}"#
+                    r#"{{"level":"Metadata","auditID":"id-{i}","stage":"ResponseComplete","verb":"{verb}","objectRef":{{"resource":"pods"{ns}}}}}"#
                 )
             })
             .collect();
@@ -344,22 +512,26 @@ mod tests {
         }
     }
 
+    fn scope(scope: Scope) -> Filter {
+        Filter::scope(scope)
+    }
+
     fn drain(sub: &mut Subscription) -> Vec<u64> {
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
-        let mut out = vec![];
-        while let Poll::Ready(Some(p)) = sub.poll_next(&mut cx) {
-            out.push(p.resource_version);
-        }
-        out
+        let mut out = VecDeque::new();
+        while let Poll::Ready(Some(_)) = sub.poll_take(&mut cx, &mut out) {}
+        out.iter().map(|p| p.resource_version).collect()
     }
 
     #[test]
     fn resource_versions_increase_and_scope_filters() {
         let bus = Bus::new(config());
-        let mut all = bus.subscribe(Scope::All, None).unwrap();
-        let mut ns_a = bus.subscribe(Scope::Namespace("a".into()), None).unwrap();
-        let mut any_ns = bus.subscribe(Scope::AllNamespaces, None).unwrap();
+        let mut all = bus.subscribe(scope(Scope::All), None).unwrap();
+        let mut ns_a = bus
+            .subscribe(scope(Scope::Namespace("a".into())), None)
+            .unwrap();
+        let mut any_ns = bus.subscribe(scope(Scope::AllNamespaces), None).unwrap();
         assert_eq!(bus.publish(events(&[Some("a"), None, Some("b")])), 3);
         assert_eq!(drain(&mut all), vec![1, 2, 3]);
         assert_eq!(drain(&mut ns_a), vec![1]);
@@ -367,10 +539,24 @@ mod tests {
     }
 
     #[test]
+    fn the_selector_runs_before_the_queue() {
+        let bus = Bus::new(config());
+        let filter = Filter {
+            scope: Scope::All,
+            selector: FieldSelector::parse("verb=put").unwrap(),
+        };
+        let mut deletes = bus.subscribe(filter, None).unwrap();
+        // Eight events, four puts: the queue of three loses one, not five.
+        bus.publish(events(&[None; 8]));
+        assert_eq!(drain(&mut deletes), vec![2, 4, 6]);
+        assert_eq!(deletes.take_dropped(), 1);
+    }
+
+    #[test]
     fn full_queue_drops_and_counts_without_blocking() {
         let bus = Bus::new(config());
-        let mut slow = bus.subscribe(Scope::All, None).unwrap();
-        let mut fast = bus.subscribe(Scope::All, None).unwrap();
+        let mut slow = bus.subscribe(scope(Scope::All), None).unwrap();
+        let mut fast = bus.subscribe(scope(Scope::All), None).unwrap();
         bus.publish(events(&[None, None]));
         assert_eq!(drain(&mut fast), vec![1, 2]);
         bus.publish(events(&[None, None, None]));
@@ -385,16 +571,25 @@ mod tests {
     #[test]
     fn a_closed_subscription_frees_its_queue_and_is_forgotten() {
         let bus = Bus::new(config());
-        let mut sub = bus.subscribe(Scope::All, Some(0)).unwrap();
-        bus.publish(events(&[None, None]));
+        let mut sub = bus
+            .subscribe(scope(Scope::Namespace("a".into())), Some(0))
+            .unwrap();
+        bus.publish(events(&[Some("a"), Some("a")]));
         let published = bus.lock().window[0].clone();
         assert_eq!(Arc::strong_count(&published), 3, "window, queue, here");
-        sub.close();
+        let closer = sub.closer();
+        assert!(closer.has_pending());
+        closer.close();
         assert_eq!(Arc::strong_count(&published), 2, "the queue let go");
-        assert_eq!(sub.backlog_bytes(), 0);
+        assert!(!closer.has_pending());
         assert_eq!(drain(&mut sub), Vec::<u64>::new());
-        bus.publish(events(&[None]));
-        assert!(bus.lock().subscribers.is_empty());
+        assert!(bus.lock().index.namespaces.is_empty(), "taken off the index");
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(
+            sub.poll_take(&mut cx, &mut VecDeque::new()),
+            Poll::Ready(None)
+        );
     }
 
     #[test]
@@ -404,7 +599,7 @@ mod tests {
         let one = events(&[None]).pop().unwrap().wire_len(false) + 1;
         cfg.subscriber_queue_bytes = one * 2;
         let bus = Bus::new(cfg);
-        let mut sub = bus.subscribe(Scope::All, None).unwrap();
+        let mut sub = bus.subscribe(scope(Scope::All), None).unwrap();
         bus.publish(events(&[None, None, None, None]));
         assert_eq!(drain(&mut sub), vec![1, 2]);
         assert_eq!(sub.take_dropped(), 2);
@@ -416,19 +611,34 @@ mod tests {
     #[test]
     fn every_subscriber_shares_the_same_bytes() {
         let bus = Bus::new(config());
-        let waker = futures_util::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        let mut a = bus.subscribe(Scope::All, None).unwrap();
-        let mut b = bus.subscribe(Scope::All, None).unwrap();
+        let mut a = bus.subscribe(scope(Scope::All), None).unwrap();
+        let mut b = bus.subscribe(scope(Scope::All), None).unwrap();
         bus.publish(events(&[Some("x")]));
-        let (Poll::Ready(Some(pa)), Poll::Ready(Some(pb))) =
-            (a.poll_next(&mut cx), b.poll_next(&mut cx))
-        else {
-            panic!("both subscribers get the event");
-        };
-        assert!(Arc::ptr_eq(&pa, &pb));
-        assert_eq!(pa.event.head().as_ptr(), pb.event.head().as_ptr());
-        assert_eq!(pa.event.tail(false).as_ptr(), pb.event.tail(false).as_ptr());
+        let (mut qa, mut qb) = (VecDeque::new(), VecDeque::new());
+        assert!(a.take(&mut qa) > 0 && b.take(&mut qb) > 0);
+        assert!(Arc::ptr_eq(&qa[0], &qb[0]));
+    }
+
+    /// A subscriber is woken once per batch, however many of its events the batch holds.
+    #[test]
+    fn one_wake_per_batch() {
+        struct Count(AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let bus = Bus::new(config());
+        let mut sub = bus.subscribe(scope(Scope::All), None).unwrap();
+        let mut into = VecDeque::new();
+        assert!(sub.poll_take(&mut cx, &mut into).is_pending());
+        bus.publish(events(&[None, None, None]));
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        assert!(sub.poll_take(&mut cx, &mut into).is_ready());
+        assert_eq!(into.len(), 3);
     }
 
     #[test]
@@ -445,21 +655,21 @@ mod tests {
         ]));
         // window_events = 5: rv 3..=7 kept.
         let mut from4 = bus
-            .subscribe(Scope::Namespace("a".into()), Some(4))
+            .subscribe(scope(Scope::Namespace("a".into())), Some(4))
             .unwrap();
         assert_eq!(drain(&mut from4), vec![5, 7]);
-        let mut from2 = bus.subscribe(Scope::All, Some(2)).unwrap();
+        let mut from2 = bus.subscribe(scope(Scope::All), Some(2)).unwrap();
         assert_eq!(drain(&mut from2), vec![3, 4, 5, 6, 7]);
         assert_eq!(
-            bus.subscribe(Scope::All, Some(1)).err(),
+            bus.subscribe(scope(Scope::All), Some(1)).err(),
             Some(Expired {
                 requested: 1,
                 oldest: 3
             })
         );
-        let mut from0 = bus.subscribe(Scope::All, Some(0)).unwrap();
+        let mut from0 = bus.subscribe(scope(Scope::All), Some(0)).unwrap();
         assert_eq!(drain(&mut from0), vec![3, 4, 5, 6, 7]);
-        let mut live = bus.subscribe(Scope::All, Some(7)).unwrap();
+        let mut live = bus.subscribe(scope(Scope::All), Some(7)).unwrap();
         bus.publish(events(&[None]));
         assert_eq!(drain(&mut live), vec![8]);
     }
@@ -473,16 +683,19 @@ mod tests {
         let bus = Bus::new(cfg);
         bus.publish(events(&[None, None, None]));
         assert_eq!(bus.stats().window_events.load(Ordering::Relaxed), 2);
-        assert!(bus.subscribe(Scope::All, Some(1)).is_ok());
-        assert!(bus.subscribe(Scope::All, Some(0)).is_ok());
+        assert!(bus.subscribe(scope(Scope::All), Some(1)).is_ok());
+        assert!(bus.subscribe(scope(Scope::All), Some(0)).is_ok());
     }
 
     #[test]
     fn dropped_subscribers_are_removed() {
         let bus = Bus::new(config());
-        let sub = bus.subscribe(Scope::All, None).unwrap();
-        drop(sub);
-        bus.publish(events(&[None]));
-        assert!(bus.lock().subscribers.is_empty());
+        let a = bus.subscribe(scope(Scope::All), None).unwrap();
+        let b = bus
+            .subscribe(scope(Scope::Namespace("x".into())), None)
+            .unwrap();
+        drop((a, b));
+        let st = bus.lock();
+        assert!(st.index.all.is_empty() && st.index.namespaces.is_empty());
     }
 }

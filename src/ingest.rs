@@ -1,25 +1,22 @@
-//! `POST /ingest`: the audit webhook backend's push. Checks who is pushing (ingest tokens,
-//! an ingest client certificate, or loopback in `--dev`; never the watchers' credentials),
+//! `POST /ingest`: the audit webhook backend's push. Asks `authn::pusher` who is pushing,
 //! bounds the body, decodes the `EventList` whole and only then publishes it, so a bad
 //! batch leaves nothing half-published. Never waits on a watcher: `Bus::publish` does not.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body as HttpBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
-use tokio_util::sync::CancellationToken;
 
-use crate::authn::{TokenFile, bearer_token};
+pub use crate::authn::pusher::Gate;
 use crate::bus::Bus;
-use crate::config::IngestSettings;
 use crate::event::{self, Event};
 use crate::metrics::Metrics;
 use crate::reply::{self, Body};
 use crate::status::ApiError;
-use crate::tls::{self, ClientCa, Peer};
+use crate::tls::Peer;
 
 /// Bodies above this are decoded off the async workers, so that one big batch does not
 /// stall other connections on the same thread.
@@ -29,141 +26,87 @@ const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// A source name is a node or host name: DNS subdomain length.
 const MAX_SOURCE_LEN: usize = 253;
 
-/// Who may push.
-pub struct Gate {
-    open_on_loopback: bool,
-    tokens: Option<TokenFile>,
-    /// Swapped by a file watch when the CA file changes.
-    ca: Option<Arc<RwLock<ClientCa>>>,
-    allowed_names: Vec<String>,
+/// The ingest endpoint: who may push, where events go, the size limits. Built once at
+/// start.
+pub struct Ingest {
+    pub gate: Gate,
+    pub bus: Bus,
+    pub metrics: Arc<Metrics>,
+    pub max_request_bytes: u64,
+    pub max_event_bytes: usize,
 }
 
-impl Gate {
-    /// Load the token file and CA; the CA is reloaded when its file changes, until `shutdown`.
-    pub fn new(settings: &IngestSettings, shutdown: CancellationToken) -> Result<Self, String> {
-        let ca = match &settings.client_ca_file {
-            Some(path) => {
-                let ca = Arc::new(RwLock::new(ClientCa::load(path)?));
-                let (shared, file) = (ca.clone(), path.clone());
-                tls::spawn_file_watch(
-                    vec![path.clone()],
-                    "ingest client CA",
-                    shutdown,
-                    move || {
-                        *shared.write().unwrap_or_else(|e| e.into_inner()) = ClientCa::load(&file)?;
-                        Ok(())
-                    },
-                );
-                Some(ca)
+impl Ingest {
+    /// Handle one push; counted by its answer's code.
+    pub async fn handle<B>(&self, req: Request<B>, peer: &Peer) -> Result<Response<Body>, ApiError>
+    where
+        B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let result = self.push(req, peer).await;
+        let code = result
+            .as_ref()
+            .map_or_else(|e| e.code_reason().0, |r| r.status());
+        self.metrics.ingest_request(code.as_u16());
+        result
+    }
+
+    async fn push<B>(&self, req: Request<B>, peer: &Peer) -> Result<Response<Body>, ApiError>
+    where
+        B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let max_request_bytes = self.max_request_bytes;
+        let (parts, body) = req.into_parts();
+        let source = match admit(&parts, peer, &self.gate, max_request_bytes) {
+            Ok(source) => source,
+            Err(e) => {
+                drain(body, max_request_bytes).await;
+                return Err(e);
             }
-            None => None,
         };
-        Ok(Gate {
-            open_on_loopback: settings.open_on_loopback,
-            tokens: settings
-                .token_file
-                .as_deref()
-                .map(TokenFile::load)
-                .transpose()?,
-            ca,
-            allowed_names: settings.allowed_names.clone(),
-        })
-    }
-
-    /// The pusher's name (client certificate CN or token user; empty for an anonymous
-    /// loopback push in `--dev`), or why it may not push.
-    pub fn admit(&self, headers: &http::HeaderMap, peer: &Peer) -> Result<String, ApiError> {
-        let mut refusal = None;
-        if let (Some(ca), Some(certs)) = (&self.ca, &peer.certs) {
-            let verified = ca.read().unwrap_or_else(|e| e.into_inner()).verify(certs);
-            match verified {
-                Ok(id) if self.allowed_names.contains(&id.common_name) => return Ok(id.common_name),
-                Ok(id) => {
-                    refusal = Some(ApiError::ForbiddenPlain(format!(
-                        "client certificate CN {:?} is not allowed to push audit events",
-                        id.common_name
-                    )))
-                }
-                Err(reason) => {
-                    tracing::debug!(%reason, peer = %peer.remote_addr, "ingest client certificate refused");
-                    refusal = Some(ApiError::Unauthorized);
-                }
+        let limit = usize::try_from(max_request_bytes).unwrap_or(usize::MAX);
+        let body = match Limited::new(body, limit).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return Err(ApiError::RequestEntityTooLarge {
+                    limit: max_request_bytes,
+                });
             }
-        }
-        if let Some(token) = bearer_token(headers) {
-            return match self.tokens.as_ref().and_then(|t| t.lookup(token)) {
-                Some(user) => Ok(user.name.clone()),
-                None => Err(ApiError::Unauthorized),
-            };
-        }
-        if self.open_on_loopback && peer.remote_addr.ip().is_loopback() && refusal.is_none() {
-            return Ok(String::new());
-        }
-        Err(refusal.unwrap_or(ApiError::Unauthorized))
+            Err(e) => {
+                return Err(ApiError::BadRequest(format!(
+                    "reading the request body: {e}"
+                )));
+            }
+        };
+
+        let size = body.len();
+        let max_event_bytes = self.max_event_bytes;
+        let decode = move || decode(&body, &source, max_event_bytes);
+        let decoded = if size > BLOCKING_DECODE_BYTES {
+            tokio::task::spawn_blocking(decode)
+                .await
+                .map_err(|e| ApiError::Internal(format!("decoding task failed: {e}")))?
+        } else {
+            decode()
+        }?;
+        self.metrics
+            .ingest_oversized(decoded.truncated, decoded.dropped);
+        let count = decoded.events.len();
+        self.bus.publish(decoded.events);
+        self.metrics.ingest_accepted(count, size);
+
+        let status = Status {
+            status: Some("Success".into()),
+            code: Some(200),
+            message: Some(format!("{count} events accepted")),
+            ..Default::default()
+        };
+        Ok(reply::json(
+            StatusCode::OK,
+            serde_json::to_vec(&status).unwrap_or_default(),
+        ))
     }
-}
-
-/// Handle one push.
-pub async fn handle<B>(
-    req: Request<B>,
-    peer: &Peer,
-    gate: &Gate,
-    bus: &Bus,
-    metrics: &Metrics,
-    max_request_bytes: u64,
-    max_event_bytes: usize,
-) -> Result<Response<Body>, ApiError>
-where
-    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: std::error::Error + Send + Sync + 'static,
-{
-    let (parts, body) = req.into_parts();
-    let source = match admit(&parts, peer, gate, max_request_bytes) {
-        Ok(source) => source,
-        Err(e) => {
-            drain(body, max_request_bytes).await;
-            return Err(e);
-        }
-    };
-    let limit = usize::try_from(max_request_bytes).unwrap_or(usize::MAX);
-    let body = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(ApiError::RequestEntityTooLarge {
-                limit: max_request_bytes,
-            });
-        }
-        Err(e) => {
-            return Err(ApiError::BadRequest(format!(
-                "reading the request body: {e}"
-            )));
-        }
-    };
-
-    let size = body.len();
-    let decode = move || decode(&body, &source, max_event_bytes);
-    let decoded = if size > BLOCKING_DECODE_BYTES {
-        tokio::task::spawn_blocking(decode)
-            .await
-            .map_err(|e| ApiError::Internal(format!("decoding task failed: {e}")))?
-    } else {
-        decode()
-    }?;
-    metrics.ingest_oversized(decoded.truncated, decoded.dropped);
-    let count = decoded.events.len();
-    bus.publish(decoded.events);
-    metrics.ingest_accepted(count, size);
-
-    let status = Status {
-        status: Some("Success".into()),
-        code: Some(200),
-        message: Some(format!("{count} events accepted")),
-        ..Default::default()
-    };
-    Ok(reply::json(
-        StatusCode::OK,
-        serde_json::to_vec(&status).unwrap_or_default(),
-    ))
 }
 
 /// Read and discard a refused push's body (bounded in bytes and time) before answering:
@@ -283,52 +226,5 @@ mod tests {
         );
         assert!(query_source(Some("source=")).is_err());
         assert!(query_source(Some("source=a%22b")).is_err());
-    }
-
-    fn gate(open: bool, tokens: &str) -> Gate {
-        Gate {
-            open_on_loopback: open,
-            tokens: Some(TokenFile::parse(tokens, "t").unwrap()),
-            ca: None,
-            allowed_names: vec![],
-        }
-    }
-
-    fn headers(token: Option<&str>) -> http::HeaderMap {
-        let mut h = http::HeaderMap::new();
-        if let Some(t) = token {
-            h.insert(
-                http::header::AUTHORIZATION,
-                format!("Bearer {t}").parse().unwrap(),
-            );
-        }
-        h
-    }
-
-    #[test]
-    fn pushers_by_token_or_loopback() {
-        let g = gate(false, "push-token,apiserver-1,uid\n");
-        let local = Peer::for_tests();
-        assert_eq!(
-            g.admit(&headers(Some("push-token")), &local).unwrap(),
-            "apiserver-1"
-        );
-        assert!(matches!(
-            g.admit(&headers(Some("other")), &local),
-            Err(ApiError::Unauthorized)
-        ));
-        assert!(matches!(
-            g.admit(&headers(None), &local),
-            Err(ApiError::Unauthorized)
-        ));
-        let open = gate(true, "push-token,apiserver-1,uid\n");
-        assert_eq!(open.admit(&headers(None), &local).unwrap(), "");
-        // A wrong token is refused even where loopback is open.
-        assert!(open.admit(&headers(Some("other")), &local).is_err());
-        let remote = Peer {
-            remote_addr: "10.1.2.3:5555".parse().unwrap(),
-            certs: None,
-        };
-        assert!(open.admit(&headers(None), &remote).is_err());
     }
 }

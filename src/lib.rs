@@ -9,13 +9,17 @@
 //!   TLS, routing, authentication and authorization of every request, graceful shutdown.
 //! * [`stall`]: cuts off connections whose peer stopped reading.
 //! * [`tls`]: rustls configuration, serving-certificate reload, client-certificate checks.
-//! * [`authn`]: who is asking (`UserInfo`, the authenticator chain, static tokens).
+//! * [`authn`]: who is asking (`UserInfo`, the authenticator chain, static tokens), and
+//!   who may push (`authn::pusher`).
 //! * [`authz`]: may they (`Attributes`, `Authorizer`, ABAC, always-allow paths).
 //! * [`ingest`]: `POST /ingest`, the audit webhook push.
-//! * [`event`]: decoding an `EventList` and serialising each event once.
-//! * [`bus`]: resourceVersions, the replay window, bounded fan-out to subscribers.
-//! * [`watch`]: the WATCH endpoints: query, scope, the streaming body, and the watchdog
-//!   that ends a watch whose client stopped reading.
+//! * [`event`]: decoding an `EventList` in one pass and serialising each event once.
+//! * [`bus`]: resourceVersions, the replay window, fan-out indexed by scope to bounded
+//!   per-subscriber queues.
+//! * [`selector`]: `fieldSelector` parsing and matching, applied by the bus.
+//! * [`watch`]: the WATCH endpoints: query, the streaming body that batches ready
+//!   events into frames, and the registry of open watches (slots, the sweeper that ends
+//!   watches whose client stopped reading, shutdown).
 //! * [`budget`]: each watcher's byte budget: send whole, truncated, or drop.
 //! * [`discovery`]: `/apis` documents, legacy and aggregated.
 //! * [`status`]: `ApiError` → `meta.k8s.io/v1` `Status`.
@@ -32,6 +36,7 @@ pub mod event;
 pub mod ingest;
 pub mod metrics;
 pub mod reply;
+pub mod selector;
 pub mod server;
 pub mod stall;
 pub mod status;

@@ -212,27 +212,50 @@ pub struct WatchGuard {
     stalled: IntCounter,
 }
 
-impl WatchGuard {
+/// What one watch did since its counts were last flushed: kept in the watch, added to
+/// the shared counters once per frame, not once per event.
+#[derive(Debug, Default)]
+pub struct WatchCounts {
+    pub sent: u64,
+    pub sent_bytes: u64,
+    pub truncated: u64,
+    pub dropped_budget: u64,
+    pub dropped_queue_full: u64,
+}
+
+impl WatchCounts {
     /// One event written, `bytes` long, whole or truncated.
-    pub fn sent(&self, bytes: usize, truncated: bool) {
-        self.sent.inc();
-        self.sent_bytes.inc_by(bytes as u64);
-        if truncated {
-            self.truncated.inc();
+    pub fn sent(&mut self, bytes: usize, truncated: bool) {
+        self.sent += 1;
+        self.sent_bytes += bytes as u64;
+        self.truncated += u64::from(truncated);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sent == 0 && self.dropped_budget == 0 && self.dropped_queue_full == 0
+    }
+}
+
+impl WatchGuard {
+    /// Add a watch's counts to the shared counters and zero them.
+    pub fn flush(&self, counts: &mut WatchCounts) {
+        let c = std::mem::take(counts);
+        for (counter, n) in [
+            (&self.sent, c.sent),
+            (&self.sent_bytes, c.sent_bytes),
+            (&self.truncated, c.truncated),
+            (&self.dropped_budget, c.dropped_budget),
+            (&self.dropped_queue_full, c.dropped_queue_full),
+        ] {
+            if n > 0 {
+                counter.inc_by(n);
+            }
         }
     }
 
-    pub fn dropped_budget(&self, events: u64) {
-        self.dropped_budget.inc_by(events);
-    }
-
-    pub fn dropped_queue_full(&self, events: u64) {
-        self.dropped_queue_full.inc_by(events);
-    }
-
-    /// The watch is ending because its client stopped reading.
-    pub fn stalled(&self) {
-        self.stalled.inc();
+    /// Counts the watch if it is ended because its client stopped reading.
+    pub fn stalled_counter(&self) -> IntCounter {
+        self.stalled.clone()
     }
 }
 
@@ -252,9 +275,12 @@ mod tests {
         m.ingest_request(200);
         m.ingest_accepted(3, 100);
         let guard = m.watch_started("events");
-        guard.sent(100, false);
-        guard.sent(10, true);
-        guard.stalled();
+        let mut counts = WatchCounts::default();
+        counts.sent(100, false);
+        counts.sent(10, true);
+        guard.flush(&mut counts);
+        assert!(counts.is_empty());
+        guard.stalled_counter().inc();
         let stats = Stats::default();
         stats.published_events.store(3, Ordering::Relaxed);
         let text = m.render(&stats);

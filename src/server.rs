@@ -35,13 +35,18 @@ use crate::reply::{self, Body};
 use crate::stall::StallGuard;
 use crate::status::ApiError;
 use crate::tls::{self, Peer};
-use crate::{ingest, watch};
+use crate::ingest::{self, Ingest};
+use crate::watch::{self, Watches};
 
 /// Open connections at most; the accept loop waits for a free slot beyond this.
 const MAX_CONNECTIONS: usize = 10_000;
-/// Open watches at most; one more gets 429. Each costs a queue and a task's worth of
-/// memory, and a runaway client should not be able to take them all.
+/// Open watches at most; one more gets 429. Each costs a queue and a few KiB of memory,
+/// and a runaway client should not be able to take them all.
 const MAX_WATCHES: usize = 5_000;
+/// Concurrent HTTP/2 streams (watches) one connection may carry.
+const MAX_STREAMS_PER_CONNECTION: u32 = 1_000;
+/// HTTP/2 send buffer per stream.
+const H2_SEND_BUFFER_BYTES: usize = 128 * 1024;
 /// A client that has not finished the TLS handshake by then is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for in-flight requests after watches were told to end.
@@ -70,12 +75,10 @@ struct Inner {
     authn: authn::Chain,
     authz: Arc<dyn Authorizer>,
     always_allow: AlwaysAllowPaths,
-    ingest: ingest::Gate,
-    max_request_bytes: u64,
-    max_event_bytes: usize,
+    ingest: Ingest,
     discovery: Discovery,
-    metrics: Metrics,
-    watches: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    watches: Watches,
     budget: budget::Config,
     /// The server-wide egress cap, if any, shared by every watch's budget.
     egress: Option<Arc<EgressShare>>,
@@ -117,20 +120,28 @@ impl App {
                 ))
             }
         };
+        let bus = Bus::new(settings.bus.clone());
+        let metrics = Arc::new(Metrics::new());
+        let watches = Watches::new(MAX_WATCHES, settings.stall_limit);
+        watches.spawn_sweeper(shutdown.clone());
         Ok(App {
             inner: Arc::new(Inner {
                 tls,
-                bus: Bus::new(settings.bus.clone()),
+                bus: bus.clone(),
                 authn,
                 authz,
                 always_allow: AlwaysAllowPaths::new(&settings.always_allow_paths),
-                ingest: ingest::Gate::new(&settings.ingest, shutdown.clone())
-                    .map_err(Error::Load)?,
-                max_request_bytes: settings.ingest.max_request_bytes,
-                max_event_bytes: settings.max_event_bytes,
+                ingest: Ingest {
+                    gate: ingest::Gate::new(&settings.ingest, shutdown.clone())
+                        .map_err(Error::Load)?,
+                    bus,
+                    metrics: metrics.clone(),
+                    max_request_bytes: settings.ingest.max_request_bytes,
+                    max_event_bytes: settings.max_event_bytes,
+                },
                 discovery: Discovery::new(),
-                metrics: Metrics::new(),
-                watches: Arc::new(Semaphore::new(MAX_WATCHES)),
+                metrics,
+                watches,
                 budget: settings.budget,
                 egress: (settings.max_egress_bytes_per_second > 0)
                     .then(|| EgressShare::new(settings.max_egress_bytes_per_second)),
@@ -165,21 +176,7 @@ impl App {
         let app = &*self.inner;
         let path = req.uri().path().to_owned();
         if path == "/ingest" {
-            let result = ingest::handle(
-                req,
-                peer,
-                &app.ingest,
-                &app.bus,
-                &app.metrics,
-                app.max_request_bytes,
-                app.max_event_bytes,
-            )
-            .await;
-            let code = result
-                .as_ref()
-                .map_or_else(|e| e.code_reason().0, |r| r.status());
-            app.metrics.ingest_request(code.as_u16());
-            return result;
+            return app.ingest.handle(req, peer).await;
         }
         let mut attrs = request_attributes(req.method(), &path, req.uri().query());
         if !app.always_allow.contains(&path) {
@@ -288,11 +285,6 @@ impl App {
             )));
         }
         let query = watch::Query::parse(req.uri().query())?;
-        let Ok(permit) = app.watches.clone().try_acquire_owned() else {
-            return Err(ApiError::TooManyRequests(format!(
-                "too many open watches (limit {MAX_WATCHES}), please try again later"
-            )));
-        };
         tracing::info!(user = %attrs.user.name, resource, namespace = %attrs.namespace, "watch started");
         let recheck: watch::Recheck = {
             let (app, attrs) = (self.clone(), attrs.clone());
@@ -305,12 +297,9 @@ impl App {
             recheck: Some((recheck, app.recheck_interval)),
             budget: Budget::new(app.budget, app.egress.clone(), tokio::time::Instant::now()),
             lag_bytes: app.lag_bytes,
-            stall_limit: app.stall_limit,
             guard: app.metrics.watch_started(resource),
-            slot: permit,
-            shutdown: app.shutdown.clone(),
         };
-        watch::serve(&app.bus, scope, &query, ctx)
+        watch::serve(&app.bus, &app.watches, scope, &query, ctx)
     }
 }
 
@@ -483,6 +472,7 @@ pub async fn run(app: App, listener: TcpListener, shutdown: impl Future) -> std:
     }
     drop(listener);
     tracing::info!("shutting down: ending watches and draining connections");
+    app.inner.watches.shut_down();
     app.inner.shutdown.cancel();
     if tokio::time::timeout(SHUTDOWN_DRAIN_TIMEOUT, graceful.shutdown())
         .await
@@ -524,7 +514,17 @@ async fn serve_connection(
         let (app, peer) = (app.clone(), peer.clone());
         async move { Ok::<_, Infallible>(app.handle(req, &peer).await) }
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        // Behind the aggregator every watch is a stream of one shared connection:
+        // kube-apiserver's own default (--http2-max-streams-per-connection), not
+        // hyper's 200, so the 201st watch on a connection is not refused.
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        // Bytes hyper buffers per stream before it stops polling the body: a watch's
+        // frame is at most 64 KiB, so two frames in flight; more only delays the
+        // back-pressure that makes a slow watcher's queue drop (and count) instead.
+        .max_send_buf_size(H2_SEND_BUFFER_BYTES);
     let io = TokioIo::new(StallGuard::new(tls, stall_limit));
     let conn = builder.serve_connection(io, service).into_owned();
     if let Err(e) = watcher.watch(conn).await {

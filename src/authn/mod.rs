@@ -3,6 +3,7 @@
 //! headers and what the TLS layer learned about the peer.
 
 pub mod delegated;
+pub mod pusher;
 mod token_file;
 mod token_review;
 

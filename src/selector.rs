@@ -1,17 +1,18 @@
 //! `fieldSelector` for audit events: `field=value`, `field==value`, `field!=value`, joined
 //! by commas (AND), on the fields the contract names. An unknown field is an error, as
-//! kube-apiserver answers for a field its resource does not index.
+//! kube-apiserver answers for a field its resource does not index. The bus applies a
+//! watcher's selector before its queue, so unwanted events cost the watcher nothing.
 
-use crate::event::Event;
+use crate::event::{Event, Field};
 
-/// Fields a selector may name.
-pub const FIELDS: [&str; 6] = [
-    "user.username",
-    "verb",
-    "objectRef.resource",
-    "objectRef.name",
-    "stage",
-    "level",
+/// Field labels a selector may name, and the event field each reads.
+pub const FIELDS: [(&str, Field); 6] = [
+    ("user.username", Field::Username),
+    ("verb", Field::Verb),
+    ("objectRef.resource", Field::Resource),
+    ("objectRef.name", Field::Name),
+    ("stage", Field::Stage),
+    ("level", Field::Level),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,8 +25,8 @@ pub enum Error {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Requirement {
-    field: usize,
-    value: String,
+    field: Field,
+    value: Box<str>,
     equal: bool,
 }
 
@@ -39,7 +40,7 @@ impl FieldSelector {
     pub fn parse(s: &str) -> Result<Self, Error> {
         let mut requirements = vec![];
         for term in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-            let (field, value, equal) = if let Some((f, v)) = term.split_once("!=") {
+            let (label, value, equal) = if let Some((f, v)) = term.split_once("!=") {
                 (f, v, false)
             } else if let Some((f, v)) = term.split_once("==") {
                 (f, v, true)
@@ -48,14 +49,14 @@ impl FieldSelector {
             } else {
                 return Err(Error::Syntax(term.to_owned()));
             };
-            let field = field.trim();
-            let field = FIELDS
+            let label = label.trim();
+            let (_, field) = FIELDS
                 .iter()
-                .position(|f| *f == field)
-                .ok_or_else(|| Error::UnknownField(field.to_owned()))?;
+                .find(|(l, _)| *l == label)
+                .ok_or_else(|| Error::UnknownField(label.to_owned()))?;
             requirements.push(Requirement {
-                field,
-                value: value.trim().to_owned(),
+                field: *field,
+                value: value.trim().into(),
                 equal,
             });
         }
@@ -67,17 +68,9 @@ impl FieldSelector {
     }
 
     pub fn matches(&self, ev: &Event) -> bool {
-        self.requirements.iter().all(|r| {
-            let actual: &str = match r.field {
-                0 => &ev.username,
-                1 => &ev.verb,
-                2 => &ev.resource,
-                3 => &ev.name,
-                4 => &ev.stage,
-                _ => &ev.level,
-            };
-            (actual == r.value) == r.equal
-        })
+        self.requirements
+            .iter()
+            .all(|r| (ev.get(r.field) == &*r.value) == r.equal)
     }
 }
 

@@ -1,0 +1,304 @@
+//! `WatchBody`: the streaming response of one watch. Hyper polls it only when the
+//! connection can take more, so a peer that stops reading stops this body, its bus queue
+//! fills, and the bus drops for it alone (and the registry's sweeper ends it if that
+//! lasts). Each poll takes every event that is ready and writes as many as fit in one
+//! frame (`FRAME_BYTES`), so HTTP/1.1 sends one chunk and HTTP/2 one run of DATA frames
+//! for a whole batch, not three per event.
+//!
+//! Costs by class: per poll, one clock read, one atomic stamp for the sweeper, and the
+//! counters flushed to the shared metrics; per event, the budget's arithmetic and a copy
+//! of its bytes into the frame; deadline, re-authorization and bookmarks are compared
+//! with the poll's clock and need a timer only when the queue runs dry.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
+use http_body::Frame;
+use tokio::time::{Instant, Sleep};
+
+use super::registry::Registration;
+use super::{BOOKMARK_INTERVAL, Query, Recheck, WatchCtx, bookmark};
+use crate::budget::{Budget, Verdict};
+use crate::bus::{Published, Subscription};
+use crate::metrics::{WatchCounts, WatchGuard};
+use crate::status::ApiError;
+
+/// The most one frame carries, unless one event alone is larger: large enough that a
+/// batch costs a few frames, small enough to keep a slow HTTP/2 stream's buffer short.
+const FRAME_BYTES: usize = 64 * 1024;
+/// About the size of a dropped-count bookmark: what the budget must allow before one
+/// is sent without an event to ride along with.
+const BOOKMARK_BYTES: usize = 160;
+
+/// Where the watch is.
+enum State {
+    Streaming,
+    /// Streaming while a re-authorization is under way.
+    Rechecking(BoxFuture<'static, Result<(), ApiError>>),
+    /// Nothing more will be sent.
+    Done,
+}
+
+pub(super) struct WatchBody {
+    state: State,
+    sub: Subscription,
+    /// Events taken from the queue and not yet written, and their full-form bytes.
+    taken: VecDeque<Arc<Published>>,
+    taken_bytes: usize,
+    deadline: Instant,
+    /// The one timer, armed only while idle, for whichever of the times below is next.
+    timer: Pin<Box<Sleep>>,
+    next_bookmark: Option<Instant>,
+    recheck: Option<(Recheck, Duration)>,
+    next_recheck: Instant,
+    /// When a drop report can be afforded, if one waits for the budget.
+    report_at: Option<Instant>,
+    /// Events at or below this resourceVersion were asked to be skipped.
+    skip_through: u64,
+    last_rv: u64,
+    budget: Budget,
+    lag_bytes: usize,
+    /// Events dropped by the budget and not yet reported.
+    dropped_budget: u64,
+    counts: WatchCounts,
+    guard: WatchGuard,
+    registration: Registration,
+}
+
+impl WatchBody {
+    pub(super) fn new(
+        sub: Subscription,
+        registration: Registration,
+        query: &Query,
+        ctx: WatchCtx,
+    ) -> Self {
+        let now = Instant::now();
+        let deadline = now + query.timeout();
+        let next_recheck = ctx.recheck.as_ref().map_or(deadline, |(_, every)| now + *every);
+        WatchBody {
+            state: State::Streaming,
+            last_rv: query
+                .resource_version
+                .unwrap_or_else(|| sub.start_resource_version()),
+            sub,
+            taken: VecDeque::new(),
+            taken_bytes: 0,
+            deadline,
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
+            next_bookmark: query.allow_watch_bookmarks.then(|| now + BOOKMARK_INTERVAL),
+            recheck: ctx.recheck,
+            next_recheck,
+            report_at: None,
+            skip_through: query.resource_version.unwrap_or(0),
+            budget: ctx.budget,
+            lag_bytes: ctx.lag_bytes,
+            dropped_budget: 0,
+            counts: WatchCounts::default(),
+            guard: ctx.guard,
+            registration,
+        }
+    }
+
+    /// Drive re-authorization; the `ERROR` line that ends the watch when access was
+    /// revoked, or could not be confirmed (fail closed).
+    fn poll_recheck(&mut self, cx: &mut Context<'_>, now: Instant) -> Option<Bytes> {
+        if let (State::Streaming, Some((recheck, _))) = (&self.state, &self.recheck)
+            && now >= self.next_recheck
+        {
+            self.state = State::Rechecking(recheck());
+        }
+        let State::Rechecking(fut) = &mut self.state else {
+            return None;
+        };
+        match fut.as_mut().poll(cx) {
+            Poll::Pending => None,
+            Poll::Ready(Ok(())) => {
+                self.state = State::Streaming;
+                let every = self.recheck.as_ref().map_or(Duration::MAX, |(_, e)| *e);
+                self.next_recheck = now + every;
+                None
+            }
+            Poll::Ready(Err(e)) => {
+                tracing::info!(error = %e, "watch no longer authorized; ending it");
+                Some(e.to_watch_event())
+            }
+        }
+    }
+
+    /// Write a bookmark counting every drop since the last one, if there were any.
+    fn report_drops(&mut self, frame: &mut BytesMut, now: Instant) {
+        let queue_full = self.sub.take_dropped();
+        self.counts.dropped_queue_full += queue_full;
+        let total = queue_full + std::mem::take(&mut self.dropped_budget);
+        if total > 0 {
+            let line = bookmark(self.last_rv, Some(total));
+            self.budget.charge(line.len(), now);
+            frame.extend_from_slice(&line);
+        }
+        self.report_at = None;
+    }
+
+    /// Write the events that are ready, as many as fit in one frame, each charged to the
+    /// budget: whole, truncated, or dropped and reported before the next one sent.
+    fn fill(&mut self, frame: &mut BytesMut, now: Instant) {
+        loop {
+            if self.taken.is_empty() {
+                self.taken_bytes = self.sub.take(&mut self.taken);
+                if self.taken.is_empty() {
+                    return;
+                }
+                self.budget.set_active(true);
+            }
+            let Some(p) = self.taken.front() else {
+                return;
+            };
+            let full = p.wire_len(false);
+            if !frame.is_empty() && frame.len() + full > FRAME_BYTES {
+                return;
+            }
+            let Some(p) = self.taken.pop_front() else {
+                return;
+            };
+            self.taken_bytes = self.taken_bytes.saturating_sub(full);
+            if p.resource_version <= self.skip_through {
+                continue;
+            }
+            let truncated_len = p.event.can_truncate().then(|| p.wire_len(true));
+            let lagging = self.taken_bytes > self.lag_bytes;
+            let truncated = match self.budget.admit(full, truncated_len, lagging, now) {
+                Verdict::Drop => {
+                    self.dropped_budget += 1;
+                    self.counts.dropped_budget += 1;
+                    continue;
+                }
+                Verdict::Full => false,
+                Verdict::Truncated => true,
+            };
+            if self.dropped_budget > 0 || self.sub.has_taken_drops() {
+                self.report_drops(frame, now);
+            }
+            let (head, tail) = p.event.parts(truncated);
+            if frame.is_empty() {
+                frame.reserve(full.max(self.taken_bytes.min(FRAME_BYTES)));
+            }
+            frame.extend_from_slice(head);
+            frame.extend_from_slice(p.digits());
+            frame.extend_from_slice(tail);
+            self.last_rv = p.resource_version;
+            self.counts.sent(p.wire_len(truncated), truncated);
+        }
+    }
+
+    /// With nothing to send: a drop report or a bookmark that is due, or else the time
+    /// the timer must wake the watch at.
+    fn idle(&mut self, frame: &mut BytesMut, now: Instant) -> Instant {
+        let mut wake = self.deadline;
+        if self.dropped_budget > 0 || self.sub.has_dropped() {
+            let wait = self.budget.wait_for(BOOKMARK_BYTES, now);
+            if wait.is_zero() || self.report_at.is_some_and(|at| now >= at) {
+                self.report_drops(frame, now);
+                return wake;
+            }
+            let at = *self.report_at.get_or_insert(now + wait);
+            wake = wake.min(at);
+        }
+        if let Some(at) = self.next_bookmark {
+            if now >= at {
+                self.report_drops(frame, now);
+                if frame.is_empty() {
+                    let line = bookmark(self.last_rv, None);
+                    self.budget.charge(line.len(), now);
+                    frame.extend_from_slice(&line);
+                }
+                self.next_bookmark = Some(now + BOOKMARK_INTERVAL);
+                return wake;
+            }
+            wake = wake.min(at);
+        }
+        if matches!(self.state, State::Streaming) && self.recheck.is_some() {
+            wake = wake.min(self.next_recheck);
+        }
+        wake
+    }
+
+    fn flush_counts(&mut self) {
+        if !self.counts.is_empty() {
+            self.guard.flush(&mut self.counts);
+        }
+    }
+
+    fn ready(&mut self, frame: BytesMut) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.flush_counts();
+        self.registration.set_backlog(!self.taken.is_empty());
+        Poll::Ready(Some(Ok(Frame::data(frame.freeze()))))
+    }
+}
+
+impl http_body::Body for WatchBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = &mut *self;
+        loop {
+            if matches!(this.state, State::Done) {
+                return Poll::Ready(None);
+            }
+            let now = Instant::now();
+            // Ended from outside (stalled, shutdown) or by its deadline: no more lines.
+            if !this.registration.polled(now, !this.taken.is_empty()) || now >= this.deadline {
+                this.flush_counts();
+                this.state = State::Done;
+                continue;
+            }
+            let mut frame = BytesMut::new();
+            if let Some(error) = this.poll_recheck(cx, now) {
+                this.state = State::Done;
+                frame.extend_from_slice(&error);
+                return this.ready(frame);
+            }
+            this.fill(&mut frame, now);
+            if !frame.is_empty() {
+                return this.ready(frame);
+            }
+            this.budget.set_active(false);
+            match this.sub.poll_take(cx, &mut this.taken) {
+                Poll::Ready(Some(bytes)) => {
+                    this.taken_bytes = bytes;
+                    continue;
+                }
+                Poll::Ready(None) => {
+                    this.state = State::Done;
+                    continue;
+                }
+                Poll::Pending => {}
+            }
+            let wake = this.idle(&mut frame, now);
+            if !frame.is_empty() {
+                return this.ready(frame);
+            }
+            if this.timer.deadline() != wake {
+                this.timer.as_mut().reset(wake);
+            }
+            if this.timer.as_mut().poll(cx).is_ready() {
+                continue;
+            }
+            this.flush_counts();
+            return Poll::Pending;
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+}

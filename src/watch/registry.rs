@@ -1,0 +1,292 @@
+//! The server's open watches: their slots (one more than the limit gets 429), the one
+//! sweeper that ends watches whose client stopped reading, and shutdown.
+//!
+//! Hyper polls a response body only when the connection can take more, and an HTTP/2
+//! stream whose client stopped reading (its flow-control window shut) is never polled
+//! again while the connection stays open, as the aggregator's shared connection does.
+//! Such a watch would never see its deadline or shutdown, and would keep its bus queue
+//! and slot as long as the client lives. So each watch stamps the time of every poll
+//! here, and one server-wide sweeper ends a watch that has had something to send and
+//! gone unpolled for the stall limit, as kube-apiserver closes watchers that stop
+//! reading: its queue is freed, its slot released, and the stream ends at its next poll
+//! (the client then re-watches from its last resourceVersion).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use prometheus::IntCounter;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::Closer;
+
+/// Every watch slot is taken.
+#[derive(Debug, thiserror::Error)]
+#[error("too many open watches (limit {0}), please try again later")]
+pub struct Full(pub usize);
+
+/// The open watches. Cheap to clone.
+#[derive(Clone)]
+pub struct Watches {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    max: usize,
+    stall_limit: Duration,
+    /// Poll stamps are milliseconds since this.
+    epoch: Instant,
+    open: Mutex<Open>,
+}
+
+#[derive(Default)]
+struct Open {
+    next_id: u64,
+    entries: HashMap<u64, Arc<Entry>>,
+    shut_down: bool,
+}
+
+/// What the sweeper knows of one watch, shared with its body.
+struct Entry {
+    /// When the body was last polled (ms since `epoch`).
+    last_poll: AtomicU64,
+    /// The body holds events it could not hand over yet.
+    backlog: AtomicBool,
+    /// Ended from outside (stalled, or shutdown): the body ends at its next poll.
+    ended: AtomicBool,
+    /// The `last_poll` at which the sweeper first found it stalled; it is ended only if
+    /// still unpolled at the next sweep, so a watch woken just before a sweep is spared.
+    suspect: AtomicU64,
+    closer: Closer,
+    stalled: IntCounter,
+}
+
+impl Watches {
+    pub fn new(max: usize, stall_limit: Duration) -> Self {
+        Watches {
+            inner: Arc::new(Inner {
+                max,
+                stall_limit,
+                epoch: Instant::now(),
+                open: Mutex::default(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Open> {
+        self.inner.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Take a slot for a watch; `closer` ends its subscription, `stalled` counts it if
+    /// the sweeper ends it.
+    pub fn register(&self, closer: Closer, stalled: IntCounter) -> Result<Registration, Full> {
+        let mut open = self.lock();
+        if open.entries.len() >= self.inner.max {
+            return Err(Full(self.inner.max));
+        }
+        let entry = Arc::new(Entry {
+            last_poll: AtomicU64::new(self.millis(Instant::now())),
+            backlog: AtomicBool::new(false),
+            ended: AtomicBool::new(open.shut_down),
+            suspect: AtomicU64::new(u64::MAX),
+            closer,
+            stalled,
+        });
+        open.next_id += 1;
+        let id = open.next_id;
+        open.entries.insert(id, entry.clone());
+        Ok(Registration {
+            watches: self.clone(),
+            id,
+            entry,
+        })
+    }
+
+    /// Open watches now.
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// End every watch (their streams end at their next poll) and refuse none later but
+    /// end them at once.
+    pub fn shut_down(&self) {
+        let entries: Vec<Arc<Entry>> = {
+            let mut open = self.lock();
+            open.shut_down = true;
+            open.entries.values().cloned().collect()
+        };
+        for entry in entries {
+            entry.ended.store(true, Ordering::Relaxed);
+            entry.closer.close();
+        }
+    }
+
+    /// Sweep for stalled watches every quarter of the stall limit until `shutdown`.
+    pub fn spawn_sweeper(&self, shutdown: CancellationToken) {
+        let watches = self.clone();
+        let every = (self.inner.stall_limit / 4).max(Duration::from_millis(10));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => watches.sweep(Instant::now()),
+                }
+            }
+        });
+    }
+
+    /// End every watch that has had something to send and not been polled for the stall
+    /// limit (two sweeps in a row).
+    fn sweep(&self, now: Instant) {
+        let limit = u64::try_from(self.inner.stall_limit.as_millis()).unwrap_or(u64::MAX);
+        let now = self.millis(now);
+        let mut stalled = Vec::new();
+        {
+            let mut open = self.lock();
+            open.entries.retain(|_, e| {
+                let last = e.last_poll.load(Ordering::Relaxed);
+                let waiting = e.backlog.load(Ordering::Relaxed) || e.closer.has_pending();
+                if e.ended.load(Ordering::Relaxed)
+                    || now.saturating_sub(last) < limit
+                    || !waiting
+                {
+                    return true;
+                }
+                if e.suspect.swap(last, Ordering::Relaxed) != last {
+                    return true;
+                }
+                stalled.push(e.clone());
+                false
+            });
+        }
+        for e in stalled {
+            tracing::info!(
+                stall_limit = ?self.inner.stall_limit,
+                "watch ended: its client took nothing for too long"
+            );
+            e.ended.store(true, Ordering::Relaxed);
+            e.stalled.inc();
+            e.closer.close();
+        }
+    }
+
+    fn millis(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.inner.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// A watch's slot, held by its body; released when dropped or when the sweeper ends it.
+pub struct Registration {
+    watches: Watches,
+    id: u64,
+    entry: Arc<Entry>,
+}
+
+impl Registration {
+    /// Stamp a poll; `false` once the watch was ended from outside.
+    pub fn polled(&self, now: Instant, backlog: bool) -> bool {
+        self.entry
+            .last_poll
+            .store(self.watches.millis(now), Ordering::Relaxed);
+        self.entry.backlog.store(backlog, Ordering::Relaxed);
+        !self.entry.ended.load(Ordering::Relaxed)
+    }
+
+    /// Whether the body still holds events it has not handed over.
+    pub fn set_backlog(&self, backlog: bool) {
+        self.entry.backlog.store(backlog, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.watches.lock().entries.remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::{Bus, Config, Filter, Scope};
+
+    fn bus() -> Bus {
+        Bus::new(Config {
+            window_events: 10,
+            window_bytes: 1 << 20,
+            subscriber_queue_events: 10,
+            subscriber_queue_bytes: 1 << 20,
+        })
+    }
+
+    fn events(n: usize) -> Vec<crate::event::Event> {
+        let items = vec![r#"{"level":"Metadata","auditID":"a","stage":"ResponseComplete"}"#; n];
+        let body = format!(
+            r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{}]}}"#,
+            items.join(",")
+        );
+        crate::event::decode_event_list(body.as_bytes(), "", "2026-01-01T00:00:00Z").unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slots_are_limited_and_released() {
+        let (bus, watches) = (bus(), Watches::new(2, Duration::from_secs(60)));
+        let sub = || bus.subscribe(Filter::scope(Scope::All), None).unwrap();
+        let (s1, s2, s3) = (sub(), sub(), sub());
+        let a = watches.register(s1.closer(), IntCounter::new("a", "a").unwrap());
+        let b = watches.register(s2.closer(), IntCounter::new("b", "b").unwrap());
+        assert!(a.is_ok() && b.is_ok());
+        assert!(watches
+            .register(s3.closer(), IntCounter::new("c", "c").unwrap())
+            .is_err());
+        drop(a);
+        assert_eq!(watches.len(), 1);
+        assert!(watches
+            .register(s3.closer(), IntCounter::new("c", "c").unwrap())
+            .is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_watch_with_something_to_send_and_unpolled_is_ended() {
+        let limit = Duration::from_secs(60);
+        let (bus, watches) = (bus(), Watches::new(10, limit));
+        let stalled = IntCounter::new("s", "s").unwrap();
+        let mut idle = bus.subscribe(Filter::scope(Scope::Namespace("x".into())), None).unwrap();
+        let stuck = bus.subscribe(Filter::scope(Scope::All), None).unwrap();
+        let busy = bus.subscribe(Filter::scope(Scope::All), None).unwrap();
+        let r_idle = watches.register(idle.closer(), stalled.clone()).unwrap();
+        let r_stuck = watches.register(stuck.closer(), stalled.clone()).unwrap();
+        let r_busy = watches.register(busy.closer(), stalled.clone()).unwrap();
+        bus.publish(events(2));
+        for _ in 0..3 {
+            tokio::time::advance(limit).await;
+            assert!(r_busy.polled(Instant::now(), true));
+            watches.sweep(Instant::now());
+        }
+        assert_eq!(stalled.get(), 1);
+        assert!(!r_stuck.polled(Instant::now(), false), "ended");
+        assert!(r_idle.polled(Instant::now(), false), "nothing to send: not stalled");
+        assert!(!stuck.closer().has_pending(), "its queue was freed");
+        assert_eq!(watches.len(), 2, "its slot was released");
+        assert!(idle.take(&mut Default::default()) == 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_ends_every_watch_and_later_ones() {
+        let (bus, watches) = (bus(), Watches::new(10, Duration::from_secs(60)));
+        let sub = bus.subscribe(Filter::scope(Scope::All), None).unwrap();
+        let r = watches.register(sub.closer(), IntCounter::new("s", "s").unwrap()).unwrap();
+        watches.shut_down();
+        assert!(!r.polled(Instant::now(), false));
+        let late = bus.subscribe(Filter::scope(Scope::All), None).unwrap();
+        let r = watches.register(late.closer(), IntCounter::new("s", "s").unwrap()).unwrap();
+        assert!(!r.polled(Instant::now(), false));
+    }
+}
