@@ -1,25 +1,33 @@
 //! Fan-out benchmark: `bus::Bus::publish` of one decoded batch (every event of
 //! tests/fixtures/audit/all-events.jsonl, size-limited as ingest does) to 1, 100 and 1000
-//! `Scope::All` subscribers, with the same publish to no subscriber as the baseline
-//! measured in the same run (assigning resourceVersions and keeping the replay window).
+//! subscribers, with the same publish to no subscriber as the baseline measured in the
+//! same run (assigning resourceVersions and keeping the replay window).
 //!
-//! `Event` is not `Clone`, so each iteration gets a freshly decoded batch from divan's
-//! `with_inputs`, outside the timed section. The bus uses the server's real queue sizes;
-//! every sample is a single iteration and the input generator first drains every
-//! subscriber, so no queue ever fills and the bench never measures the drop path (checked
-//! at the end of each bench).
+//! Two shapes of audience:
+//! * `full_stream`: every subscriber watches `events`, so each event is queued N times
+//!   (the cost per event × watcher, which must stay tiny);
+//! * `namespaces`: the batch's events spread over 1000 namespaces and each subscriber
+//!   watches one of them, as namespace owners do: publish should cost the subscribers
+//!   an event matches, not every subscriber.
+//!
+//! Every subscriber has a real waker (counting its wake-ups, registered before each
+//! publish as a waiting watch registers it), so the bench pays for the wake-ups a server
+//! pays for. `Event` is not `Clone`, so each iteration gets a freshly decoded batch from
+//! divan's `with_inputs`, outside the timed section; the input generator also drains
+//! every subscriber, so no queue ever fills and the bench never measures the drop path
+//! (checked at the end of each bench).
 //!
 //! Counters are the batch's events and wire bytes per publish, so divan prints published
-//! events/s and MB/s; each subscriber receives all of them. Run with
-//! `cargo bench --bench fanout`.
+//! events/s and MB/s. Run with `cargo bench --bench fanout`.
 
-use std::sync::LazyLock;
-use std::sync::atomic::Ordering;
-use std::task::{Context, Poll, Waker};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::task::{Context, Wake, Waker};
 
 use divan::Bencher;
 use divan::counter::{BytesCount, ItemsCount};
-use kube_audit_stream::bus::{self, Bus, Scope, Subscription};
+use kube_audit_stream::bus::{self, Bus, Filter, Scope, Subscription};
 use kube_audit_stream::config::{SUBSCRIBER_QUEUE_BYTES, SUBSCRIBER_QUEUE_EVENTS};
 use kube_audit_stream::event::{Event, Limited, decode_event_list};
 
@@ -27,6 +35,8 @@ const NOW: &str = "2026-01-01T00:00:00Z";
 const SOURCE: &str = "bench-apiserver";
 /// `--max-event-bytes` default: ingest truncates events above it before publishing.
 const MAX_EVENT_BYTES: usize = 100 * 1024;
+/// Namespaces the `namespaces` batch spreads its events over.
+const NAMESPACES: usize = 1000;
 
 mod common;
 
@@ -41,20 +51,42 @@ struct Fixture {
     wire_bytes: usize,
 }
 
-static ALL_EVENTS: LazyLock<Fixture> = LazyLock::new(|| {
-    let (body, _) = common::event_list("all-events.jsonl");
-    let batch = batch(&body);
-    Fixture {
-        events: batch.len(),
-        wire_bytes: batch.iter().map(|e| e.wire_len(false)).sum(),
-        body,
+impl Fixture {
+    fn new(body: Vec<u8>) -> Self {
+        let batch = batch(&body);
+        Fixture {
+            events: batch.len(),
+            wire_bytes: batch.iter().map(|e| e.wire_len(false)).sum(),
+            body,
+        }
     }
+}
+
+/// all-events.jsonl as it is (16 namespaces, some events cluster-scoped).
+static ALL_EVENTS: LazyLock<Fixture> =
+    LazyLock::new(|| Fixture::new(common::event_list("all-events.jsonl").0));
+
+/// all-events.jsonl with event i in namespace `ns-{i % 1000}` (its objectRef rewritten,
+/// one added where it had none).
+static SPREAD: LazyLock<Fixture> = LazyLock::new(|| {
+    let (body, _) = common::event_list("all-events.jsonl");
+    let mut list: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    let items = list["items"].as_array_mut().expect("items");
+    for (i, item) in items.iter_mut().enumerate() {
+        let object_ref = item
+            .as_object_mut()
+            .expect("an event")
+            .entry("objectRef")
+            .or_insert_with(|| serde_json::json!({"resource": "pods"}));
+        object_ref["namespace"] = format!("ns-{}", i % NAMESPACES).into();
+    }
+    Fixture::new(serde_json::to_vec(&list).expect("JSON"))
 });
 
 /// Decode and size-limit a batch, as `POST /ingest` does before `Bus::publish`.
 fn batch(body: &[u8]) -> Vec<Event> {
     decode_event_list(body, SOURCE, NOW)
-        .expect("all-events.jsonl is a valid EventList")
+        .expect("the fixture is a valid EventList")
         .into_iter()
         .filter_map(|ev| match ev.limit_size(MAX_EVENT_BYTES) {
             Limited::Fits(ev) | Limited::Truncated(ev) => Some(ev),
@@ -73,26 +105,52 @@ fn config() -> bus::Config {
     }
 }
 
-/// Take everything queued for `sub` without waiting.
-fn drain(sub: &mut Subscription) {
-    let mut cx = Context::from_waker(Waker::noop());
-    while let Poll::Ready(Some(_)) = sub.poll_next(&mut cx) {}
+/// Counts wake-ups, as a task's waker would schedule it.
+#[derive(Default)]
+struct CountingWaker(AtomicU64);
+
+impl Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
-fn publish(bencher: Bencher, subscribers: usize) {
-    let fixture = &*ALL_EVENTS;
+/// A subscriber as a waiting watch holds it: drained, its waker registered.
+struct Watcher {
+    sub: Subscription,
+    waker: Waker,
+    taken: VecDeque<Arc<bus::Published>>,
+}
+
+impl Watcher {
+    fn wait(&mut self) {
+        let mut cx = Context::from_waker(&self.waker);
+        while self.sub.poll_take(&mut cx, &mut self.taken).is_ready() {
+            self.taken.clear();
+        }
+    }
+}
+
+fn publish(bencher: Bencher, fixture: &Fixture, scopes: impl Iterator<Item = Scope>) {
     let bus = Bus::new(config());
-    let mut subs: Vec<Subscription> = (0..subscribers)
-        .map(|_| {
-            bus.subscribe(Scope::All, None)
-                .expect("a live subscription cannot be expired")
+    let wakes = Arc::new(CountingWaker::default());
+    let mut watchers: Vec<Watcher> = scopes
+        .map(|scope| Watcher {
+            sub: bus
+                .subscribe(Filter::scope(scope), None)
+                .expect("a live subscription cannot be expired"),
+            waker: Waker::from(wakes.clone()),
+            taken: VecDeque::new(),
         })
         .collect();
     bencher
         .counter(ItemsCount::new(fixture.events))
         .counter(BytesCount::new(fixture.wire_bytes))
         .with_inputs(|| {
-            subs.iter_mut().for_each(drain);
+            watchers.iter_mut().for_each(Watcher::wait);
             batch(&fixture.body)
         })
         .bench_local_values(|events| bus.publish(events));
@@ -101,22 +159,41 @@ fn publish(bencher: Bencher, subscribers: usize) {
         dropped, 0,
         "a subscriber queue filled: the bench measured drops"
     );
-    drop(subs);
+    if !watchers.is_empty() {
+        assert!(wakes.0.load(Ordering::Relaxed) > 0, "subscribers were woken");
+    }
 }
 
 /// One sample is one publish, so the input generator drains the queues before each.
 #[divan::bench_group(sample_size = 1)]
-mod publish_all_events {
+mod full_stream {
     use super::*;
 
     /// Nobody subscribed: resourceVersions, counters and the replay window only.
     #[divan::bench]
     fn baseline_no_subscribers(bencher: Bencher) {
-        publish(bencher, 0);
+        publish(bencher, &ALL_EVENTS, std::iter::empty());
     }
 
     #[divan::bench(args = [1, 100, 1000])]
     fn subscribers(bencher: Bencher, n: usize) {
-        publish(bencher, n);
+        publish(bencher, &ALL_EVENTS, std::iter::repeat_n(Scope::All, n));
+    }
+}
+
+/// Events over 1000 namespaces, one subscriber per namespace for the first N.
+#[divan::bench_group(sample_size = 1)]
+mod namespaces {
+    use super::*;
+
+    #[divan::bench]
+    fn baseline_no_subscribers(bencher: Bencher) {
+        publish(bencher, &SPREAD, std::iter::empty());
+    }
+
+    #[divan::bench(args = [1, 100, 1000])]
+    fn subscribers(bencher: Bencher, n: usize) {
+        let scopes = (0..n).map(|i| Scope::Namespace(format!("ns-{i}").into()));
+        publish(bencher, &SPREAD, scopes);
     }
 }

@@ -2,8 +2,11 @@
 //! from the real audit fixtures, next to two serde_json baselines on the same bytes in the
 //! same run:
 //!
-//! * `baseline_raw_split`: the bare envelope split into `Vec<&RawValue>` items, the least
-//!   any decoder must do (the first pass of `decode_event_list`);
+//! * `baseline_raw_split`: the bare envelope split into `Vec<&RawValue>` items;
+//! * `baseline_split_route`: that split, then each item's routing fields (auditID, stage,
+//!   level, verb, user.username, objectRef namespace/resource/name) read with a borrowing
+//!   serde parse: the least a decoder that routes must do, and the performance issue's
+//!   yardstick (decode should reach half its pace);
 //! * `baseline_value_tree`: a full `serde_json::Value` parse, what a naive decoder does.
 //!
 //! Counters are bytes and events per iteration, so divan prints MB/s and events/s.
@@ -76,6 +79,56 @@ fn raw_split(bencher: Bencher, fixture: &'static Fixture) {
     });
 }
 
+/// The fields routing reads, borrowed where unescaped; everything else skipped.
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct Routing<'a> {
+    #[serde(borrow, rename = "auditID")]
+    audit_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    stage: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    level: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    verb: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    user: Option<User<'a>>,
+    #[serde(borrow, default, rename = "objectRef")]
+    object_ref: Option<ObjectRef<'a>>,
+}
+
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct User<'a> {
+    #[serde(borrow, default)]
+    username: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct ObjectRef<'a> {
+    #[serde(borrow, default)]
+    namespace: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    resource: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<std::borrow::Cow<'a, str>>,
+}
+
+fn split_route(bencher: Bencher, fixture: &'static Fixture) {
+    counted(bencher, fixture).bench(|| {
+        let list: RawList<'_> =
+            serde_json::from_slice(black_box(&fixture.body)).expect("the fixture is JSON");
+        list.items
+            .iter()
+            .map(|raw| {
+                let r: Routing<'_> = serde_json::from_str(raw.get()).expect("an event");
+                black_box(r).stage.len()
+            })
+            .sum::<usize>()
+    });
+}
+
 fn value_tree(bencher: Bencher, fixture: &'static Fixture) {
     counted(bencher, fixture).bench(|| {
         serde_json::from_slice::<serde_json::Value>(black_box(&fixture.body))
@@ -98,6 +151,11 @@ mod all_events {
     }
 
     #[divan::bench]
+    fn baseline_split_route(bencher: Bencher) {
+        split_route(bencher, &ALL_EVENTS);
+    }
+
+    #[divan::bench]
     fn baseline_value_tree(bencher: Bencher) {
         value_tree(bencher, &ALL_EVENTS);
     }
@@ -115,6 +173,11 @@ mod audit2rbac_demo {
     #[divan::bench]
     fn baseline_raw_split(bencher: Bencher) {
         raw_split(bencher, &AUDIT2RBAC);
+    }
+
+    #[divan::bench]
+    fn baseline_split_route(bencher: Bencher) {
+        split_route(bencher, &AUDIT2RBAC);
     }
 
     #[divan::bench]
