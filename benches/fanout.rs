@@ -160,7 +160,10 @@ fn publish(bencher: Bencher, fixture: &Fixture, scopes: impl Iterator<Item = Sco
         "a subscriber queue filled: the bench measured drops"
     );
     if !watchers.is_empty() {
-        assert!(wakes.0.load(Ordering::Relaxed) > 0, "subscribers were woken");
+        assert!(
+            wakes.0.load(Ordering::Relaxed) > 0,
+            "subscribers were woken"
+        );
     }
 }
 

@@ -75,7 +75,9 @@ mod three_terms {
         );
         filter(bencher, |e| {
             let (verb, resource, stage) = black_box((&verb, &resource, &stage));
-            e.get(Field::Verb) == verb && e.get(Field::Resource) == resource && e.get(Field::Stage) != stage
+            e.get(Field::Verb) == verb
+                && e.get(Field::Resource) == resource
+                && e.get(Field::Stage) != stage
         });
     }
 }

@@ -21,7 +21,7 @@ use kube_audit_stream::bus::{self, Bus, Filter, Published, Scope};
 use kube_audit_stream::config::{SUBSCRIBER_QUEUE_BYTES, SUBSCRIBER_QUEUE_EVENTS};
 use kube_audit_stream::event::{Event, Limited, decode_event_list};
 use kube_audit_stream::metrics::Metrics;
-use kube_audit_stream::watch::{self, Query, Watches, WatchCtx};
+use kube_audit_stream::watch::{self, Query, WatchCtx, Watches};
 
 mod common;
 
@@ -80,7 +80,11 @@ fn write(bencher: Bencher, fixture: &Fixture) {
         .build()
         .expect("a runtime");
     let _entered = rt.enter();
-    let (bus, watches, metrics) = (bus(), Watches::new(10, std::time::Duration::from_secs(60)), Metrics::new());
+    let (bus, watches, metrics) = (
+        bus(),
+        Watches::new(10, std::time::Duration::from_secs(60)),
+        Metrics::new(),
+    );
     let query = Query::parse(Some("watch=1")).expect("a valid query");
     let ctx = WatchCtx {
         recheck: None,

@@ -267,7 +267,11 @@ mod tests {
         idle.set_active(false);
         assert_eq!(a.limits().0, 100_000.0);
         drop(b);
-        assert_eq!(a.limits().0, 200_000.0, "an ended watch gives its share back");
+        assert_eq!(
+            a.limits().0,
+            200_000.0,
+            "an ended watch gives its share back"
+        );
         // The tokens it started with are its own to spend.
         assert_eq!(a.admit(150_000, None, false, now), Verdict::Full);
     }

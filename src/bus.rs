@@ -259,7 +259,9 @@ impl Bus {
                 let size = published.wire_len(false);
                 bytes += size as u64;
                 let ev = &published.event;
-                let namespaced = ev.namespace().and_then(|ns| st.index.namespaces.get_mut(ns));
+                let namespaced = ev
+                    .namespace()
+                    .and_then(|ns| st.index.namespaces.get_mut(ns));
                 let lists = [
                     Some(&mut st.index.all),
                     ev.namespace().map(|_| &mut st.index.all_namespaces),
@@ -583,7 +585,10 @@ mod tests {
         assert_eq!(Arc::strong_count(&published), 2, "the queue let go");
         assert!(!closer.has_pending());
         assert_eq!(drain(&mut sub), Vec::<u64>::new());
-        assert!(bus.lock().index.namespaces.is_empty(), "taken off the index");
+        assert!(
+            bus.lock().index.namespaces.is_empty(),
+            "taken off the index"
+        );
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         assert_eq!(

@@ -15,9 +15,9 @@ pub const DEV_TOKENS: &str = include_str!("../deploy/dev/tokens.csv");
 /// The `--dev` example ABAC policy.
 pub const DEV_POLICY: &str = include_str!("../deploy/dev/abac-policy.jsonl");
 
-/// One webhook batch is at most 400 events by default; a queue holds a few batches so a
-/// watcher keeps up through a burst without dropping.
-pub const SUBSCRIBER_QUEUE_EVENTS: usize = 2048;
+/// One webhook batch is at most 400 events by default; a queue holds a few batches from
+/// each of three apiservers so a watcher keeps up through a burst without dropping.
+pub const SUBSCRIBER_QUEUE_EVENTS: usize = 4096;
 /// Bytes a watcher may have queued and not yet written. The queue holds shared
 /// references, so this bounds how far a watcher may lag, not memory it owns.
 pub const SUBSCRIBER_QUEUE_BYTES: usize = 8 << 20;
@@ -186,14 +186,15 @@ pub struct Stream {
     #[arg(long, default_value_t = 64 << 20)]
     pub window_bytes: usize,
     /// Each watcher's sustained byte budget; over it, events are sent truncated, then
-    /// dropped (and the watcher told). 0: unlimited.
-    #[arg(long, default_value_t = 1 << 20)]
+    /// dropped (and the watcher told). The default carries three apiservers at the audit
+    /// webhook's ceiling (12 k Metadata events/s). 0: unlimited.
+    #[arg(long, default_value_t = 16 << 20)]
     pub watcher_bytes_per_second: u64,
     /// Bytes a watcher may receive at once above its sustained rate.
-    #[arg(long, default_value_t = 4 << 20)]
+    #[arg(long, default_value_t = 16 << 20)]
     pub watcher_burst_bytes: u64,
-    /// Server-wide egress budget for all watchers together, shared equally among the
-    /// open watches. 0: no server-wide cap.
+    /// Server-wide egress budget for all watchers together, shared equally by the
+    /// watches that have something to send. 0: no server-wide cap.
     #[arg(long, default_value_t = 0)]
     pub max_egress_bytes_per_second: u64,
     /// Events larger than this reach every watcher truncated (kube-apiserver's truncate

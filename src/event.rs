@@ -317,11 +317,13 @@ impl<'de> Visitor<'de> for ItemsSeed<'_, '_> {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(64));
-        while let Some(members) = seq.next_element::<ItemMembers<'de>>()? {
+        // One item's members at a time, in one buffer for the whole batch.
+        let mut members = Vec::with_capacity(32);
+        while let Some(is_object) = seq.next_element_seed(MembersSeed(&mut members))? {
             let index = out.len();
-            let Some(members) = members.0 else {
+            if !is_object {
                 return Err(self.fail(index, "expected an audit Event object".into()));
-            };
+            }
             match decode_event(&members, self.0) {
                 Ok(ev) => out.push(ev),
                 Err(reason) => return Err(self.fail(index, reason)),
@@ -339,49 +341,51 @@ impl ItemsSeed<'_, '_> {
     }
 }
 
-/// One item's members in their order, values as raw text; `None` when it is not an object.
-struct ItemMembers<'a>(Option<Vec<(Key<'a>, &'a RawValue)>>);
+/// One item's members in their order, values as raw text, into a reused buffer; `false`
+/// when the item is not an object.
+struct MembersSeed<'m, 'a>(&'m mut Vec<(Key<'a>, &'a RawValue)>);
 
-impl<'de> Deserialize<'de> for ItemMembers<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = ItemMembers<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an audit Event object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut out = Vec::with_capacity(24);
-                while let Some(key) = map.next_key::<Key<'de>>()? {
-                    out.push((key, map.next_value::<&'de RawValue>()?));
-                }
-                Ok(ItemMembers(Some(out)))
-            }
-            // Anything but an object is the item's error, not the body's.
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(ItemMembers(None))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(ItemMembers(None))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(ItemMembers(None))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(ItemMembers(None))
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(ItemMembers(None))
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(ItemMembers(None))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
-                Ok(ItemMembers(None))
-            }
+impl<'de> DeserializeSeed<'de> for MembersSeed<'_, 'de> {
+    type Value = bool;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        self.0.clear();
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for MembersSeed<'_, 'de> {
+    type Value = bool;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an audit Event object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            self.0.push((key, map.next_value::<&'de RawValue>()?));
         }
-        d.deserialize_any(V)
+        Ok(true)
+    }
+    // Anything but an object is the item's error, not the body's.
+    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_unit<E>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+        Ok(false)
     }
 }
 
@@ -439,7 +443,10 @@ struct ResponseStatus {
 }
 
 /// Read a member's value as `T`; `None` for absent or `null`.
-fn parse<'a, T: Deserialize<'a>>(key: &str, raw: Option<&'a RawValue>) -> Result<Option<T>, String> {
+fn parse<'a, T: Deserialize<'a>>(
+    key: &str,
+    raw: Option<&'a RawValue>,
+) -> Result<Option<T>, String> {
     match raw.map(RawValue::get) {
         None | Some("null") => Ok(None),
         Some(text) => serde_json::from_str(text)
@@ -534,9 +541,11 @@ fn decode_event(members: &[(Key<'_>, &RawValue)], ctx: &Ctx<'_>) -> Result<Event
         .and_then(|s| s.code);
     let mut annotations: Vec<(Str<'_>, Str<'_>)> = match k.annotations.map(RawValue::get) {
         None | Some("null") => Vec::new(),
-        Some(text) => serde_json::from_str::<Annotations<'_>>(text)
-            .map_err(|e| format!("annotations: {e}"))?
-            .0,
+        Some(text) => {
+            serde_json::from_str::<Annotations<'_>>(text)
+                .map_err(|e| format!("annotations: {e}"))?
+                .0
+        }
     };
     let mut timestamp = Cow::Borrowed(ctx.now);
     for raw in k.timestamps {
@@ -602,7 +611,7 @@ fn decode_event(members: &[(Key<'_>, &RawValue)], ctx: &Ctx<'_>) -> Result<Event
         }
         let start = out.len();
         out.push(b',');
-        write_str(out, key);
+        write_key(out, key);
         out.push(b':');
         write_raw(out, value, ctx.multiline);
         if k.has_bodies && BODY_FIELDS.contains(&&**key) {
@@ -635,7 +644,10 @@ fn decode_event(members: &[(Key<'_>, &RawValue)], ctx: &Ctx<'_>) -> Result<Event
     let mut edit = None;
     if annotations.is_empty() {
         let at = out.len();
-        edit = Some((at..at, &br#","annotations":{"audit.k8s.io/truncated":"true"}"#[..]));
+        edit = Some((
+            at..at,
+            &br#","annotations":{"audit.k8s.io/truncated":"true"}"#[..],
+        ));
     } else {
         out.extend_from_slice(br#","annotations":{"#);
         for (i, (key, value)) in annotations.iter().enumerate() {
@@ -706,6 +718,18 @@ impl<'de> Deserialize<'de> for Annotations<'de> {
             }
         }
         d.deserialize_map(V)
+    }
+}
+
+/// A member's key: one borrowed from the body had no escapes, so it goes out as it came.
+fn write_key(out: &mut Vec<u8>, key: &Cow<'_, str>) {
+    match key {
+        Cow::Borrowed(k) => {
+            out.push(b'"');
+            out.extend_from_slice(k.as_bytes());
+            out.push(b'"');
+        }
+        Cow::Owned(k) => write_str(out, k),
     }
 }
 
@@ -893,7 +917,10 @@ mod tests {
             serde_json::json!({"a":"1","audit.k8s.io/truncated":"true","z":"2"})
         );
         let (a, _) = with(r#","annotations":{"a":"1"}"#, "");
-        assert_eq!(a, serde_json::json!({"a":"1","audit.k8s.io/truncated":"true"}));
+        assert_eq!(
+            a,
+            serde_json::json!({"a":"1","audit.k8s.io/truncated":"true"})
+        );
         let (a, _) = with(r#","annotations":{"zz":"1"}"#, "src");
         assert_eq!(
             a,
@@ -1053,7 +1080,11 @@ mod tests {
     #[test]
     fn real_fixtures_round_trip() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/audit");
-        for name in ["all-events.jsonl", "audit2rbac-demo.log", "openshift-audit_in.log"] {
+        for name in [
+            "all-events.jsonl",
+            "audit2rbac-demo.log",
+            "openshift-audit_in.log",
+        ] {
             let text = std::fs::read_to_string(dir.join(name)).unwrap();
             let items: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
             let evs = decode_event_list(list(&items).as_bytes(), "src", NOW).unwrap();

@@ -30,12 +30,12 @@ use crate::bus::{Bus, Scope};
 use crate::config::{AuthzSettings, Settings};
 use crate::discovery::{self, Discovery};
 use crate::event::{API_GROUP, API_VERSION};
+use crate::ingest::{self, Ingest};
 use crate::metrics::Metrics;
 use crate::reply::{self, Body};
 use crate::stall::StallGuard;
 use crate::status::ApiError;
 use crate::tls::{self, Peer};
-use crate::ingest::{self, Ingest};
 use crate::watch::{self, Watches};
 
 /// Open connections at most; the accept loop waits for a free slot beyond this.

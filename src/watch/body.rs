@@ -81,7 +81,10 @@ impl WatchBody {
     ) -> Self {
         let now = Instant::now();
         let deadline = now + query.timeout();
-        let next_recheck = ctx.recheck.as_ref().map_or(deadline, |(_, every)| now + *every);
+        let next_recheck = ctx
+            .recheck
+            .as_ref()
+            .map_or(deadline, |(_, every)| now + *every);
         WatchBody {
             state: State::Streaming,
             last_rv: query

@@ -76,7 +76,10 @@ impl Watches {
     }
 
     fn lock(&self) -> MutexGuard<'_, Open> {
-        self.inner.open.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Take a slot for a watch; `closer` ends its subscription, `stalled` counts it if
@@ -154,10 +157,7 @@ impl Watches {
             open.entries.retain(|_, e| {
                 let last = e.last_poll.load(Ordering::Relaxed);
                 let waiting = e.backlog.load(Ordering::Relaxed) || e.closer.has_pending();
-                if e.ended.load(Ordering::Relaxed)
-                    || now.saturating_sub(last) < limit
-                    || !waiting
-                {
+                if e.ended.load(Ordering::Relaxed) || now.saturating_sub(last) < limit || !waiting {
                     return true;
                 }
                 if e.suspect.swap(last, Ordering::Relaxed) != last {
@@ -243,14 +243,18 @@ mod tests {
         let a = watches.register(s1.closer(), IntCounter::new("a", "a").unwrap());
         let b = watches.register(s2.closer(), IntCounter::new("b", "b").unwrap());
         assert!(a.is_ok() && b.is_ok());
-        assert!(watches
-            .register(s3.closer(), IntCounter::new("c", "c").unwrap())
-            .is_err());
+        assert!(
+            watches
+                .register(s3.closer(), IntCounter::new("c", "c").unwrap())
+                .is_err()
+        );
         drop(a);
         assert_eq!(watches.len(), 1);
-        assert!(watches
-            .register(s3.closer(), IntCounter::new("c", "c").unwrap())
-            .is_ok());
+        assert!(
+            watches
+                .register(s3.closer(), IntCounter::new("c", "c").unwrap())
+                .is_ok()
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -258,7 +262,9 @@ mod tests {
         let limit = Duration::from_secs(60);
         let (bus, watches) = (bus(), Watches::new(10, limit));
         let stalled = IntCounter::new("s", "s").unwrap();
-        let mut idle = bus.subscribe(Filter::scope(Scope::Namespace("x".into())), None).unwrap();
+        let mut idle = bus
+            .subscribe(Filter::scope(Scope::Namespace("x".into())), None)
+            .unwrap();
         let stuck = bus.subscribe(Filter::scope(Scope::All), None).unwrap();
         let busy = bus.subscribe(Filter::scope(Scope::All), None).unwrap();
         let r_idle = watches.register(idle.closer(), stalled.clone()).unwrap();
@@ -272,7 +278,10 @@ mod tests {
         }
         assert_eq!(stalled.get(), 1);
         assert!(!r_stuck.polled(Instant::now(), false), "ended");
-        assert!(r_idle.polled(Instant::now(), false), "nothing to send: not stalled");
+        assert!(
+            r_idle.polled(Instant::now(), false),
+            "nothing to send: not stalled"
+        );
         assert!(!stuck.closer().has_pending(), "its queue was freed");
         assert_eq!(watches.len(), 2, "its slot was released");
         assert!(idle.take(&mut Default::default()) == 0);
@@ -282,11 +291,15 @@ mod tests {
     async fn shutdown_ends_every_watch_and_later_ones() {
         let (bus, watches) = (bus(), Watches::new(10, Duration::from_secs(60)));
         let sub = bus.subscribe(Filter::scope(Scope::All), None).unwrap();
-        let r = watches.register(sub.closer(), IntCounter::new("s", "s").unwrap()).unwrap();
+        let r = watches
+            .register(sub.closer(), IntCounter::new("s", "s").unwrap())
+            .unwrap();
         watches.shut_down();
         assert!(!r.polled(Instant::now(), false));
         let late = bus.subscribe(Filter::scope(Scope::All), None).unwrap();
-        let r = watches.register(late.closer(), IntCounter::new("s", "s").unwrap()).unwrap();
+        let r = watches
+            .register(late.closer(), IntCounter::new("s", "s").unwrap())
+            .unwrap();
         assert!(!r.polled(Instant::now(), false));
     }
 }
