@@ -605,16 +605,17 @@ fn decode_event(members: &[(Key<'_>, &RawValue)], ctx: &Ctx<'_>) -> Result<Event
     out.push(b'}');
     let mut cut = [0..0, 0..0];
     let mut cuts = 0;
-    for (Key(key), value) in members {
-        if matches!(&**key, "kind" | "apiVersion" | "metadata" | "annotations") {
+    for (member, value) in members {
+        let key = &*member.0;
+        if matches!(key, "kind" | "apiVersion" | "metadata" | "annotations") {
             continue;
         }
         let start = out.len();
         out.push(b',');
-        write_key(out, key);
+        write_key(out, member);
         out.push(b':');
         write_raw(out, value, ctx.multiline);
-        if k.has_bodies && BODY_FIELDS.contains(&&**key) {
+        if k.has_bodies && BODY_FIELDS.contains(&key) {
             // Two body fields at most: a third would be a duplicate key, which is kept
             // whole in the line and left in the truncated form.
             if let Some(slot) = cut.get_mut(cuts) {
@@ -722,7 +723,7 @@ impl<'de> Deserialize<'de> for Annotations<'de> {
 }
 
 /// A member's key: one borrowed from the body had no escapes, so it goes out as it came.
-fn write_key(out: &mut Vec<u8>, key: &Cow<'_, str>) {
+fn write_key(out: &mut Vec<u8>, Key(key): &Key<'_>) {
     match key {
         Cow::Borrowed(k) => {
             out.push(b'"');
