@@ -1107,12 +1107,14 @@ fn report(o: &Outcome) {
         let dropped: u64 = o.watchers.iter().map(|w| w.stats.dropped_reported).sum();
         let truncated: u64 = o.watchers.iter().map(|w| w.stats.truncated).sum();
         let wall = o.cpu_delivery.wall;
+        let frames: u64 = o.watchers.iter().map(|w| w.stats.frames).sum();
         println!(
-            "   delivered  {delivered} of {expected} events expected ({:.2}%) to {} watchers, {} events/s, {}/s; {dropped} reported dropped, {truncated} truncated",
+            "   delivered  {delivered} of {expected} events expected ({:.2}%) to {} watchers, {} events/s, {}/s; {dropped} reported dropped, {truncated} truncated; {:.2} body frames per event",
             100.0 * delivered as f64 / expected.max(1) as f64,
             o.watchers.len(),
             int(delivered as f64 / wall),
             mb(o.delivered_bytes() as f64 / wall),
+            frames as f64 / delivered.max(1) as f64,
         );
         let lat = o.latency();
         match (lat.percentile(50.0), lat.percentile(99.0)) {

@@ -201,6 +201,8 @@ pub struct WatchStats {
     /// Sum of the `audit.k8s.io/dropped` counts of the BOOKMARKs received.
     pub dropped_reported: u64,
     pub bytes: u64,
+    /// Body frames (HTTP/2 DATA frames, HTTP/1.1 reads): what each costs the reader.
+    pub frames: u64,
     /// Lines read with a full JSON parse (BOOKMARKs, or an unexpected shape).
     pub parsed_lines: u64,
     /// Lines that were not a watch event or bookmark of this run.
@@ -271,6 +273,7 @@ pub async fn read(watch: OpenWatch, clock: Clock) -> WatchStats {
         let now_ns = clock.nanos_at(now);
         last_data = now;
         stats.bytes += data.len() as u64;
+        stats.frames += 1;
         let events_before = stats.events;
         let mut rest: &[u8] = &data;
         if !partial.is_empty() {
