@@ -416,7 +416,7 @@ impl Outcome {
         let got = self.ingest_rate();
         (got < 0.95 * want).then(|| {
             format!(
-                "the pushers reached {} of the {} events/s asked for",
+                "rate not kept: the pushers reached {} of the {} events/s asked for (server answers slow, or the generator busy)",
                 int(got),
                 int(want)
             )
@@ -432,7 +432,7 @@ impl Outcome {
         };
         self.rate_shortfall()
             .into_iter()
-            .chain(cpu.generator_limited())
+            .chain(cpu.limits())
             .collect()
     }
 
@@ -777,7 +777,7 @@ impl ScenarioResult {
             None => "NO VERDICT",
         };
         let limited = if self.limits.is_empty() {
-            "not generator-limited".to_owned()
+            "not limited by the generator or other load".to_owned()
         } else {
             format!("LIMITED: {}", self.limits.join("; "))
         };
@@ -791,7 +791,7 @@ impl ScenarioResult {
 fn print_summary(results: &[ScenarioResult]) {
     println!("== summary (for BENCHMARKS.md)");
     println!();
-    println!("| scenario | result | target met | generator-limited |");
+    println!("| scenario | result | target met | limited by the generator or other load |");
     println!("|---|---|---|---|");
     for r in results {
         let met = match r.met {
@@ -1222,10 +1222,10 @@ fn report(o: &Outcome) {
     );
     let limits = o.limits();
     if limits.is_empty() {
-        println!("   limits     not generator-limited");
+        println!("   limits     not limited by the generator or other load");
     } else {
         for l in limits {
-            println!("   limits     GENERATOR-LIMITED: {l}");
+            println!("   limits     {l}");
         }
     }
     println!();

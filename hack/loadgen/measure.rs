@@ -139,21 +139,30 @@ impl CpuUse {
         self.other / self.wall
     }
 
-    /// Why the figure may say more about the load generator (or the machine) than about
-    /// the server: the generator used nearly all the cores the server left it.
-    pub fn generator_limited(&self) -> Option<String> {
+    /// Why the figure may say more about the load generator, or about the machine, than
+    /// about the server: the generator used nearly all the cores the server and other
+    /// processes left it, or the machine was saturated with other processes' work.
+    pub fn limits(&self) -> Vec<String> {
         let cores = cores_available();
-        let left = (cores - self.server_cores() - self.other_cores()).max(0.0);
-        (self.generator_cores() >= 0.85 * left).then(|| {
-            format!(
-                "the generator used {:.2} cores of the {:.2} left by the server ({:.2}) and other processes ({:.2}) on {} cores",
-                self.generator_cores(),
-                left,
-                self.server_cores(),
-                self.other_cores(),
-                cores
-            )
-        })
+        let (server, generator, other) = (
+            self.server_cores(),
+            self.generator_cores(),
+            self.other_cores(),
+        );
+        let left = (cores - server - other).max(0.0);
+        let saturated = server + generator + other >= 0.9 * cores;
+        let mut out = Vec::new();
+        if generator >= 0.85 * left && generator >= other {
+            out.push(format!(
+                "generator-limited: it used {generator:.2} cores of the {left:.2} left by the server ({server:.2}) and other processes ({other:.2}) on {cores} cores"
+            ));
+        }
+        if saturated && other >= 0.25 {
+            out.push(format!(
+                "disturbed: other processes used {other:.2} of the {cores} cores (server {server:.2}, generator {generator:.2})"
+            ));
+        }
+        out
     }
 }
 
