@@ -1,99 +1,171 @@
-//! Load generator: starts the real server in this process on 127.0.0.1 (self-signed
-//! certificate, generated token files, `--authorization-mode AlwaysAllow`), pushes
-//! `EventList`s built from tests/fixtures/audit/all-events.jsonl at a fixed rate from
-//! several pushers, reads `/apis/audit.k8s.io/v1alpha1/events?watch=1` with fast and slow
-//! watchers, and prints what it saw: events/s pushed and delivered, ingest→delivery
-//! latency, events dropped for slow watchers, the process RSS, and a baseline measured in
-//! the same run (the bare serde_json `RawValue` split of the same bodies on one core).
+//! Load generator for kube-audit-stream, with one scenario per row of the performance
+//! table (`--scenario`), or a run shaped by flags.
 //!
-//! Every loop is bounded by `--duration` (plus a bounded drain), it stops by itself, and
-//! it only ever connects to the loopback address the server it started listens on.
+//! It starts the real server in a child process on 127.0.0.1 (self-signed serving
+//! certificate, a generated CA whose client certificates the pushers present, a bearer
+//! token for the watchers, `--authorization-mode AlwaysAllow`), pushes `EventList`s built
+//! from a fixture (each event with a unique auditID carrying its send time, optionally
+//! spread over N namespaces), watches them over HTTP/1.1 or HTTP/2 (streams multiplexed
+//! over a few connections, as the kube-apiserver aggregator does), and prints what it saw:
+//! events/s pushed and delivered, push→watcher latency, events lost without being
+//! reported, the server's CPU (in cores and per event or byte) and RSS, the generator's
+//! own CPU (so that a result limited by the generator says so), and the baselines
+//! measured in the same run: serde_json split + routing read of the same bodies on one
+//! core, and `openssl speed` AES-128-GCM.
+//!
+//! Every loop is bounded in time, it stops by itself, and it only ever connects to the
+//! loopback address of the server it started. It exits non-zero when an event was lost
+//! without being reported (or a push failed, or resourceVersions went backwards).
 //!
 //! Run: `cargo run --release --example loadgen -- --help`.
 
-use std::borrow::Cow;
-use std::collections::BTreeMap;
-use std::io::Write as _;
+mod client;
+mod measure;
+mod push;
+mod server;
+mod watch;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail, ensure};
-use bytes::{Bytes, BytesMut};
-use clap::Parser;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-use kube_audit_stream::config::{Cli, Command};
-use kube_audit_stream::event::{DROPPED_ANNOTATION, TRUNCATED_ANNOTATION};
-use kube_audit_stream::server::{self, App};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use serde::Deserialize;
-use serde_json::value::RawValue;
-use tokio::net::TcpSocket;
-use tokio::sync::oneshot;
-use tokio::time::{Instant, MissedTickBehavior};
-use tokio_rustls::TlsConnector;
+use anyhow::{Context as _, ensure};
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use http::{Method, StatusCode};
+use http_body_util::BodyExt as _;
+use tokio::time::Instant;
 
-/// What a slow watcher reads per second while the pushers run.
-const SLOW_WATCHER_BYTES_PER_SECOND: f64 = 4.0 * 1024.0;
-/// A slow watcher's socket receive buffer, so that the kernel does not hide its slowness
-/// from the server behind megabytes of buffered stream.
-const SLOW_WATCHER_RECV_BUFFER: u32 = 16 * 1024;
-/// After the pushers stop, watchers read what is still coming (every watcher at full
-/// speed, so that the slow ones get their drop reports) until nothing arrives for this
-/// long, or `MAX_DRAIN` has passed.
-const DRAIN_IDLE: Duration = Duration::from_secs(1);
+use crate::measure::{CpuSampler, CpuUse, Histogram, SplitRoute};
+use crate::push::{PushStats, Pusher, Rate, Templates};
+use crate::server::ServerProcess;
+use crate::watch::{Group, Scope, WatchStats};
+
+/// After the pushers stop, watchers drain for at most this long.
 const MAX_DRAIN: Duration = Duration::from_secs(10);
-/// Longest wait for one ingest answer, or for the server to stop.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long the one-core baseline measurement runs at most.
-const BASELINE_TIME: Duration = Duration::from_secs(1);
-/// How many bodies each pusher keeps for the baseline.
-const BASELINE_BODIES_PER_PUSHER: usize = 4;
-const WATCH_PATH: &str = "/apis/audit.k8s.io/v1alpha1/events?watch=1";
-/// Prefix of the auditIDs the pushers write: `lg-{send_ns}-p{pusher}-{index}`.
-const ID_PREFIX: &str = "lg-";
-const LIST_HEAD: &[u8] =
-    br#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":["#;
+/// How long idle watchers sit before the server's RSS is read.
+const IDLE_SETTLE: Duration = Duration::from_secs(3);
+/// The server flags of the performance table: no per-watcher budget, and events up to
+/// 4 MiB whole, so that what is measured is delivery, not the budget.
+const TABLE_SERVER_FLAGS: [&str; 2] = ["--watcher-bytes-per-second=0", "--max-event-bytes=4194304"];
+/// The table's events per second for the watcher rows.
+const TABLE_RATE: f64 = 10_000.0;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "loadgen",
-    about = "Load generator for kube-audit-stream: runs the server in-process on 127.0.0.1, pushes audit EventLists and watches them, then prints throughput, latency, drops and RSS"
+    about = "Load generator for kube-audit-stream: runs the server in a child process on 127.0.0.1, pushes audit EventLists over mTLS, watches them over HTTP/1.1 or HTTP/2, and prints throughput, latency, losses, server and generator CPU, RSS and same-run baselines"
 )]
 struct Opts {
-    /// Concurrent pushers, each one kube-apiserver replica with its own ingest token.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    /// Run the preset for one row of the performance table (or `all`); other flags are
+    /// then ignored except --duration and --fixture.
+    #[arg(long, value_enum)]
+    scenario: Option<Scenario>,
+    /// A short run of every kind of watcher (for CI): a few seconds, exit code only.
+    #[arg(long, conflicts_with = "scenario")]
+    smoke: bool,
+    /// Seconds of pushing per phase [default: 10].
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Concurrent pushers, each a kube-apiserver replica with its own client certificate.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=64))]
     pushers: u64,
-    /// Events per second each pusher sends.
-    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    rate: u64,
-    /// Seconds of pushing (watchers then drain for at most 10 s more).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
-    duration: u64,
-    /// Watchers that read as fast as they can (their latency is reported).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    /// Events per pushed EventList.
+    #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u64).range(1..=5000))]
+    batch: u64,
+    /// Events per second, all pushers together, or `max`: back-to-back, as fast as the
+    /// server answers.
+    #[arg(long, default_value = "4000", value_parser = parse_rate)]
+    rate: Rate,
+    /// Which fixture the events come from [default: mixed; metadata for the watcher scenarios].
+    #[arg(long, value_enum)]
+    fixture: Option<Fixture>,
+    /// Spread events over this many namespaces `ns-{k}` (0: keep the fixture's).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=5000))]
+    namespaces: u64,
+    /// Full-stream watchers that read as fast as they can.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=4000))]
     watchers: u64,
-    /// Watchers that read only 4 KiB/s while the pushers run (their drops are reported).
+    /// Also one namespace watcher per namespace (needs --namespaces).
+    #[arg(long, requires = "namespaces")]
+    namespace_watchers: bool,
+    /// HTTP/1.1 full-stream watchers that read 4 KiB/s while the pushers run.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=1000))]
     slow_watchers: u64,
-    /// Events per pushed EventList.
-    #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u64).range(1..=2000))]
-    batch: u64,
-    /// Extra flag for the server, repeatable, e.g. `--server-arg=--watcher-bytes-per-second=0`.
+    /// Fast watchers use HTTP/2, multiplexed over --connections connections.
+    #[arg(long)]
+    http2: bool,
+    /// HTTP/2 connections the watchers share.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    connections: u64,
+    /// Extra flag for the server, repeatable, e.g. `--server-arg=--watcher-bytes-per-second=0`
+    /// (the scenarios pass the table's `--watcher-bytes-per-second=0 --max-event-bytes=4194304`).
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     server_args: Vec<String>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Scenario {
+    /// Ingest of Metadata events, no watcher: events per server CPU-second vs split+route.
+    IngestMetadata,
+    /// Ingest of the mixed fixture, no watcher.
+    IngestMixed,
+    /// 1,000 namespace watchers over 10 HTTP/2 connections: latency, and max ingest with
+    /// them vs without.
+    Namespaces,
+    /// 100 full-stream HTTP/2 watchers at 10 k Metadata events/s: delivery, latency,
+    /// delivered bytes per server CPU-second vs AES-128-GCM.
+    Fanout,
+    /// 10 full-stream watchers: server CPU per delivered byte, HTTP/2 on one connection
+    /// vs HTTP/1.1.
+    #[value(name = "h1-vs-h2")]
+    H1VsH2,
+    /// 1,000 idle HTTP/2 watchers: server RSS per watcher.
+    Idle,
+    /// Every scenario in turn.
+    All,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Fixture {
+    /// tests/fixtures/audit/audit2rbac-demo.log: Metadata-level events, ~0.7 KB.
+    Metadata,
+    /// tests/fixtures/audit/all-events.jsonl: every level, ~5 KB on average.
+    Mixed,
+}
+
+impl Fixture {
+    fn file(self) -> &'static str {
+        match self {
+            Fixture::Metadata => "audit2rbac-demo.log",
+            Fixture::Mixed => "all-events.jsonl",
+        }
+    }
+}
+
+fn parse_rate(s: &str) -> Result<Rate, String> {
+    if s.eq_ignore_ascii_case("max") {
+        return Ok(Rate::Max);
+    }
+    match s.parse::<f64>() {
+        Ok(r) if (1.0..=10_000_000.0).contains(&r) => Ok(Rate::PerSecond(r)),
+        _ => Err(format!("{s:?}: events per second (1 to 10000000) or `max`")),
+    }
+}
+
+fn main() -> ExitCode {
+    let mut args = std::env::args();
+    if args.nth(1).as_deref() == Some(server::SERVE_SUBCOMMAND) {
+        return match server::child_main(args.collect()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("loadgen server: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let opts = Opts::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -102,38 +174,367 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    run(opts).await
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("loadgen: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(opts)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            println!("loadgen: FAILED (see `check` above)");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("loadgen: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
-async fn run(opts: Opts) -> anyhow::Result<()> {
-    let templates = Arc::new(load_templates()?);
+/// `Ok(false)`: it ran, but a check failed.
+async fn run(opts: Opts) -> anyhow::Result<bool> {
+    let duration = Duration::from_secs_f64(opts.duration.unwrap_or(10.0).clamp(0.5, 600.0));
+    let mut ok = true;
+    let mut results = Vec::new();
+    if opts.smoke {
+        let o = run_phase(smoke_phase(&opts)).await?;
+        ok &= o.passed();
+        return Ok(ok);
+    }
+    let Some(scenario) = opts.scenario else {
+        let o = run_phase(custom_phase(&opts, duration)).await?;
+        return Ok(o.passed());
+    };
+    let all = [
+        Scenario::IngestMetadata,
+        Scenario::IngestMixed,
+        Scenario::Namespaces,
+        Scenario::Fanout,
+        Scenario::H1VsH2,
+        Scenario::Idle,
+    ];
+    let list: &[Scenario] = if scenario == Scenario::All {
+        &all
+    } else {
+        std::slice::from_ref(&scenario)
+    };
+    for &s in list {
+        let (result, passed) = run_scenario(s, &opts, duration).await?;
+        println!("{}", result.line());
+        println!();
+        ok &= passed;
+        results.push(result);
+    }
+    print_summary(&results);
+    Ok(ok)
+}
+
+// ---------------------------------------------------------------------------------------
+// Phases: one server process, watchers opened, pushers for a duration, a bounded drain.
+
+/// The run's time points. `start` is also the epoch of the send times in the auditIDs.
+#[derive(Clone, Copy)]
+pub struct Clock {
+    pub start: Instant,
+    pub push_end: Instant,
+    pub drain_end: Instant,
+}
+
+impl Clock {
+    pub fn nanos_since_start(&self) -> u64 {
+        self.nanos_at(Instant::now())
+    }
+
+    pub fn nanos_at(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.start).as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+struct Phase {
+    title: String,
+    fixture: Fixture,
+    namespaces: usize,
+    pushers: usize,
+    batch: usize,
+    rate: Rate,
+    duration: Duration,
+    groups: Vec<Group>,
+    /// Watchers sit this long before the push, and the server's RSS is read then.
+    idle: Option<Duration>,
+    /// Flags for the server after the generated ones.
+    server_args: Vec<String>,
+}
+
+impl Phase {
+    fn new(title: impl Into<String>, fixture: Fixture, rate: Rate, duration: Duration) -> Phase {
+        Phase {
+            title: title.into(),
+            fixture,
+            namespaces: 0,
+            pushers: 3,
+            batch: 400,
+            rate,
+            duration,
+            groups: Vec::new(),
+            idle: None,
+            server_args: TABLE_SERVER_FLAGS.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let rate = match self.rate {
+            Rate::PerSecond(r) => format!("{} events/s", int(r)),
+            Rate::Max => "max rate".to_owned(),
+        };
+        let mut watchers: Vec<String> = self
+            .groups
+            .iter()
+            .map(|g| {
+                let n = if g.per_namespace {
+                    self.namespaces
+                } else {
+                    g.count
+                };
+                format!("{n} {}", g.label)
+            })
+            .collect();
+        if watchers.is_empty() {
+            watchers.push("no watcher".into());
+        }
+        format!(
+            "{} pushers x batches of {} at {rate}, {:?} fixture{}, {:.0} s; {}",
+            self.pushers,
+            self.batch,
+            self.fixture,
+            if self.namespaces > 0 {
+                format!(" over {} namespaces", self.namespaces)
+            } else {
+                String::new()
+            },
+            self.duration.as_secs_f64(),
+            watchers.join(", ")
+        )
+    }
+}
+
+/// One watcher's result and what it should have seen.
+struct Watched {
+    group: usize,
+    slow: bool,
+    stats: WatchStats,
+    expected_min: u64,
+    expected_max: u64,
+}
+
+impl Watched {
+    fn received(&self) -> u64 {
+        self.stats.events + self.stats.dropped_reported
+    }
+
+    /// Events neither delivered nor reported dropped, once the watch had gone quiet.
+    fn lost(&self) -> u64 {
+        if self.stats.unfinished {
+            0
+        } else {
+            self.expected_min.saturating_sub(self.received())
+        }
+    }
+
+    /// Events not delivered yet when the drain ended with the watch still busy.
+    fn in_flight(&self) -> u64 {
+        if self.stats.unfinished {
+            self.expected_min.saturating_sub(self.received())
+        } else {
+            0
+        }
+    }
+}
+
+struct Outcome {
+    requested_rate: Option<f64>,
+    pushed: PushStats,
+    push_secs: f64,
+    watchers: Vec<Watched>,
+    /// CPU over the push, and from the first push to the last delivery.
+    cpu_push: CpuUse,
+    cpu_delivery: CpuUse,
+    /// Server RSS (KiB): at start, after the idle wait, at the end; and its peak.
+    rss_start: Option<u64>,
+    rss_idle: Option<u64>,
+    rss_end: Option<u64>,
+    rss_peak: Option<u64>,
+    generator_rss_peak: Option<u64>,
+    metrics: Vec<String>,
+    baseline: Option<SplitRoute>,
+}
+
+impl Outcome {
+    fn fast(&self) -> impl Iterator<Item = &Watched> {
+        self.watchers.iter().filter(|w| !w.slow)
+    }
+
+    fn latency(&self) -> Histogram {
+        let mut h = Histogram::default();
+        self.fast().for_each(|w| h.merge(&w.stats.latency));
+        h
+    }
+
+    fn p99_ms(&self) -> Option<f64> {
+        self.latency().percentile(99.0).map(|v| v as f64 / 1e6)
+    }
+
+    fn lost(&self) -> u64 {
+        self.watchers.iter().map(Watched::lost).sum()
+    }
+
+    fn order_errors(&self) -> u64 {
+        self.watchers.iter().map(|w| w.stats.order_errors).sum()
+    }
+
+    fn delivered_events(&self) -> u64 {
+        self.watchers.iter().map(|w| w.stats.events).sum()
+    }
+
+    fn expected_events(&self) -> u64 {
+        self.watchers.iter().map(|w| w.expected_min).sum()
+    }
+
+    fn delivered_bytes(&self) -> u64 {
+        self.watchers.iter().map(|w| w.stats.bytes).sum()
+    }
+
+    fn ingest_rate(&self) -> f64 {
+        self.pushed.events as f64 / self.push_secs
+    }
+
+    /// Pushers reached less than 95 % of the rate asked for.
+    fn rate_shortfall(&self) -> Option<String> {
+        let want = self.requested_rate?;
+        let got = self.ingest_rate();
+        (got < 0.95 * want).then(|| {
+            format!(
+                "rate not kept: the pushers reached {} of the {} events/s asked for (server answers slow, or the generator busy)",
+                int(got),
+                int(want)
+            )
+        })
+    }
+
+    /// Why a figure of this phase may be the generator's (or the machine's) limit.
+    fn limits(&self) -> Vec<String> {
+        let cpu = if self.watchers.is_empty() {
+            &self.cpu_push
+        } else {
+            &self.cpu_delivery
+        };
+        self.rate_shortfall()
+            .into_iter()
+            .chain(cpu.limits())
+            .collect()
+    }
+
+    fn passed(&self) -> bool {
+        self.lost() == 0
+            && self.order_errors() == 0
+            && self.pushed.failed == 0
+            && self.pushed.events > 0
+    }
+}
+
+/// The server's own argv: loopback, a free port, the watchers' token, mTLS ingest.
+fn server_argv(
+    dir: &Path,
+    pki: &client::Pki,
+    token: &str,
+    extra: &[String],
+) -> anyhow::Result<Vec<String>> {
+    let write = |name: &str, text: &str| -> anyhow::Result<String> {
+        let p = dir.join(name);
+        std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+        Ok(p.display().to_string())
+    };
+    let token_file = write(
+        "tokens.csv",
+        &format!("{token},loadgen-watcher,uid-loadgen-watcher\n"),
+    )?;
+    let ca_file = write("ingest-ca.crt", &pki.ca_pem)?;
+    let names: Vec<&str> = pki.pushers.iter().map(|p| p.name.as_str()).collect();
+    let mut argv: Vec<String> = [
+        "--bind-address",
+        "127.0.0.1",
+        "--secure-port",
+        "0",
+        "--token-auth-file",
+        &token_file,
+        "--authorization-mode",
+        "AlwaysAllow",
+        "--ingest-client-ca-file",
+        &ca_file,
+        "--ingest-allowed-names",
+        &names.join(","),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    argv.extend(extra.iter().cloned());
+    Ok(argv)
+}
+
+async fn run_phase(phase: Phase) -> anyhow::Result<Outcome> {
+    println!("== {}", phase.title);
+    println!("   {}", phase.describe());
+    let templates = Arc::new(Templates::load(
+        &push::fixture_path(phase.fixture.file()),
+        phase.namespaces,
+    )?);
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let tokens = Tokens::generate(opts.pushers);
-    let server = Server::start(dir.path(), &tokens, &opts.server_args).await?;
-    let tls = client_tls()?;
+    let pki = client::Pki::generate(phase.pushers)?;
+    let token = format!("{:032x}", fastrand::u128(..));
+    let argv = server_argv(dir.path(), &pki, &token, &phase.server_args)?;
+    let server = ServerProcess::start(&argv).await?;
+    let result = drive(&phase, &server, &pki, &token, templates).await;
+    let stopped = server.stop().await;
+    let mut outcome = result?;
+    if let Err(e) = stopped {
+        println!("   warning: {e:#}");
+    }
+    // The baseline runs with the server gone, on a thread of its own.
+    let bodies = outcome.pushed.sample_bodies.clone();
+    outcome.baseline = tokio::task::spawn_blocking(move || measure::split_route_baseline(&bodies))
+        .await
+        .context("baseline task")?;
+    report(&outcome);
+    Ok(outcome)
+}
 
-    println!(
-        "loadgen: {} pushers x {} events/s in batches of {} for {} s; {} watchers, {} slow watchers ({} KiB/s); server on {}",
-        opts.pushers,
-        opts.rate,
-        opts.batch,
-        opts.duration,
-        opts.watchers,
-        opts.slow_watchers,
-        SLOW_WATCHER_BYTES_PER_SECOND / 1024.0,
-        server.addr
-    );
+/// Everything between the server's start and stop.
+async fn drive(
+    phase: &Phase,
+    server: &ServerProcess,
+    pki: &client::Pki,
+    token: &str,
+    templates: Arc<Templates>,
+) -> anyhow::Result<Outcome> {
+    let addr = server.addr;
+    // A first request, so the start RSS is of a server that has served.
+    let _ = scrape_metrics(addr, token).await;
+    let (rss_start, _) = server.rss_kib();
 
-    // Every watch is open (subscribed) before the first push.
-    let total_watchers = opts.watchers + opts.slow_watchers;
-    let opened = futures_util::future::try_join_all((0..total_watchers).map(|i| {
-        let slow = i >= opts.watchers;
-        open_watch(&tls, server.addr, &tokens.watcher, slow)
-    }))
-    .await?;
+    let opened = watch::open(&phase.groups, phase.namespaces, addr, token).await?;
+    let rss_idle = match phase.idle {
+        Some(idle) => {
+            tokio::time::sleep(idle).await;
+            server.rss_kib().0
+        }
+        None => None,
+    };
 
+    let sampler = CpuSampler::start(server.pid);
     let start = Instant::now();
-    let push_end = start + Duration::from_secs(opts.duration);
+    let push_end = start + phase.duration;
     let clock = Clock {
         start,
         push_end,
@@ -141,930 +542,691 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
     };
     let readers: Vec<_> = opened
         .into_iter()
-        .enumerate()
-        .map(|(i, watch)| {
-            let slow = i as u64 >= opts.watchers;
-            tokio::spawn(read_watch(watch, clock, slow))
+        .map(|w| {
+            let (group, scope, slow) = (w.group, w.scope, w.slow);
+            (group, scope, slow, tokio::spawn(watch::read(w, clock)))
         })
         .collect();
-    let pushers: Vec<_> = tokens
+    let pushers: Vec<_> = pki
         .pushers
         .iter()
         .enumerate()
-        .map(|(i, token)| {
+        .map(|(i, cert)| {
             let pusher = Pusher {
                 index: i,
-                count: opts.pushers as usize,
-                token: token.clone(),
-                addr: server.addr,
-                tls: tls.clone(),
+                count: phase.pushers,
+                addr,
+                tls: client::connector(b"http/1.1", Some(cert))?,
                 templates: templates.clone(),
-                batch: opts.batch as usize,
-                period: Duration::from_secs_f64(opts.batch as f64 / opts.rate as f64),
+                batch: phase.batch,
+                rate: phase.rate,
                 clock,
             };
-            tokio::spawn(pusher.run())
+            Ok(tokio::spawn(pusher.run()))
         })
-        .collect();
-
+        .collect::<anyhow::Result<_>>()?;
     let mut pushed = PushStats::default();
     for p in pushers {
         pushed.merge(p.await.context("pusher task")?);
     }
-    let push_elapsed = pushed
-        .last_answer
-        .map_or(Duration::ZERO, |t| t.duration_since(start))
-        .max(Duration::from_millis(1));
-    let mut fast = Vec::new();
-    let mut slow = Vec::new();
-    for (i, r) in readers.into_iter().enumerate() {
+    // The push phase lasts its duration, or until the last answer when that came later
+    // (a push started just before the end), so the rate is never flattered.
+    let push_done = pushed.last_answer.unwrap_or(push_end).max(push_end);
+
+    let mut watchers = Vec::new();
+    for (group, scope, slow, r) in readers {
         let stats = r.await.context("watcher task")?;
-        if (i as u64) < opts.watchers {
-            fast.push(stats);
-        } else {
-            slow.push(stats);
-        }
-    }
-    let (rss, peak_rss) = rss_kib();
-    let published = server.app.bus().resource_version();
-    let metrics = server.scrape_metrics(&tls, &tokens.watcher).await;
-    server.stop().await?;
-    let baseline = raw_split_baseline(&pushed.sample_bodies);
-
-    report(&Report {
-        pushed: &pushed,
-        push_elapsed,
-        published,
-        fast: &fast,
-        slow: &slow,
-        rss,
-        peak_rss,
-        metrics: &metrics,
-        baseline,
-        start,
-    });
-    Ok(())
-}
-
-/// The run's time points. `start` is also the epoch of the send times in the auditIDs.
-#[derive(Clone, Copy)]
-struct Clock {
-    start: Instant,
-    push_end: Instant,
-    drain_end: Instant,
-}
-
-impl Clock {
-    fn nanos_since_start(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// The server, in this process.
-
-/// Random bearer tokens: one per pusher (its user names the event source) and one for
-/// every watcher.
-struct Tokens {
-    pushers: Vec<String>,
-    watcher: String,
-}
-
-impl Tokens {
-    fn generate(pushers: u64) -> Tokens {
-        let token = || format!("{:032x}", fastrand::u128(..));
-        Tokens {
-            pushers: (0..pushers).map(|_| token()).collect(),
-            watcher: token(),
-        }
-    }
-}
-
-struct Server {
-    addr: SocketAddr,
-    app: App,
-    shutdown: oneshot::Sender<()>,
-    handle: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl Server {
-    /// `--dev`-like (loopback, self-signed certificate) but with generated token files and
-    /// `--authorization-mode AlwaysAllow`, built the way tests/support/server.rs does.
-    async fn start(dir: &Path, tokens: &Tokens, extra: &[String]) -> anyhow::Result<Server> {
-        let write = |name: &str, text: &str| -> anyhow::Result<String> {
-            let p = dir.join(name);
-            std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
-            Ok(p.display().to_string())
+        let (min, uncertain) = match scope {
+            Scope::All => (pushed.events, pushed.uncertain_events),
+            Scope::Namespace(k) => (
+                pushed.ns_events.get(k).copied().unwrap_or(0),
+                pushed.ns_uncertain.get(k).copied().unwrap_or(0),
+            ),
         };
-        let token_file = write(
-            "tokens.csv",
-            &format!("{},loadgen-watcher,uid-loadgen-watcher\n", tokens.watcher),
-        )?;
-        let ingest_lines: String = tokens
-            .pushers
-            .iter()
-            .enumerate()
-            .map(|(i, t)| format!("{t},loadgen-apiserver-{i},uid-loadgen-apiserver-{i}\n"))
-            .collect();
-        let ingest_token_file = write("ingest-tokens.csv", &ingest_lines)?;
-        let mut argv: Vec<String> = [
-            "kube-audit-stream",
-            "serve",
-            "--bind-address",
-            "127.0.0.1",
-            "--secure-port",
-            "0",
-            "--token-auth-file",
-            &token_file,
-            "--authorization-mode",
-            "AlwaysAllow",
-            "--ingest-token-file",
-            &ingest_token_file,
-        ]
+        watchers.push(Watched {
+            group,
+            slow,
+            stats,
+            expected_min: min,
+            expected_max: min + uncertain,
+        });
+    }
+    let last_delivery = watchers
         .iter()
-        .map(|s| s.to_string())
-        .collect();
-        argv.extend(extra.iter().cloned());
-        let Command::Serve(args) = Cli::try_parse_from(argv)?.command;
-        let settings = args.validate()?;
+        .filter_map(|w| w.stats.last_event)
+        .max()
+        .unwrap_or(push_done)
+        .max(push_done);
+    let samples = sampler.finish(server.pid).await;
+    let (rss_end, rss_peak) = server.rss_kib();
+    let metrics = scrape_metrics(addr, token).await;
+    Ok(Outcome {
+        requested_rate: match phase.rate {
+            Rate::PerSecond(r) => Some(r),
+            Rate::Max => None,
+        },
+        push_secs: push_done.duration_since(start).as_secs_f64(),
+        pushed,
+        watchers,
+        cpu_push: measure::cpu_between(&samples, start, push_done),
+        cpu_delivery: measure::cpu_between(&samples, start, last_delivery),
+        rss_start,
+        rss_idle,
+        rss_end,
+        rss_peak,
+        generator_rss_peak: measure::rss_kib(None).1,
+        metrics,
+        baseline: None,
+    })
+}
+
+/// The server's counters of interest, from `/metrics`.
+async fn scrape_metrics(addr: SocketAddr, token: &str) -> Vec<String> {
+    let fetch = async {
+        let tls = client::connector(b"http/1.1", None)?;
+        let mut conn = client::connect_h1(&tls, addr, None).await?;
+        let req = client::request(Method::GET, addr, "/metrics", Some(token), Bytes::new())?;
+        conn.ready().await?;
+        let resp = conn.send_request(req).await?;
         ensure!(
-            settings.listen.ip().is_loopback(),
-            "the load generator only runs the server on loopback, not {}",
-            settings.listen
+            resp.status() == StatusCode::OK,
+            "GET /metrics: {}",
+            resp.status()
         );
-        let app = App::new(&settings).await?;
-        let listener = tokio::net::TcpListener::bind(settings.listen)
-            .await
-            .with_context(|| format!("binding {}", settings.listen))?;
-        let addr = listener.local_addr()?;
-        let (shutdown, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(server::run(app.clone(), listener, async {
-            let _ = rx.await;
-        }));
-        Ok(Server {
-            addr,
-            app,
-            shutdown,
-            handle,
-        })
-    }
-
-    /// The server's own drop and truncation counters, from `/metrics`.
-    async fn scrape_metrics(&self, tls: &TlsConnector, token: &str) -> Vec<String> {
-        let fetch = async {
-            let mut conn = connect(tls, self.addr, None).await?;
-            let resp = send(
-                &mut conn,
-                self.addr,
-                Method::GET,
-                "/metrics",
-                token,
-                Bytes::new(),
-            )
-            .await?;
-            ensure!(
-                resp.status() == StatusCode::OK,
-                "GET /metrics: {}",
-                resp.status()
-            );
-            let body = resp.into_body().collect().await?.to_bytes();
-            Ok(String::from_utf8_lossy(&body).into_owned())
-        };
-        match tokio::time::timeout(REQUEST_TIMEOUT, fetch).await {
-            Ok(Ok(text)) => text
-                .lines()
-                .filter(|l| !l.starts_with('#'))
-                .filter(|l| {
-                    l.contains("dropped_events_total") || l.contains("truncated_events_total")
-                })
-                .map(str::to_owned)
-                .collect(),
-            Ok(Err(e)) => vec![format!("(GET /metrics failed: {e:#})")],
-            Err(_) => vec!["(GET /metrics timed out)".to_owned()],
-        }
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.shutdown.send(());
-        tokio::time::timeout(REQUEST_TIMEOUT, self.handle)
-            .await
-            .context("the server did not stop")?
-            .context("server task")?
-            .context("server")
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// HTTPS client: HTTP/1.1 over tokio-rustls, one connection per pusher or watcher.
-
-/// Accepts any server certificate. The load generator talks only to the server it started
-/// itself, on a loopback address, whose freshly generated self-signed certificate it has
-/// no other way to trust; `connect` refuses any other address. Handshake signatures are
-/// still checked, so the peer must hold the certificate's key. Never use this elsewhere.
-#[derive(Debug)]
-struct AcceptAnyCertOnLoopback(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyCertOnLoopback {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-fn client_tls() -> anyhow::Result<TlsConnector> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertOnLoopback(provider)))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsConnector::from(Arc::new(config)))
-}
-
-type Conn = SendRequest<Full<Bytes>>;
-
-/// One HTTP/1.1 connection to the server; `recv_buffer` sets SO_RCVBUF.
-async fn connect(
-    tls: &TlsConnector,
-    addr: SocketAddr,
-    recv_buffer: Option<u32>,
-) -> anyhow::Result<Conn> {
-    ensure!(
-        addr.ip().is_loopback(),
-        "refusing to connect to {addr}: the load generator only talks to loopback"
-    );
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok(String::from_utf8_lossy(&body).into_owned())
     };
-    if let Some(size) = recv_buffer {
-        socket.set_recv_buffer_size(size)?;
-    }
-    let tcp = socket
-        .connect(addr)
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
-    tcp.set_nodelay(true)?;
-    let stream = tls
-        .connect(ServerName::from(addr.ip()), tcp)
-        .await
-        .context("TLS handshake")?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        // Ends when the request side and the last body are dropped, or on an I/O error,
-        // which the request or body reading reports.
-        let _ = conn.await;
-    });
-    Ok(sender)
-}
-
-async fn send(
-    conn: &mut Conn,
-    addr: SocketAddr,
-    method: Method,
-    path: &str,
-    token: &str,
-    body: Bytes,
-) -> anyhow::Result<http::Response<Incoming>> {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(http::header::HOST, addr.to_string())
-        .header(http::header::AUTHORIZATION, format!("Bearer {token}"));
-    if !body.is_empty() {
-        req = req.header(http::header::CONTENT_TYPE, "application/json");
-    }
-    let req = req.body(Full::new(body))?;
-    conn.ready().await?;
-    Ok(conn.send_request(req).await?)
-}
-
-// ---------------------------------------------------------------------------------------
-// Pushers.
-
-/// One fixture event with its `auditID` taken out: `head` is the object up to and
-/// including `"auditID":`, to be followed by a fresh ID and `}`.
-struct Template {
-    head: Vec<u8>,
-}
-
-fn load_templates() -> anyhow::Result<Vec<Template>> {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/audit/all-events.jsonl");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let templates = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, line)| {
-            let at = || format!("{}:{}", path.display(), i + 1);
-            // Values stay as their original text; only the key order changes.
-            let mut members: BTreeMap<String, Box<RawValue>> =
-                serde_json::from_str(line).with_context(at)?;
-            members
-                .remove("auditID")
-                .with_context(|| format!("{}: no auditID", at()))?;
-            let mut head = b"{".to_vec();
-            for (key, value) in &members {
-                serde_json::to_writer(&mut head, key)?;
-                head.push(b':');
-                head.extend_from_slice(value.get().as_bytes());
-                head.push(b',');
-            }
-            head.extend_from_slice(br#""auditID":"#);
-            Ok(Template { head })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    ensure!(!templates.is_empty(), "{} has no events", path.display());
-    Ok(templates)
-}
-
-struct Pusher {
-    index: usize,
-    count: usize,
-    token: String,
-    addr: SocketAddr,
-    tls: TlsConnector,
-    templates: Arc<Vec<Template>>,
-    batch: usize,
-    period: Duration,
-    clock: Clock,
-}
-
-#[derive(Default)]
-struct PushStats {
-    requests: u64,
-    failed: u64,
-    events: u64,
-    bytes: u64,
-    /// The first few failures, for the report.
-    errors: Vec<String>,
-    /// When the last answer came back, across pushers.
-    last_answer: Option<Instant>,
-    /// A few of the bodies sent, for the baseline.
-    sample_bodies: Vec<Bytes>,
-}
-
-impl PushStats {
-    fn merge(&mut self, o: PushStats) {
-        self.requests += o.requests;
-        self.failed += o.failed;
-        self.events += o.events;
-        self.bytes += o.bytes;
-        self.errors.extend(o.errors);
-        self.errors.truncate(5);
-        self.last_answer = self.last_answer.max(o.last_answer);
-        self.sample_bodies.extend(o.sample_bodies);
-    }
-
-    fn fail(&mut self, e: impl std::fmt::Display) {
-        self.failed += 1;
-        if self.errors.len() < 5 {
-            self.errors.push(e.to_string());
-        }
-    }
-}
-
-impl Pusher {
-    /// Push one batch per period until the end of the push phase.
-    async fn run(self) -> PushStats {
-        let mut stats = PushStats::default();
-        // Each pusher starts at its own place in the fixture and its own phase.
-        let mut next_line = self.index * self.templates.len() / self.count;
-        let first = self.clock.start + self.period.mul_f64(self.index as f64 / self.count as f64);
-        let mut ticker = tokio::time::interval_at(first, self.period);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut conn: Option<Conn> = None;
-        loop {
-            ticker.tick().await;
-            if Instant::now() >= self.clock.push_end {
-                break;
-            }
-            let c = match conn.take() {
-                Some(c) => c,
-                None => match connect(&self.tls, self.addr, None).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        stats.fail(format!("connect: {e:#}"));
-                        continue;
-                    }
-                },
-            };
-            let send_ns = self.clock.nanos_since_start();
-            let body = Bytes::from(self.body(&mut next_line, send_ns));
-            if stats.sample_bodies.len() < BASELINE_BODIES_PER_PUSHER {
-                stats.sample_bodies.push(body.clone());
-            }
-            let len = body.len() as u64;
-            match tokio::time::timeout(REQUEST_TIMEOUT, self.push(c, body)).await {
-                Ok(Ok(c)) => {
-                    conn = Some(c);
-                    stats.requests += 1;
-                    stats.events += self.batch as u64;
-                    stats.bytes += len;
-                }
-                Ok(Err(e)) => stats.fail(format!("{e:#}")),
-                Err(_) => stats.fail("no answer within 30 s"),
-            }
-            stats.last_answer = Some(Instant::now());
-        }
-        stats
-    }
-
-    /// POST one body; the connection back if the server accepted it.
-    async fn push(&self, mut conn: Conn, body: Bytes) -> anyhow::Result<Conn> {
-        let resp = send(
-            &mut conn,
-            self.addr,
-            Method::POST,
-            "/ingest",
-            &self.token,
-            body,
-        )
-        .await?;
-        let status = resp.status();
-        let answer = resp.into_body().collect().await?.to_bytes();
-        if status != StatusCode::OK {
-            bail!(
-                "POST /ingest: {status}: {}",
-                String::from_utf8_lossy(&answer[..answer.len().min(300)])
-            );
-        }
-        Ok(conn)
-    }
-
-    /// An EventList of the next `batch` fixture events, each with a unique auditID that
-    /// carries the send time.
-    fn body(&self, next_line: &mut usize, send_ns: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.batch * 6 * 1024);
-        out.extend_from_slice(LIST_HEAD);
-        for i in 0..self.batch {
-            if i > 0 {
-                out.push(b',');
-            }
-            let t = &self.templates[*next_line % self.templates.len()];
-            *next_line += 1;
-            out.extend_from_slice(&t.head);
-            // Writing into a Vec cannot fail.
-            let _ = write!(out, "\"{ID_PREFIX}{send_ns}-p{}-{i}\"}}", self.index);
-        }
-        out.extend_from_slice(b"]}");
-        out
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Watchers.
-
-struct OpenWatch {
-    /// Kept so the connection stays up for the body.
-    _conn: Conn,
-    body: Incoming,
-}
-
-async fn open_watch(
-    tls: &TlsConnector,
-    addr: SocketAddr,
-    token: &str,
-    slow: bool,
-) -> anyhow::Result<OpenWatch> {
-    let recv_buffer = slow.then_some(SLOW_WATCHER_RECV_BUFFER);
-    let mut conn = connect(tls, addr, recv_buffer).await?;
-    let resp = send(
-        &mut conn,
-        addr,
-        Method::GET,
-        WATCH_PATH,
-        token,
-        Bytes::new(),
-    )
-    .await?;
-    let status = resp.status();
-    if status != StatusCode::OK {
-        let answer = resp.into_body().collect().await?.to_bytes();
-        bail!(
-            "GET {WATCH_PATH}: {status}: {}",
-            String::from_utf8_lossy(&answer)
-        );
-    }
-    Ok(OpenWatch {
-        _conn: conn,
-        body: resp.into_body(),
-    })
-}
-
-#[derive(Default)]
-struct WatchStats {
-    events: u64,
-    truncated: u64,
-    /// Sum of the `audit.k8s.io/dropped` counts of the BOOKMARKs received.
-    dropped_reported: u64,
-    bytes: u64,
-    /// Lines that were not a watch event we understand.
-    bad_lines: u64,
-    /// Ingest→delivery latency of the events, in nanoseconds.
-    latency: Histogram,
-    last_event: Option<Instant>,
-    error: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct WatchLine<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-    #[serde(borrow)]
-    object: WatchObject<'a>,
-}
-
-#[derive(Deserialize)]
-struct WatchObject<'a> {
-    #[serde(rename = "auditID", borrow, default)]
-    audit_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    annotations: Option<BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
-    #[serde(borrow, default)]
-    metadata: Option<WatchMetadata<'a>>,
-}
-
-#[derive(Deserialize)]
-struct WatchMetadata<'a> {
-    #[serde(borrow, default)]
-    annotations: Option<BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
-}
-
-/// Read one watch until the drain ends: fast watchers at full speed, slow ones at
-/// `SLOW_WATCHER_BYTES_PER_SECOND` while the pushers run, then at full speed.
-async fn read_watch(watch: OpenWatch, clock: Clock, slow: bool) -> WatchStats {
-    let OpenWatch { _conn, mut body } = watch;
-    let mut stats = WatchStats::default();
-    let mut buf = BytesMut::new();
-    let mut scanned = 0;
-    let mut last_data = clock.start;
-    let mut slow_bytes = 0u64;
-    loop {
-        // Stop once nothing came for DRAIN_IDLE after the pushers stopped.
-        let until = (last_data.max(clock.push_end) + DRAIN_IDLE).min(clock.drain_end);
-        let frame = match tokio::time::timeout_at(until, body.frame()).await {
-            Err(_) => break,
-            Ok(None) => {
-                stats.error = Some("the server ended the watch".into());
-                break;
-            }
-            Ok(Some(Err(e))) => {
-                stats.error = Some(format!("reading the watch: {e}"));
-                break;
-            }
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        let now = Instant::now();
-        last_data = now;
-        stats.bytes += data.len() as u64;
-        buf.extend_from_slice(&data);
-        while let Some(i) = buf[scanned..].iter().position(|b| *b == b'\n') {
-            let line = buf.split_to(scanned + i + 1);
-            scanned = 0;
-            take_line(&line, &clock, slow, &mut stats);
-        }
-        scanned = buf.len();
-        if slow && now < clock.push_end {
-            slow_bytes += data.len() as u64;
-            let due = clock.start
-                + Duration::from_secs_f64(slow_bytes as f64 / SLOW_WATCHER_BYTES_PER_SECOND);
-            tokio::time::sleep_until(due.min(clock.push_end)).await;
-        }
-    }
-    stats
-}
-
-fn take_line(line: &[u8], clock: &Clock, slow: bool, stats: &mut WatchStats) {
-    let Ok(ev) = serde_json::from_slice::<WatchLine<'_>>(line) else {
-        stats.bad_lines += 1;
-        return;
-    };
-    match &*ev.kind {
-        "ADDED" => {
-            stats.events += 1;
-            stats.last_event = Some(Instant::now());
-            let annotations = ev.object.annotations.unwrap_or_default();
-            if annotations
-                .get(TRUNCATED_ANNOTATION)
-                .is_some_and(|v| v == "true")
-            {
-                stats.truncated += 1;
-            }
-            let sent = ev
-                .object
-                .audit_id
-                .as_deref()
-                .and_then(|id| id.strip_prefix(ID_PREFIX))
-                .and_then(|rest| rest.split('-').next())
-                .and_then(|ns| ns.parse::<u64>().ok());
-            match sent {
-                Some(sent) if !slow => stats
-                    .latency
-                    .record(clock.nanos_since_start().saturating_sub(sent)),
-                Some(_) => {}
-                None => stats.bad_lines += 1,
-            }
-        }
-        "BOOKMARK" => {
-            let dropped = ev
-                .object
-                .metadata
-                .and_then(|m| m.annotations)
-                .and_then(|a| {
-                    a.get(DROPPED_ANNOTATION)
-                        .and_then(|n| n.parse::<u64>().ok())
-                });
-            stats.dropped_reported += dropped.unwrap_or(0);
-        }
-        _ => stats.bad_lines += 1,
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Measurements and the report.
-
-/// A log-linear histogram (32 buckets per power of two, so within about 3 %): fixed
-/// memory however long the run, so it does not inflate the RSS it reports.
-struct Histogram {
-    counts: Vec<u64>,
-    count: u64,
-    max: u64,
-}
-
-const SUB_BUCKET_BITS: u32 = 5;
-const SUB_BUCKETS: u64 = 1 << SUB_BUCKET_BITS;
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Histogram {
-            counts: vec![0; Self::index(u64::MAX) + 1],
-            count: 0,
-            max: 0,
-        }
-    }
-}
-
-impl Histogram {
-    fn index(v: u64) -> usize {
-        if v < SUB_BUCKETS {
-            return v as usize;
-        }
-        let shift = 63 - v.leading_zeros() - SUB_BUCKET_BITS;
-        (u64::from(shift) * SUB_BUCKETS + (v >> shift)) as usize
-    }
-
-    /// The middle of bucket `i`'s range.
-    fn value(i: usize) -> u64 {
-        let i = i as u64;
-        if i < 2 * SUB_BUCKETS {
-            return i;
-        }
-        let shift = i / SUB_BUCKETS - 1;
-        let mantissa = i % SUB_BUCKETS + SUB_BUCKETS;
-        (mantissa << shift) + (1 << shift) / 2
-    }
-
-    fn record(&mut self, v: u64) {
-        self.counts[Self::index(v)] += 1;
-        self.count += 1;
-        self.max = self.max.max(v);
-    }
-
-    fn merge(&mut self, o: &Histogram) {
-        for (a, b) in self.counts.iter_mut().zip(&o.counts) {
-            *a += b;
-        }
-        self.count += o.count;
-        self.max = self.max.max(o.max);
-    }
-
-    fn percentile(&self, p: f64) -> Option<u64> {
-        if self.count == 0 {
-            return None;
-        }
-        let rank = ((p / 100.0 * self.count as f64).ceil() as u64).clamp(1, self.count);
-        let mut seen = 0;
-        for (i, c) in self.counts.iter().enumerate() {
-            seen += c;
-            if seen >= rank {
-                return Some(Self::value(i).min(self.max));
-            }
-        }
-        Some(self.max)
-    }
-}
-
-/// VmRSS and VmHWM of this process (server and load generator together), in KiB.
-fn rss_kib() -> (Option<u64>, Option<u64>) {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return (None, None);
-    };
-    let field = |name: &str| {
-        status
+    const WANTED: [&str; 5] = [
+        "published_events_total",
+        "dropped_events_total",
+        "truncated_events_total",
+        "oversized_events_total",
+        "stalled_total",
+    ];
+    match tokio::time::timeout(Duration::from_secs(30), fetch).await {
+        Ok(Ok(text)) => text
             .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .filter(|l| !l.starts_with('#') && WANTED.iter().any(|w| l.contains(w)))
+            .map(str::to_owned)
+            .collect(),
+        Ok(Err(e)) => vec![format!("(GET /metrics failed: {e:#})")],
+        Err(_) => vec!["(GET /metrics timed out)".to_owned()],
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Phases from flags.
+
+fn custom_phase(opts: &Opts, duration: Duration) -> Phase {
+    let mut p = Phase::new(
+        "custom run",
+        opts.fixture.unwrap_or(Fixture::Mixed),
+        opts.rate,
+        duration,
+    );
+    // The server's own defaults (budget included), plus --server-arg: the table's flags
+    // are for the scenarios.
+    p.server_args.clear();
+    p.pushers = opts.pushers as usize;
+    p.batch = opts.batch as usize;
+    p.namespaces = opts.namespaces as usize;
+    let proto = |label: &str| -> (String, Option<usize>) {
+        if opts.http2 {
+            let c = opts.connections as usize;
+            (h2_group(label, 0, false, c).label, Some(c))
+        } else {
+            (format!("{label} (HTTP/1.1)"), None)
+        }
     };
-    (field("VmRSS:"), field("VmHWM:"))
+    if opts.watchers > 0 {
+        let (label, h2_connections) = proto("full-stream watchers");
+        p.groups.push(Group {
+            label,
+            count: opts.watchers as usize,
+            per_namespace: false,
+            h2_connections,
+            slow: false,
+        });
+    }
+    if opts.namespace_watchers && opts.namespaces > 0 {
+        let (label, h2_connections) = proto("namespace watchers");
+        p.groups.push(Group {
+            label,
+            count: 0,
+            per_namespace: true,
+            h2_connections,
+            slow: false,
+        });
+    }
+    if opts.slow_watchers > 0 {
+        p.groups.push(Group {
+            label: "slow watchers (HTTP/1.1, 4 KiB/s)".into(),
+            count: opts.slow_watchers as usize,
+            per_namespace: false,
+            h2_connections: None,
+            slow: true,
+        });
+    }
+    p.server_args.extend(opts.server_args.iter().cloned());
+    p
 }
 
-/// Bytes and events per second of splitting the bodies into `RawValue` items with bare
-/// serde_json, on this thread: the least work any ingest decoder must do.
-struct Baseline {
-    bytes_per_second: f64,
-    events_per_second: f64,
+/// Every kind of watcher, briefly, with a small per-watcher budget so that the drop and
+/// truncation reports are exercised too: the full-stream watchers get more than the
+/// budget and are told of drops; each namespace watcher gets 1/8 of it, within budget.
+fn smoke_phase(opts: &Opts) -> Phase {
+    let mut p = Phase::new(
+        "smoke",
+        opts.fixture.unwrap_or(Fixture::Mixed),
+        Rate::PerSecond(400.0),
+        Duration::from_secs_f64(opts.duration.unwrap_or(3.0).clamp(0.5, 60.0)),
+    );
+    p.pushers = 2;
+    p.batch = 50;
+    p.namespaces = 8;
+    p.server_args = vec![
+        "--watcher-bytes-per-second=262144".into(),
+        "--watcher-burst-bytes=524288".into(),
+    ];
+    p.server_args.extend(opts.server_args.iter().cloned());
+    let group = |label: &str, count, per_namespace, h2_connections, slow| Group {
+        label: label.into(),
+        count,
+        per_namespace,
+        h2_connections,
+        slow,
+    };
+    p.groups = vec![
+        group(
+            "namespace watchers (HTTP/2 over 2 connections)",
+            0,
+            true,
+            Some(2),
+            false,
+        ),
+        group(
+            "full-stream watchers (HTTP/2, 1 connection)",
+            2,
+            false,
+            Some(1),
+            false,
+        ),
+        group("full-stream watchers (HTTP/1.1)", 2, false, None, false),
+        group("slow watcher (HTTP/1.1, 4 KiB/s)", 1, false, None, true),
+    ];
+    p
 }
 
-fn raw_split_baseline(bodies: &[Bytes]) -> Option<Baseline> {
-    #[derive(Deserialize)]
-    struct RawList<'a> {
-        #[serde(borrow)]
-        items: Vec<&'a RawValue>,
+// ---------------------------------------------------------------------------------------
+// Scenarios: one per row of the performance table.
+
+/// A scenario's result: its figures against the table's targets.
+struct ScenarioResult {
+    name: &'static str,
+    figures: String,
+    /// `None`: no verdict possible (e.g. no openssl).
+    met: Option<bool>,
+    limits: Vec<String>,
+}
+
+impl ScenarioResult {
+    fn line(&self) -> String {
+        let verdict = match self.met {
+            Some(true) => "MET",
+            Some(false) => "MISSED",
+            None => "NO VERDICT",
+        };
+        let limited = if self.limits.is_empty() {
+            "not limited by the generator or other load".to_owned()
+        } else {
+            format!("LIMITED: {}", self.limits.join("; "))
+        };
+        format!(
+            "RESULT {}: {}; {verdict}; {limited}",
+            self.name, self.figures
+        )
     }
-    if bodies.is_empty() {
-        return None;
+}
+
+fn print_summary(results: &[ScenarioResult]) {
+    println!("== summary (for BENCHMARKS.md)");
+    println!();
+    println!("| scenario | result | target met | limited by the generator or other load |");
+    println!("|---|---|---|---|");
+    for r in results {
+        let met = match r.met {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "n/a",
+        };
+        let limited = if r.limits.is_empty() {
+            "no".to_owned()
+        } else {
+            format!("yes: {}", r.limits.join("; "))
+        };
+        println!("| {} | {} | {met} | {limited} |", r.name, r.figures);
     }
-    let started = std::time::Instant::now();
-    let (mut bytes, mut events) = (0u64, 0u64);
-    // Bounded by time, and by a round count in case the clock misbehaves.
-    for _ in 0..100_000 {
-        for body in bodies {
-            let list: RawList<'_> = serde_json::from_slice(std::hint::black_box(body)).ok()?;
-            bytes += body.len() as u64;
-            events += list.items.len() as u64;
-        }
-        if started.elapsed() >= BASELINE_TIME {
-            break;
-        }
+}
+
+fn watcher_fixture(opts: &Opts) -> Fixture {
+    opts.fixture.unwrap_or(Fixture::Metadata)
+}
+
+fn h2_group(label: &str, count: usize, per_namespace: bool, connections: usize) -> Group {
+    Group {
+        label: format!(
+            "{label} (HTTP/2 over {connections} connection{})",
+            if connections == 1 { "" } else { "s" }
+        ),
+        count,
+        per_namespace,
+        h2_connections: Some(connections),
+        slow: false,
     }
-    let secs = started.elapsed().as_secs_f64().max(1e-9);
-    Some(Baseline {
-        bytes_per_second: bytes as f64 / secs,
-        events_per_second: events as f64 / secs,
+}
+
+/// `Ok((result, passed))`: `passed` is false when events were lost unreported or a push
+/// failed, whatever the figures.
+async fn run_scenario(
+    s: Scenario,
+    opts: &Opts,
+    duration: Duration,
+) -> anyhow::Result<(ScenarioResult, bool)> {
+    Ok(match s {
+        Scenario::IngestMetadata => ingest("ingest-metadata", Fixture::Metadata, duration).await?,
+        Scenario::IngestMixed => ingest("ingest-mixed", Fixture::Mixed, duration).await?,
+        Scenario::Namespaces => namespaces(watcher_fixture(opts), duration).await?,
+        Scenario::Fanout => fanout(watcher_fixture(opts), duration).await?,
+        Scenario::H1VsH2 => h1_vs_h2(watcher_fixture(opts), duration).await?,
+        Scenario::Idle => idle(watcher_fixture(opts)).await?,
+        Scenario::All => unreachable!("expanded by the caller"),
     })
 }
 
-struct Report<'a> {
-    pushed: &'a PushStats,
-    push_elapsed: Duration,
-    published: u64,
-    fast: &'a [WatchStats],
-    slow: &'a [WatchStats],
-    rss: Option<u64>,
-    peak_rss: Option<u64>,
-    metrics: &'a [String],
-    baseline: Option<Baseline>,
-    start: Instant,
+/// Ingest events per server CPU-second, and the split+route baseline's per core.
+async fn ingest(
+    name: &'static str,
+    fixture: Fixture,
+    duration: Duration,
+) -> anyhow::Result<(ScenarioResult, bool)> {
+    let o = run_phase(Phase::new(name, fixture, Rate::Max, duration)).await?;
+    let per_cpu = o.pushed.events as f64 / o.cpu_push.server.max(1e-9);
+    let base = o.baseline.map(|b| b.events_per_second);
+    let ratio = base.map(|b| per_cpu / b);
+    let figures = format!(
+        "{} events/s on {:.2} server cores = {} events per server CPU-s; split+route {} events/s on one core; ratio {} (target >= 0.5)",
+        int(o.ingest_rate()),
+        o.cpu_push.server_cores(),
+        int(per_cpu),
+        base.map_or("?".into(), int),
+        ratio.map_or("?".into(), |r| format!("{r:.2}")),
+    );
+    Ok((
+        ScenarioResult {
+            name,
+            figures,
+            met: ratio.map(|r| r >= 0.5),
+            limits: o.limits(),
+        },
+        o.passed(),
+    ))
 }
 
-fn ms(ns: u64) -> String {
-    format!("{:.1} ms", ns as f64 / 1e6)
+async fn namespaces(
+    fixture: Fixture,
+    duration: Duration,
+) -> anyhow::Result<(ScenarioResult, bool)> {
+    const N: usize = 1000;
+    let watchers = || vec![h2_group("namespace watchers", 0, true, 10)];
+    let mut p1 = Phase::new(
+        "namespaces 1/3: latency at 10 k events/s",
+        fixture,
+        Rate::PerSecond(TABLE_RATE),
+        duration,
+    );
+    p1.namespaces = N;
+    p1.groups = watchers();
+    let o1 = run_phase(p1).await?;
+    let mut p2 = Phase::new(
+        "namespaces 2/3: max ingest with the watchers",
+        fixture,
+        Rate::Max,
+        duration,
+    );
+    p2.namespaces = N;
+    p2.groups = watchers();
+    let o2 = run_phase(p2).await?;
+    let mut p3 = Phase::new(
+        "namespaces 3/3: max ingest without watchers",
+        fixture,
+        Rate::Max,
+        duration,
+    );
+    p3.namespaces = N;
+    let o3 = run_phase(p3).await?;
+    let p99 = o1.p99_ms();
+    let ratio = o2.ingest_rate() / o3.ingest_rate().max(1e-9);
+    let figures = format!(
+        "p99 push->watcher {} at {} events/s (target < 50 ms), {} of {} events delivered; max ingest {} events/s with the watchers vs {} without = {:.2} (target >= 0.8)",
+        p99.map_or("?".into(), |v| format!("{v:.1} ms")),
+        int(o1.ingest_rate()),
+        o1.delivered_events(),
+        o1.expected_events(),
+        int(o2.ingest_rate()),
+        int(o3.ingest_rate()),
+        ratio,
+    );
+    let limits = labelled(&[("phase 1", &o1), ("phase 2", &o2), ("phase 3", &o3)]);
+    Ok((
+        ScenarioResult {
+            name: "namespaces",
+            figures,
+            met: Some(p99.is_some_and(|v| v < 50.0) && ratio >= 0.8),
+            limits,
+        },
+        o1.passed() && o2.passed() && o3.passed(),
+    ))
+}
+
+async fn fanout(fixture: Fixture, duration: Duration) -> anyhow::Result<(ScenarioResult, bool)> {
+    let mut p = Phase::new(
+        "fanout: 100 full-stream HTTP/2 watchers at 10 k events/s",
+        fixture,
+        Rate::PerSecond(TABLE_RATE),
+        duration,
+    );
+    p.groups = vec![h2_group("full-stream watchers", 100, false, 10)];
+    let o = run_phase(p).await?;
+    let aes = measure::openssl_aes_gcm().await;
+    let delivered = o.delivered_events() as f64 / o.expected_events().max(1) as f64;
+    let bytes_per_cpu = o.delivered_bytes() as f64 / o.cpu_delivery.server.max(1e-9);
+    let ratio = aes.as_ref().ok().map(|a| bytes_per_cpu / a);
+    let p99 = o.p99_ms();
+    let figures = format!(
+        "{:.2}% delivered ({} deliveries/s), p99 {} (target < 100 ms); {}/s delivered per server CPU-s vs AES-128-GCM {} per CPU-s = {} (target >= 0.25)",
+        100.0 * delivered,
+        int(o.delivered_events() as f64 / o.cpu_delivery.wall),
+        p99.map_or("?".into(), |v| format!("{v:.1} ms")),
+        mb(bytes_per_cpu),
+        match &aes {
+            Ok(a) => format!("{}/s", mb(*a)),
+            Err(e) => format!("unknown ({e})"),
+        },
+        ratio.map_or("?".into(), |r| format!("{r:.2}")),
+    );
+    Ok((
+        ScenarioResult {
+            name: "fanout",
+            figures,
+            met: ratio.map(|r| r >= 0.25 && delivered >= 1.0 && p99.is_some_and(|v| v < 100.0)),
+            limits: o.limits(),
+        },
+        o.passed(),
+    ))
+}
+
+async fn h1_vs_h2(fixture: Fixture, duration: Duration) -> anyhow::Result<(ScenarioResult, bool)> {
+    let mut a = Phase::new(
+        "h1-vs-h2 1/2: 10 watchers over HTTP/1.1",
+        fixture,
+        Rate::PerSecond(TABLE_RATE),
+        duration,
+    );
+    a.groups = vec![Group {
+        label: "full-stream watchers (HTTP/1.1, a connection each)".into(),
+        count: 10,
+        per_namespace: false,
+        h2_connections: None,
+        slow: false,
+    }];
+    let oa = run_phase(a).await?;
+    let mut b = Phase::new(
+        "h1-vs-h2 2/2: 10 watchers over one HTTP/2 connection",
+        fixture,
+        Rate::PerSecond(TABLE_RATE),
+        duration,
+    );
+    b.groups = vec![h2_group("full-stream watchers", 10, false, 1)];
+    let ob = run_phase(b).await?;
+    // Server CPU-nanoseconds per delivered byte.
+    let per_byte = |o: &Outcome| 1e9 * o.cpu_delivery.server / o.delivered_bytes().max(1) as f64;
+    let ratio = per_byte(&ob) / per_byte(&oa).max(1e-12);
+    let figures = format!(
+        "server CPU per delivered byte: HTTP/1.1 {:.2} ns, HTTP/2 on one connection {:.2} ns = {:.2} (target <= 1.2)",
+        per_byte(&oa),
+        per_byte(&ob),
+        ratio
+    );
+    Ok((
+        ScenarioResult {
+            name: "h1-vs-h2",
+            figures,
+            met: Some(ratio <= 1.2),
+            limits: labelled(&[("HTTP/1.1", &oa), ("HTTP/2", &ob)]),
+        },
+        oa.passed() && ob.passed(),
+    ))
+}
+
+async fn idle(fixture: Fixture) -> anyhow::Result<(ScenarioResult, bool)> {
+    const N: usize = 1000;
+    // The watchers sit idle; then one small batch per pusher shows they are live.
+    let mut p = Phase::new(
+        "idle: 1,000 idle HTTP/2 watchers over 10 connections",
+        fixture,
+        Rate::PerSecond(30.0),
+        Duration::from_secs(1),
+    );
+    p.batch = 10;
+    p.idle = Some(IDLE_SETTLE);
+    p.groups = vec![h2_group("full-stream watchers", N, false, 10)];
+    let o = run_phase(p).await?;
+    let per_watcher = match (o.rss_start, o.rss_idle) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / N as f64),
+        _ => None,
+    };
+    let figures = format!(
+        "server RSS {} before, {} with {N} idle watchers = {} per watcher (target <= 16 KiB)",
+        kib(o.rss_start),
+        kib(o.rss_idle),
+        per_watcher.map_or("?".into(), |v| format!("{v:.1} KiB")),
+    );
+    Ok((
+        ScenarioResult {
+            name: "idle",
+            figures,
+            met: per_watcher.map(|v| v <= 16.0),
+            // Only the idle part is measured; a short push after it does not matter here.
+            limits: Vec::new(),
+        },
+        o.passed(),
+    ))
+}
+
+fn labelled(outcomes: &[(&str, &Outcome)]) -> Vec<String> {
+    outcomes
+        .iter()
+        .flat_map(|(label, o)| o.limits().into_iter().map(move |l| format!("{label}: {l}")))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// The per-phase report.
+
+/// 12345.6 → "12,346".
+fn int(v: f64) -> String {
+    let n = v.round().max(0.0) as u64;
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn mb(bytes: f64) -> String {
     format!("{:.1} MB", bytes / 1e6)
 }
 
-fn report(r: &Report<'_>) {
-    let secs = r.push_elapsed.as_secs_f64();
-    let p = r.pushed;
+fn kib(v: Option<u64>) -> String {
+    v.map_or("?".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+}
+
+fn ms(ns: u64) -> String {
+    format!("{:.1} ms", ns as f64 / 1e6)
+}
+
+fn report(o: &Outcome) {
+    let p = &o.pushed;
+    let secs = o.push_secs;
+    let wanted = o.requested_rate.map_or(String::new(), |r| {
+        format!(
+            " ({:.1}% of the {} asked for)",
+            100.0 * o.ingest_rate() / r,
+            int(r)
+        )
+    });
     println!(
-        "pushed:    {} events in {:.1} s = {:.0} events/s, {}/s ({} requests, {} failed; the bus published {})",
+        "   pushed     {} events in {:.1} s = {} events/s{wanted}, {}/s; {} requests, {} failed",
         p.events,
         secs,
-        p.events as f64 / secs,
+        int(o.ingest_rate()),
         mb(p.bytes as f64 / secs),
         p.requests,
         p.failed,
-        r.published
     );
     for e in &p.errors {
-        println!("           push error: {e}");
+        println!("              push error: {e}");
     }
-
-    let sum = |w: &[WatchStats], f: fn(&WatchStats) -> u64| w.iter().map(f).sum::<u64>();
-    if !r.fast.is_empty() {
-        // Each watcher's rate over the time until its last event, added up.
-        let rate: f64 = r
-            .fast
-            .iter()
-            .map(|w| {
-                let t = w
-                    .last_event
-                    .map_or(r.push_elapsed, |t| t.duration_since(r.start))
-                    .max(r.push_elapsed);
-                w.events as f64 / t.as_secs_f64()
-            })
-            .sum();
-        let events = sum(r.fast, |w| w.events);
-        let n = r.fast.len() as f64;
+    if !o.watchers.is_empty() {
+        let expected = o.expected_events();
+        let delivered = o.delivered_events();
+        let dropped: u64 = o.watchers.iter().map(|w| w.stats.dropped_reported).sum();
+        let truncated: u64 = o.watchers.iter().map(|w| w.stats.truncated).sum();
+        let wall = o.cpu_delivery.wall;
+        let frames: u64 = o.watchers.iter().map(|w| w.stats.frames).sum();
         println!(
-            "delivered: {} fast watchers: {:.0} events/s each, {:.0} events/s together, {}/s together; {:.1}% of pushed events arrived ({} of them truncated, at ingest for being over --max-event-bytes or by the budget; {} dropped, as reported by audit.k8s.io/dropped bookmarks)",
-            r.fast.len(),
-            rate / n,
-            rate,
-            mb(sum(r.fast, |w| w.bytes) as f64 / secs),
-            100.0 * events as f64 / (p.events as f64 * n).max(1.0),
-            sum(r.fast, |w| w.truncated),
-            sum(r.fast, |w| w.dropped_reported),
+            "   delivered  {delivered} of {expected} events expected ({:.2}%) to {} watchers, {} events/s, {}/s; {dropped} reported dropped, {truncated} truncated; {:.2} body frames per event",
+            100.0 * delivered as f64 / expected.max(1) as f64,
+            o.watchers.len(),
+            int(delivered as f64 / wall),
+            mb(o.delivered_bytes() as f64 / wall),
+            frames as f64 / delivered.max(1) as f64,
         );
-        let mut lat = Histogram::default();
-        r.fast.iter().for_each(|w| lat.merge(&w.latency));
+        let lat = o.latency();
         match (lat.percentile(50.0), lat.percentile(99.0)) {
             (Some(p50), Some(p99)) => println!(
-                "latency:   ingest→delivery, fast watchers ({} events): p50 {}, p99 {}, max {}",
+                "   latency    push->watcher, fast watchers ({} events): p50 {}, p99 {}, max {}",
                 lat.count,
                 ms(p50),
                 ms(p99),
                 ms(lat.max)
             ),
-            _ => println!("latency:   no event reached a fast watcher"),
+            _ => println!("   latency    no event reached a fast watcher"),
         }
     }
-    if !r.slow.is_empty() {
-        let events = sum(r.slow, |w| w.events);
-        let dropped = sum(r.slow, |w| w.dropped_reported);
+    for (label, cpu) in [("push", &o.cpu_push), ("delivery", &o.cpu_delivery)] {
+        if label == "delivery" && o.watchers.is_empty() {
+            continue;
+        }
         println!(
-            "slow:      {} slow watchers: {} events delivered ({} truncated), {} dropped as reported by audit.k8s.io/dropped bookmarks; delivered + dropped = {:.1}% of pushed",
-            r.slow.len(),
-            events,
-            sum(r.slow, |w| w.truncated),
-            dropped,
-            100.0 * (events + dropped) as f64 / (p.events as f64 * r.slow.len() as f64).max(1.0),
+            "   cpu        {label} window {:.1} s: server {:.2} cores ({:.1} CPU-s), generator {:.2} cores, other processes {:.2} cores, of {}",
+            cpu.wall,
+            cpu.server_cores(),
+            cpu.server,
+            cpu.generator_cores(),
+            cpu.other_cores(),
+            measure::cores_available()
         );
     }
-    let bad = sum(r.fast, |w| w.bad_lines) + sum(r.slow, |w| w.bad_lines);
-    if bad > 0 {
-        println!("           {bad} watch lines were not events or bookmarks of this run");
+    println!(
+        "   memory     server RSS {} at start{}, {} at end, peak {}; generator peak {}",
+        kib(o.rss_start),
+        o.rss_idle.map_or(String::new(), |v| format!(
+            ", {} with the watchers idle",
+            kib(Some(v))
+        )),
+        kib(o.rss_end),
+        kib(o.rss_peak),
+        kib(o.generator_rss_peak),
+    );
+    if let Some(b) = &o.baseline {
+        println!(
+            "   baseline   serde_json split + routing read of the same bodies, one core: {} events/s, {}/s",
+            int(b.events_per_second),
+            mb(b.bytes_per_second)
+        );
     }
-    for (i, w) in r.fast.iter().chain(r.slow).enumerate() {
-        if let Some(e) = &w.error {
-            println!("           watcher {i}: {e}");
+    for m in &o.metrics {
+        println!("   server     {m}");
+    }
+    let parsed: u64 = o.watchers.iter().map(|w| w.stats.parsed_lines).sum();
+    let bad: u64 = o.watchers.iter().map(|w| w.stats.bad_lines).sum();
+    let lines = o.delivered_events() + parsed;
+    if lines > 0 && parsed * 10 > lines {
+        println!(
+            "   note       {parsed} of ~{lines} watch lines needed a full parse: the line shape changed? (reader cost is higher)"
+        );
+    }
+    if bad > 0 {
+        println!("   note       {bad} watch lines were not events or bookmarks of this run");
+    }
+    let in_flight: u64 = o.watchers.iter().map(Watched::in_flight).sum();
+    if in_flight > 0 {
+        println!(
+            "   note       {in_flight} events were still on their way when the {} s drain ended (not counted as lost)",
+            MAX_DRAIN.as_secs()
+        );
+    }
+    let extra: u64 = o
+        .watchers
+        .iter()
+        .map(|w| w.received().saturating_sub(w.expected_max))
+        .sum();
+    if extra > 0 {
+        println!(
+            "   note       {extra} events more than pushed in the watchers' scope (duplicates or wrong scope)"
+        );
+    }
+    let mut errors: Vec<String> = o
+        .watchers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| {
+            w.stats
+                .error
+                .as_ref()
+                .map(|e| format!("watcher {i} (group {}): {e}", w.group))
+        })
+        .collect();
+    let n_errors = errors.len();
+    errors.truncate(5);
+    for e in errors {
+        println!("   error      {e}");
+    }
+    if n_errors > 5 {
+        println!(
+            "   error      ... {} more watchers with errors",
+            n_errors - 5
+        );
+    }
+    let check = if o.passed() { "OK" } else { "FAILED" };
+    println!(
+        "   check      {check}: lost unreported: {}, resourceVersion order errors: {}, failed pushes: {}",
+        o.lost(),
+        o.order_errors(),
+        p.failed
+    );
+    let limits = o.limits();
+    if limits.is_empty() {
+        println!("   limits     not limited by the generator or other load");
+    } else {
+        for l in limits {
+            println!("   limits     {l}");
         }
     }
-    for m in r.metrics {
-        println!("server:    {m}");
-    }
-    let kib =
-        |v: Option<u64>| v.map_or("?".to_owned(), |k| format!("{:.0} MiB", k as f64 / 1024.0));
-    println!(
-        "memory:    RSS {} (peak {}), server and load generator in one process",
-        kib(r.rss),
-        kib(r.peak_rss)
-    );
-    match &r.baseline {
-        Some(b) => println!(
-            "baseline:  bare serde_json RawValue split of the same bodies, one core, this run: {}/s, {:.0} events/s (pushed was {:.1}% of that)",
-            mb(b.bytes_per_second),
-            b.events_per_second,
-            100.0 * (p.bytes as f64 / secs) / b.bytes_per_second.max(1.0)
-        ),
-        None => println!("baseline:  no body was pushed"),
-    }
+    println!();
 }

@@ -1,0 +1,233 @@
+//! HTTPS clients of the server under test: the client PKI for mTLS pushers, TLS
+//! configurations, HTTP/1.1 and HTTP/2 connections, and the request builder.
+//!
+//! Every connection goes through `tls_stream`, which refuses any address that is not a
+//! loopback address: the load generator only ever talks to the server it started.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail, ensure};
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// HTTP/2 receive windows and frame size of the watchers' connections: large, so that
+/// flow control (WINDOW_UPDATE round trips) and per-frame overhead on the generator's
+/// side do not become what limits a fan-out measurement.
+const H2_STREAM_WINDOW: u32 = 8 << 20;
+const H2_CONNECTION_WINDOW: u32 = 64 << 20;
+const H2_MAX_FRAME: u32 = 1 << 20;
+
+pub type H1 = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+pub type H2 = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+
+/// A CA and one client certificate per pusher (CN `loadgen-apiserver-N`), as a
+/// kube-apiserver's audit webhook presents it.
+pub struct Pki {
+    pub ca_pem: String,
+    pub pushers: Vec<ClientCert>,
+}
+
+pub struct ClientCert {
+    pub name: String,
+    cert: CertificateDer<'static>,
+    key: Vec<u8>,
+}
+
+impl Pki {
+    pub fn generate(pushers: usize) -> anyhow::Result<Pki> {
+        let ca_key = KeyPair::generate()?;
+        let mut p = CertificateParams::new(vec![])?;
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(DnType::CommonName, "loadgen-ingest-ca");
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = p.self_signed(&ca_key)?;
+        let issuer = Issuer::from_ca_cert_der(ca.der(), &ca_key)?;
+        let pushers = (0..pushers)
+            .map(|i| {
+                let name = format!("loadgen-apiserver-{i}");
+                let key = KeyPair::generate()?;
+                let mut p = CertificateParams::new(vec![])?;
+                p.distinguished_name.push(DnType::CommonName, &name);
+                p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+                let cert = p.signed_by(&key, &issuer)?;
+                Ok(ClientCert {
+                    name,
+                    cert: cert.der().clone(),
+                    key: key.serialize_der(),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Pki {
+            ca_pem: ca.pem(),
+            pushers,
+        })
+    }
+}
+
+/// Accepts any server certificate. The load generator talks only to the server it started
+/// itself, on a loopback address, whose freshly generated self-signed certificate it has
+/// no other way to trust; `tls_stream` refuses any other address. Handshake signatures
+/// are still checked, so the peer must hold the certificate's key. Never use this
+/// elsewhere.
+#[derive(Debug)]
+struct AcceptAnyCertOnLoopback(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertOnLoopback {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TLS connector offering `alpn`, presenting `client_cert` if given.
+pub fn connector(alpn: &[u8], client_cert: Option<&ClientCert>) -> anyhow::Result<TlsConnector> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertOnLoopback(provider)));
+    let mut config = match client_cert {
+        Some(c) => builder.with_client_auth_cert(
+            vec![c.cert.clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(c.key.clone())),
+        )?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// TCP + TLS to `addr`, which must be loopback; `recv_buffer` sets SO_RCVBUF.
+async fn tls_stream(
+    tls: &TlsConnector,
+    addr: SocketAddr,
+    recv_buffer: Option<u32>,
+) -> anyhow::Result<TlsStream<TcpStream>> {
+    ensure!(
+        addr.ip().is_loopback(),
+        "refusing to connect to {addr}: the load generator only talks to loopback"
+    );
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size)?;
+    }
+    let tcp = socket
+        .connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    tcp.set_nodelay(true)?;
+    tls.connect(ServerName::from(addr.ip()), tcp)
+        .await
+        .context("TLS handshake")
+}
+
+/// One HTTP/1.1 connection (the connector must offer `http/1.1`).
+pub async fn connect_h1(
+    tls: &TlsConnector,
+    addr: SocketAddr,
+    recv_buffer: Option<u32>,
+) -> anyhow::Result<H1> {
+    let stream = tls_stream(tls, addr, recv_buffer).await?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    // Ends when the sender and the last body are dropped, or on an I/O error, which the
+    // request or the body reading reports.
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// One HTTP/2 connection for many watches (the connector must offer `h2`), the way the
+/// kube-apiserver aggregator multiplexes watches onto a few connections.
+pub async fn connect_h2(tls: &TlsConnector, addr: SocketAddr) -> anyhow::Result<H2> {
+    let stream = tls_stream(tls, addr, None).await?;
+    if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+        bail!("the server did not agree to HTTP/2 (ALPN h2)");
+    }
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_frame_size(H2_MAX_FRAME)
+        .adaptive_window(false)
+        .handshake(TokioIo::new(stream))
+        .await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// A request to the server at `addr`: an absolute URI (HTTP/2 needs the authority; an
+/// HTTP/1.1 server takes the absolute form too), a bearer token if given.
+pub fn request(
+    method: Method,
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    body: Bytes,
+) -> anyhow::Result<Request<Full<Bytes>>> {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("https://{addr}{path}"));
+    if let Some(t) = token {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    if !body.is_empty() {
+        req = req.header(http::header::CONTENT_TYPE, "application/json");
+    }
+    Ok(req.body(Full::new(body))?)
+}

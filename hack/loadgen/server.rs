@@ -1,0 +1,144 @@
+//! The server under test, in its own process, so that its CPU time and RSS are measured
+//! apart from the load generator's.
+//!
+//! The load generator runs itself again (`current_exe`) with the hidden `__serve`
+//! subcommand: that child builds the real server from the flags that follow, binds a
+//! free loopback port, prints the address on stdout, and serves until its stdin closes
+//! (the parent ended or dropped it: a crashed load generator cannot leave a server
+//! behind) or it gets SIGTERM.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+use clap::Parser as _;
+use kube_audit_stream::config::{Cli, Command};
+use kube_audit_stream::server::{self, App};
+use tokio::io::AsyncBufReadExt as _;
+
+/// The hidden subcommand the child runs.
+pub const SERVE_SUBCOMMAND: &str = "__serve";
+/// The child's first stdout line: this prefix and the bound address.
+const LISTENING: &str = "listening on ";
+/// How long the server may take to start, or to stop once asked.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The child's side: `args` are the server's `serve` flags.
+pub fn child_main(args: Vec<String>) -> anyhow::Result<()> {
+    let argv = ["kube-audit-stream".to_owned(), "serve".to_owned()]
+        .into_iter()
+        .chain(args);
+    let Command::Serve(args) = Cli::try_parse_from(argv)?.command;
+    let settings = args.validate()?;
+    ensure!(
+        settings.listen.ip().is_loopback(),
+        "the load generator only runs the server on loopback, not {}",
+        settings.listen
+    );
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    // Stdin is read on a plain thread: a tokio stdin read would keep the runtime from
+    // shutting down after a SIGTERM.
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+        let _ = closed_tx.send(());
+    });
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let app = App::new(&settings).await?;
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.listen))?;
+        let addr = listener.local_addr()?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{LISTENING}{addr}")?;
+        out.flush()?;
+        drop(out);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = closed_rx => {}
+                _ = term.recv() => {}
+            }
+        };
+        server::run(app, listener, shutdown).await?;
+        anyhow::Ok(())
+    })?;
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+/// The parent's handle on the server process.
+pub struct ServerProcess {
+    pub addr: SocketAddr,
+    pub pid: u32,
+    child: tokio::process::Child,
+}
+
+impl ServerProcess {
+    /// Start the server with these `serve` flags and wait until it listens.
+    pub async fn start(args: &[String]) -> anyhow::Result<ServerProcess> {
+        let exe = std::env::current_exe().context("finding the load generator's executable")?;
+        let mut child = tokio::process::Command::new(exe)
+            .arg(SERVE_SUBCOMMAND)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            // Only ever this child, which we started.
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the server process")?;
+        let pid = child.id().context("the server process has no id")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = match tokio::time::timeout(START_TIMEOUT, lines.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            Ok(Ok(None)) => {
+                bail!("the server process exited before listening (see its error above)")
+            }
+            Ok(Err(e)) => bail!("reading the server's address: {e}"),
+            Err(_) => bail!("the server did not listen within {START_TIMEOUT:?}"),
+        };
+        let addr: SocketAddr = line
+            .strip_prefix(LISTENING)
+            .with_context(|| format!("unexpected line from the server: {line:?}"))?
+            .parse()
+            .with_context(|| format!("unexpected address from the server: {line:?}"))?;
+        ensure!(
+            addr.ip().is_loopback(),
+            "the server listens on {addr}, not loopback"
+        );
+        Ok(ServerProcess { addr, pid, child })
+    }
+
+    /// Current and peak RSS, KiB.
+    pub fn rss_kib(&self) -> (Option<u64>, Option<u64>) {
+        crate::measure::rss_kib(Some(self.pid))
+    }
+
+    /// Close its stdin (it ends its watches and drains), wait; kill it if it hangs.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        drop(self.child.stdin.take());
+        match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
+            Ok(Ok(status)) if status.success() => Ok(()),
+            Ok(Ok(status)) => bail!("the server process ended with {status}"),
+            Ok(Err(e)) => bail!("waiting for the server process: {e}"),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                bail!("the server process did not stop within {STOP_TIMEOUT:?}; killed it")
+            }
+        }
+    }
+}
