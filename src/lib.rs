@@ -8,6 +8,7 @@
 //! * [`server`]: `App` (the shared handles), `run(app, listener, shutdown)`: accept loop,
 //!   TLS, routing, authentication and authorization of every request, graceful shutdown.
 //! * [`stall`]: cuts off connections whose peer stopped reading.
+//! * [`coalesce`]: gathers a connection's small writes into one TLS write per flush.
 //! * [`tls`]: rustls configuration, serving-certificate reload, client-certificate checks.
 //! * [`authn`]: who is asking (`UserInfo`, the authenticator chain, static tokens), and
 //!   who may push (`authn::pusher`).
@@ -30,6 +31,7 @@ pub mod authn;
 pub mod authz;
 pub mod budget;
 pub mod bus;
+pub mod coalesce;
 pub mod config;
 pub mod discovery;
 pub mod event;

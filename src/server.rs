@@ -27,6 +27,7 @@ use crate::authn::{self, SharedAuthConfig, UserInfo, delegated};
 use crate::authz::{self, AlwaysAllowPaths, Attributes, Authorizer, Decision};
 use crate::budget::{self, Budget, EgressShare};
 use crate::bus::{Bus, Scope};
+use crate::coalesce::Coalesce;
 use crate::config::{AuthzSettings, Settings};
 use crate::discovery::{self, Discovery};
 use crate::event::{API_GROUP, API_VERSION};
@@ -45,8 +46,12 @@ const MAX_CONNECTIONS: usize = 10_000;
 const MAX_WATCHES: usize = 5_000;
 /// Concurrent HTTP/2 streams (watches) one connection may carry.
 const MAX_STREAMS_PER_CONNECTION: u32 = 1_000;
-/// HTTP/2 send buffer per stream.
-const H2_SEND_BUFFER_BYTES: usize = 128 * 1024;
+/// HTTP/2 send buffer per stream: four of a watch's 64 KiB frames in flight. Measured
+/// (BENCHMARKS.md, 100 watchers on 10 connections): 64 KiB cost ~20 % more CPU per
+/// delivered byte; 256 KiB to 1 MiB cost the same and kept p99 under 60 ms. Kept at the
+/// low end because a stream whose client stopped reading holds this much until the
+/// stall sweeper ends it.
+const H2_SEND_BUFFER_BYTES: usize = 256 * 1024;
 /// A client that has not finished the TLS handshake by then is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for in-flight requests after watches were told to end.
@@ -521,11 +526,10 @@ async fn serve_connection(
         // kube-apiserver's own default (--http2-max-streams-per-connection), not
         // hyper's 200, so the 201st watch on a connection is not refused.
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-        // Bytes hyper buffers per stream before it stops polling the body: a watch's
-        // frame is at most 64 KiB, so two frames in flight; more only delays the
-        // back-pressure that makes a slow watcher's queue drop (and count) instead.
+        // Bytes hyper buffers per stream before it stops polling the body (see the
+        // constant).
         .max_send_buf_size(H2_SEND_BUFFER_BYTES);
-    let io = TokioIo::new(StallGuard::new(tls, stall_limit));
+    let io = TokioIo::new(Coalesce::new(StallGuard::new(tls, stall_limit)));
     let conn = builder.serve_connection(io, service).into_owned();
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(peer = %remote_addr, error = %e, "connection ended with an error");
