@@ -49,6 +49,8 @@ const HEAD_PREFIX: &[u8] = br#"{"type":"ADDED","object":{"kind":"Event","apiVers
 pub enum DecodeError {
     #[error("malformed JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("malformed JSON: {0}")]
+    Utf8(#[from] std::str::Utf8Error),
     #[error(
         "expected kind \"EventList\" with apiVersion audit.k8s.io/v1 or v1beta1, got kind {kind:?} apiVersion {api_version:?}"
     )]
@@ -210,8 +212,9 @@ pub fn decode_event_list(body: &[u8], source: &str, now: &str) -> Result<Vec<Eve
         item_error: RefCell::new(None),
         scratch: RefCell::new(Scratch::default()),
     };
-    let envelope = match ListSeed(&ctx).deserialize(&mut serde_json::Deserializer::from_slice(body))
-    {
+    // Checked once here, so that serde_json reads a `str` and checks no string again.
+    let text = std::str::from_utf8(body)?;
+    let envelope = match ListSeed(&ctx).deserialize(&mut serde_json::Deserializer::from_str(text)) {
         Ok(envelope) => envelope,
         Err(e) => return Err(ctx.item_error.take().unwrap_or(DecodeError::Json(e))),
     };
@@ -319,12 +322,13 @@ impl<'de> Visitor<'de> for ItemsSeed<'_, '_> {
         let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(64));
         // One item's members at a time, in one buffer for the whole batch.
         let mut members = Vec::with_capacity(32);
+        let mut annotations = Vec::with_capacity(8);
         while let Some(is_object) = seq.next_element_seed(MembersSeed(&mut members))? {
             let index = out.len();
             if !is_object {
                 return Err(self.fail(index, "expected an audit Event object".into()));
             }
-            match decode_event(&members, self.0) {
+            match decode_event(&members, &mut annotations, self.0) {
                 Ok(ev) => out.push(ev),
                 Err(reason) => return Err(self.fail(index, reason)),
             }
@@ -522,7 +526,11 @@ impl<'a> Known<'a> {
     }
 }
 
-fn decode_event(members: &[(Key<'_>, &RawValue)], ctx: &Ctx<'_>) -> Result<Event, String> {
+fn decode_event<'a>(
+    members: &[(Key<'a>, &'a RawValue)],
+    annotations: &mut Vec<(Str<'a>, Str<'a>)>,
+    ctx: &Ctx<'_>,
+) -> Result<Event, String> {
     let k = Known::find(members)?;
     let kind = string("kind", k.kind)?;
     if !kind.is_empty() && kind != "Event" {
@@ -539,14 +547,14 @@ fn decode_event(members: &[(Key<'_>, &RawValue)], ctx: &Ctx<'_>) -> Result<Event
         .ok()
         .flatten()
         .and_then(|s| s.code);
-    let mut annotations: Vec<(Str<'_>, Str<'_>)> = match k.annotations.map(RawValue::get) {
-        None | Some("null") => Vec::new(),
-        Some(text) => {
-            serde_json::from_str::<Annotations<'_>>(text)
-                .map_err(|e| format!("annotations: {e}"))?
-                .0
-        }
-    };
+    annotations.clear();
+    if let Some(text) = k.annotations.map(RawValue::get).filter(|t| *t != "null") {
+        let mut de = serde_json::Deserializer::from_str(text);
+        AnnotationsSeed(annotations)
+            .deserialize(&mut de)
+            .and_then(|()| de.end())
+            .map_err(|e| format!("annotations: {e}"))?;
+    }
     let mut timestamp = Cow::Borrowed(ctx.now);
     for raw in k.timestamps {
         let t = string("timestamp", raw)?;
@@ -627,12 +635,9 @@ fn decode_event(members: &[(Key<'_>, &RawValue)], ctx: &Ctx<'_>) -> Result<Event
 
     // Annotations: ours set, sorted by key as Go's encoder writes a map; a repeated key
     // keeps its last value, as a map would.
-    if !ctx.source.is_empty() {
+    let ours = (!ctx.source.is_empty()).then_some(ctx.source);
+    if ours.is_some() {
         annotations.retain(|(key, _)| key.0 != SOURCE_ANNOTATION);
-        annotations.push((
-            Str(Cow::Borrowed(SOURCE_ANNOTATION)),
-            Str(Cow::Borrowed(ctx.source)),
-        ));
     }
     annotations.sort_by(|a, b| a.0.0.cmp(&b.0.0));
     annotations.dedup_by(|later, earlier| {
@@ -642,8 +647,17 @@ fn decode_event(members: &[(Key<'_>, &RawValue)], ctx: &Ctx<'_>) -> Result<Event
         }
         same
     });
+    let split = ours.map_or(usize::MAX, |_| {
+        annotations.partition_point(|(key, _)| &*key.0 < SOURCE_ANNOTATION)
+    });
+    let pairs = annotations.iter().map(|(k, v)| (&*k.0, &*v.0));
+    let merged = pairs
+        .clone()
+        .take(split)
+        .chain(ours.map(|source| (SOURCE_ANNOTATION, source)))
+        .chain(pairs.skip(split));
     let mut edit = None;
-    if annotations.is_empty() {
+    if annotations.is_empty() && ours.is_none() {
         let at = out.len();
         edit = Some((
             at..at,
@@ -651,24 +665,24 @@ fn decode_event(members: &[(Key<'_>, &RawValue)], ctx: &Ctx<'_>) -> Result<Event
         ));
     } else {
         out.extend_from_slice(br#","annotations":{"#);
-        for (i, (key, value)) in annotations.iter().enumerate() {
+        for (i, (key, value)) in merged.enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            if edit.is_none() && &*key.0 >= TRUNCATED_ANNOTATION {
+            if edit.is_none() && key >= TRUNCATED_ANNOTATION {
                 let at = out.len();
-                edit = Some(if key.0 == TRUNCATED_ANNOTATION {
+                edit = Some(if key == TRUNCATED_ANNOTATION {
                     let value_at = at + TRUNCATED_ANNOTATION.len() + 3;
                     let mut probe = Vec::new();
-                    write_str(&mut probe, &value.0);
+                    write_str(&mut probe, value);
                     (value_at..value_at + probe.len(), &br#""true""#[..])
                 } else {
                     (at..at, &br#""audit.k8s.io/truncated":"true","#[..])
                 });
             }
-            write_str(out, &key.0);
+            write_str(out, key);
             out.push(b':');
-            write_str(out, &value.0);
+            write_str(out, value);
         }
         if edit.is_none() {
             let at = out.len();
@@ -699,26 +713,26 @@ fn decode_event(members: &[(Key<'_>, &RawValue)], ctx: &Ctx<'_>) -> Result<Event
     })
 }
 
-/// `annotations`: a map of strings, kept as pairs in their order.
-struct Annotations<'a>(Vec<(Str<'a>, Str<'a>)>);
+/// `annotations`: a map of strings, read as pairs in their order into a reused buffer.
+struct AnnotationsSeed<'v, 'a>(&'v mut Vec<(Str<'a>, Str<'a>)>);
 
-impl<'de> Deserialize<'de> for Annotations<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Annotations<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a map of strings")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(4) + 1);
-                while let Some(entry) = map.next_entry::<Str<'de>, Str<'de>>()? {
-                    out.push(entry);
-                }
-                Ok(Annotations(out))
-            }
+impl<'de> DeserializeSeed<'de> for AnnotationsSeed<'_, 'de> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for AnnotationsSeed<'_, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a map of strings")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(entry) = map.next_entry::<Str<'de>, Str<'de>>()? {
+            self.0.push(entry);
         }
-        d.deserialize_map(V)
+        Ok(())
     }
 }
 
@@ -1040,6 +1054,14 @@ mod tests {
                 .to_string();
             assert!(err.contains(want), "{body}: {err}");
         }
+    }
+
+    #[test]
+    fn refuses_invalid_utf8() {
+        let err = decode_event_list(b"{\"kind\":\"Ev\xffent\"}", "", NOW)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("malformed JSON: invalid utf-8"), "{err}");
     }
 
     #[test]

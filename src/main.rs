@@ -7,6 +7,11 @@ use clap::Parser;
 use kube_audit_stream::config::{Cli, Command, Settings};
 use kube_audit_stream::server::{self, App};
 
+/// Every event is a few allocations that live as long as the replay window holds it;
+/// glibc's allocator spent a sixth of ingest's CPU freeing them (profile in BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

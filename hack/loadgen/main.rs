@@ -155,6 +155,10 @@ fn parse_rate(s: &str) -> Result<Rate, String> {
     }
 }
 
+/// The server binary's allocator, so that the server child measures as it ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let mut args = std::env::args();
     if args.nth(1).as_deref() == Some(server::SERVE_SUBCOMMAND) {
