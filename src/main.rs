@@ -7,10 +7,12 @@ use clap::Parser;
 use kube_audit_stream::config::{Cli, Command, Settings};
 use kube_audit_stream::server::{self, App};
 
-/// Every event is a few allocations that live as long as the replay window holds it;
-/// glibc's allocator spent a sixth of ingest's CPU freeing them (profile in BENCHMARKS.md).
+/// Every event is a few allocations that live as long as the replay window holds it, and
+/// every watch frame is allocated on one thread and freed on another. glibc's allocator
+/// spent a sixth of ingest's CPU freeing; mimalloc halved fan-out's bytes per CPU-second;
+/// jemalloc did neither (BENCHMARKS.md).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

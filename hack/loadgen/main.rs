@@ -157,7 +157,7 @@ fn parse_rate(s: &str) -> Result<Rate, String> {
 
 /// The server binary's allocator, so that the server child measures as it ships.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let mut args = std::env::args();
