@@ -16,7 +16,7 @@ pub const EVENTS: &str = "events";
 /// Namespaced resource: the events whose `objectRef.namespace` is the namespace.
 pub const NAMESPACED_EVENTS: &str = "namespacedevents";
 /// Verbs served on both resources.
-pub const VERBS: [&str; 1] = ["watch"];
+pub const VERBS: [&str; 3] = ["get", "list", "watch"];
 
 const JSON: &str = "application/json";
 
@@ -227,7 +227,10 @@ mod tests {
         assert_eq!(res["resources"][0]["namespaced"], false);
         assert_eq!(res["resources"][1]["name"], "namespacedevents");
         assert_eq!(res["resources"][1]["namespaced"], true);
-        assert_eq!(res["resources"][1]["verbs"], serde_json::json!(["watch"]));
+        assert_eq!(
+            res["resources"][1]["verbs"],
+            serde_json::json!(["get", "list", "watch"])
+        );
         assert!(d.document("/apis/other", None).is_none());
     }
 

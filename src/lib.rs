@@ -40,5 +40,6 @@ pub mod selector;
 pub mod server;
 pub mod stall;
 pub mod status;
+pub mod table;
 pub mod tls;
 pub mod watch;

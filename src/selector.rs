@@ -6,11 +6,17 @@
 use crate::event::{Event, Field};
 
 /// Field labels a selector may name, and the event field each reads.
-pub const FIELDS: [(&str, Field); 6] = [
+/// `metadata.namespace` is there because kube-apiserver offers it on every namespaced
+/// resource; for an audit event it is `objectRef.namespace`.
+pub const FIELDS: [(&str, Field); 10] = [
     ("user.username", Field::Username),
     ("verb", Field::Verb),
     ("objectRef.resource", Field::Resource),
     ("objectRef.name", Field::Name),
+    ("objectRef.apiGroup", Field::ApiGroup),
+    ("objectRef.namespace", Field::Namespace),
+    ("metadata.namespace", Field::Namespace),
+    ("responseStatus.code", Field::Code),
     ("stage", Field::Stage),
     ("level", Field::Level),
 ];
@@ -80,7 +86,7 @@ mod tests {
     use crate::event::decode_event_list;
 
     fn event() -> Event {
-        let body = r#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{"level":"Metadata","auditID":"a","stage":"ResponseComplete","verb":"delete","user":{"username":"bob"},"objectRef":{"resource":"configmaps","name":"cm","namespace":"ns"}}]}"#;
+        let body = r#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{"level":"Metadata","auditID":"a","stage":"ResponseComplete","verb":"delete","user":{"username":"bob"},"objectRef":{"resource":"deployments","name":"cm","namespace":"ns","apiGroup":"apps"},"responseStatus":{"code":404}}]}"#;
         decode_event_list(body.as_bytes(), "", "2026-01-01T00:00:00Z")
             .unwrap()
             .remove(0)
@@ -94,8 +100,16 @@ mod tests {
             ("verb=delete", true),
             ("verb==delete", true),
             ("verb!=delete", false),
-            ("user.username=bob,objectRef.resource=configmaps", true),
+            ("user.username=bob,objectRef.resource=deployments", true),
             ("user.username=bob,objectRef.resource=secrets", false),
+            ("objectRef.apiGroup=apps", true),
+            ("objectRef.apiGroup=", false),
+            ("objectRef.namespace=ns", true),
+            ("metadata.namespace=ns,objectRef.namespace!=other", true),
+            ("objectRef.namespace=", false),
+            ("responseStatus.code=404", true),
+            ("responseStatus.code!=200", true),
+            ("responseStatus.code=200", false),
             (
                 "objectRef.name=cm, stage=ResponseComplete , level=Metadata",
                 true,
@@ -115,6 +129,10 @@ mod tests {
         assert_eq!(
             FieldSelector::parse("metadata.name=x"),
             Err(Error::UnknownField("metadata.name".into()))
+        );
+        assert_eq!(
+            FieldSelector::parse("responseStatus.reason=x"),
+            Err(Error::UnknownField("responseStatus.reason".into()))
         );
         assert_eq!(
             FieldSelector::parse("verb"),

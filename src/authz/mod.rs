@@ -1,8 +1,9 @@
 //! May this user do this: request `Attributes` (as kube-apiserver's `authorizer.Attributes`),
-//! the `Authorizer` trait and its implementations. Knows nothing of HTTP or of the bus:
-//! the router builds the attributes and asks.
+//! how a request is read into them (`request`), the `Authorizer` trait and its
+//! implementations. Knows nothing of the bus: the router builds the attributes and asks.
 
 mod abac;
+mod request;
 mod sar;
 
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use abac::Abac;
+pub use request::request_attributes;
 pub use sar::SubjectAccessReviewer;
 
 use crate::authn::UserInfo;
