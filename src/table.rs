@@ -169,6 +169,9 @@ static COLUMN_DEFINITIONS: LazyLock<Vec<u8>> =
 struct Source<'a> {
     #[serde(borrow)]
     stage_timestamp: Option<Cow<'a, str>>,
+    /// `audit.k8s.io/v1beta1`'s name for it.
+    #[serde(borrow)]
+    timestamp: Option<Cow<'a, str>>,
     #[serde(borrow)]
     request_received_timestamp: Option<Cow<'a, str>>,
     #[serde(rename = "requestURI", borrow)]
@@ -192,10 +195,12 @@ struct ObjectRef<'a> {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(default)]
+#[serde(default, rename_all = "camelCase")]
 struct Metadata<'a> {
     #[serde(borrow)]
     name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    creation_timestamp: Option<Cow<'a, str>>,
 }
 
 /// The cells of `ev`: encoded once per event and kept with it.
@@ -235,8 +240,18 @@ fn build_cells(ev: &Event) -> Vec<u8> {
         .as_ref()
         .and_then(|a| a.get(SOURCE_ANNOTATION))
         .map_or("", |s| s);
+    let metadata = src.metadata.unwrap_or_default();
+    // The stage's time; else the older name for it; else the time the event was taken in.
+    let time = [
+        &src.stage_timestamp,
+        &src.timestamp,
+        &metadata.creation_timestamp,
+    ]
+    .into_iter()
+    .find_map(|t| t.as_deref())
+    .unwrap_or_default();
     let cells = serde_json::json!([
-        src.stage_timestamp.as_deref().unwrap_or_default(),
+        time,
         source,
         ev.get(Field::Username),
         ev.get(Field::Verb),
@@ -248,10 +263,7 @@ fn build_cells(ev: &Event) -> Vec<u8> {
         latency,
         src.source_ips.unwrap_or_default().join(","),
         src.user_agent.as_deref().unwrap_or_default(),
-        src.metadata
-            .and_then(|m| m.name)
-            .as_deref()
-            .unwrap_or_default(),
+        metadata.name.as_deref().unwrap_or_default(),
     ]);
     serde_json::to_vec(&cells).unwrap_or_else(|_| b"[]".to_vec())
 }
@@ -417,7 +429,7 @@ mod tests {
     use crate::event::decode_event_list;
 
     const EV: &str = r#"{"level":"RequestResponse","auditID":"a-1","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/team-a/pods/p/exec","verb":"create","user":{"username":"bob"},"sourceIPs":["10.0.0.1","10.0.0.2"],"userAgent":"kubectl/v1.33","objectRef":{"resource":"pods","subresource":"exec","namespace":"team-a","name":"p"},"responseStatus":{"code":101},"requestObject":{"kind":"PodExecOptions"},"requestReceivedTimestamp":"2026-01-01T10:00:00.123456Z","stageTimestamp":"2026-01-01T10:00:00.135456Z"}"#;
-    const BARE: &str = r#"{"level":"Metadata","auditID":"b-2","stage":"RequestReceived","requestURI":"/healthz","verb":"get"}"#;
+    const BARE: &str = r#"{"level":"Metadata","auditID":"b-2","stage":"RequestReceived","requestURI":"/healthz","verb":"get","timestamp":"2017-09-11T19:55:05Z"}"#;
 
     fn published() -> Vec<std::sync::Arc<Published>> {
         let body = format!(
@@ -460,6 +472,7 @@ mod tests {
             ])
         );
         let bare: serde_json::Value = serde_json::from_slice(cells(&items[1].event)).unwrap();
+        assert_eq!(bare[0], "2017-09-11T19:55:05Z", "v1beta1's timestamp");
         assert_eq!(bare[4], "/healthz", "a non-resource request shows its path");
         assert_eq!(bare[7], serde_json::Value::Null, "no code yet");
         assert_eq!(bare.as_array().unwrap().len(), COLUMNS.len());
