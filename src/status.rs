@@ -179,6 +179,13 @@ impl From<crate::watch::registry::Full> for ApiError {
     }
 }
 
+/// Bad credentials: a plain 401, as kube-apiserver gives no reason.
+impl From<crate::authn::Error> for ApiError {
+    fn from(_: crate::authn::Error) -> Self {
+        ApiError::Unauthorized
+    }
+}
+
 /// An authorizer that cannot answer: the request fails closed, as a 500.
 impl From<crate::authz::Error> for ApiError {
     fn from(e: crate::authz::Error) -> Self {

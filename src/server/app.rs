@@ -4,6 +4,7 @@
 //! of open watches. Start-up failures are one typed `Error` that `main` prints on one
 //! line.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use crate::authn::{self, SharedAuthConfig, delegated};
 use crate::authz::{self, AlwaysAllowPaths, Authorizer};
 use crate::budget::{self, EgressShare};
 use crate::bus::Bus;
-use crate::config::{AuthzSettings, Settings};
+use crate::config::{AuthzSettings, ReadError, Settings};
 use crate::discovery::Discovery;
 use crate::ingest::{self, Ingest};
 use crate::metrics::Metrics;
@@ -25,13 +26,41 @@ use crate::watch::Watches;
 /// and a runaway client should not be able to take them all.
 const MAX_WATCHES: usize = 5_000;
 
-/// Start-up failures after flag validation: files that do not load.
+/// Start-up failures after flag validation: files that do not load, a kube-apiserver that
+/// cannot be reached. Each keeps its cause; the message names the flag or file.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Tls(#[from] tls::Error),
-    #[error("{0}")]
-    Load(String),
+    #[error("{flag}: {}: {source}", path.display())]
+    Kubeconfig {
+        flag: &'static str,
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("{flag}: not given, and no in-cluster config: {source}")]
+    InCluster {
+        flag: &'static str,
+        #[source]
+        source: kube::config::InClusterError,
+    },
+    #[error("{flag}: {source}")]
+    Client {
+        flag: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    Policy(#[from] authz::PolicyError),
+    #[error(transparent)]
+    Tokens(#[from] authn::TokenFileError),
+    #[error(transparent)]
+    AuthConfig(#[from] delegated::ConfigError),
+    #[error(transparent)]
+    Pushers(#[from] authn::pusher::GateError),
 }
 
 /// The shared handles, cheap to clone into every connection.
@@ -72,8 +101,8 @@ impl App {
         let authz: Arc<dyn Authorizer> = match &settings.authorization {
             AuthzSettings::AlwaysAllow => Arc::new(authz::AlwaysAllow),
             AuthzSettings::Abac(source) => {
-                let (text, origin) = source.read().map_err(Error::Load)?;
-                Arc::new(authz::Abac::parse(&text, &origin).map_err(Error::Load)?)
+                let (text, origin) = source.read()?;
+                Arc::new(authz::Abac::parse(&text, &origin)?)
             }
             AuthzSettings::Webhook {
                 authorized_ttl,
@@ -103,8 +132,7 @@ impl App {
                 authz,
                 always_allow: AlwaysAllowPaths::new(&settings.always_allow_paths),
                 ingest: Ingest {
-                    gate: ingest::Gate::new(&settings.ingest, shutdown.clone())
-                        .map_err(Error::Load)?,
+                    gate: ingest::Gate::new(&settings.ingest, shutdown.clone())?,
                     bus,
                     metrics: metrics.clone(),
                     max_request_bytes: settings.ingest.max_request_bytes,
@@ -146,23 +174,22 @@ impl App {
 }
 
 /// A client for kube-apiserver from a kubeconfig, or the in-cluster config.
-async fn kube_client(
-    kubeconfig: Option<&std::path::Path>,
-    flag: &str,
-) -> Result<kube::Client, Error> {
+async fn kube_client(kubeconfig: Option<&Path>, flag: &'static str) -> Result<kube::Client, Error> {
     let config = match kubeconfig {
         Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| Error::Load(format!("{flag}: {}: {e}", path.display())))?;
+            let bad = |source| Error::Kubeconfig {
+                flag,
+                path: path.to_owned(),
+                source,
+            };
+            let file = kube::config::Kubeconfig::read_from(path).map_err(bad)?;
             kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
                 .await
-                .map_err(|e| Error::Load(format!("{flag}: {}: {e}", path.display())))?
+                .map_err(bad)?
         }
-        None => kube::Config::incluster().map_err(|e| {
-            Error::Load(format!("{flag}: not given, and no in-cluster config: {e}"))
-        })?,
+        None => kube::Config::incluster().map_err(|source| Error::InCluster { flag, source })?,
     };
-    kube::Client::try_from(config).map_err(|e| Error::Load(format!("{flag}: {e}")))
+    kube::Client::try_from(config).map_err(|source| Error::Client { flag, source })
 }
 
 /// The authenticator chain, in kube-apiserver's order: front proxy, x509, static tokens,
@@ -173,12 +200,12 @@ async fn authenticators(
     shutdown: &CancellationToken,
 ) -> Result<authn::Chain, Error> {
     let certs = &settings.client_certs;
-    let read = |p: &Option<std::path::PathBuf>| -> Result<Option<(String, String)>, Error> {
+    let read = |p: &Option<PathBuf>| -> Result<Option<(String, String)>, ReadError> {
         p.as_ref()
             .map(|p| {
                 std::fs::read_to_string(p)
                     .map(|pem| (pem, p.display().to_string()))
-                    .map_err(|e| Error::Load(format!("reading {}: {e}", p.display())))
+                    .map_err(ReadError::new(p))
             })
             .transpose()
     };
@@ -195,25 +222,21 @@ async fn authenticators(
         Some(cluster) => {
             let kubeconfig = cluster.authentication_kubeconfig.as_deref();
             let client = kube_client(kubeconfig, "--authentication-kubeconfig").await?;
-            let config = delegated::load(&client, &overrides)
-                .await
-                .map_err(Error::Load)?;
+            let config = delegated::load(&client, &overrides).await?;
             let shared = SharedAuthConfig::new(config);
             delegated::spawn_refresh(client.clone(), overrides, shared.clone(), shutdown.clone());
             token_review = Some(authn::TokenReviewer::new(client, cluster.token_cache_ttl));
             shared
         }
-        None => SharedAuthConfig::new(overrides.resolve(None).map_err(Error::Load)?),
+        None => SharedAuthConfig::new(overrides.resolve(None)?),
     };
     let mut chain: Vec<Arc<dyn authn::Authenticator>> = vec![
         Arc::new(authn::RequestHeader(shared.clone())),
         Arc::new(authn::X509(shared)),
     ];
     if let Some(source) = &settings.token_auth {
-        let (text, origin) = source.read().map_err(Error::Load)?;
-        chain.push(Arc::new(
-            authn::TokenFile::parse(&text, &origin).map_err(Error::Load)?,
-        ));
+        let (text, origin) = source.read()?;
+        chain.push(Arc::new(authn::TokenFile::parse(&text, &origin)?));
     }
     if let Some(t) = token_review {
         chain.push(Arc::new(t));

@@ -63,7 +63,7 @@ impl App {
             Ok(None) => Err(ApiError::Unauthorized),
             Err(e) => {
                 tracing::debug!(error = %e, peer = %peer.remote_addr, "authentication failed");
-                Err(ApiError::Unauthorized)
+                Err(e.into())
             }
         }
     }
