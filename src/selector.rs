@@ -1,5 +1,5 @@
 //! `fieldSelector` for audit events: `field=value`, `field==value`, `field!=value`, joined
-//! by commas (AND), on the fields the contract names. An unknown field is an error, as
+//! by commas (AND), on the fields the contract names and `metadata.name`. An unknown field is an error, as
 //! kube-apiserver answers for a field its resource does not index. The bus applies a
 //! watcher's selector before its queue, so unwanted events cost the watcher nothing.
 
@@ -21,6 +21,11 @@ pub const FIELDS: [(&str, Field); 10] = [
     ("level", Field::Level),
 ];
 
+/// `metadata.name`, which kube-apiserver offers on every resource (`kubectl get NAME -w`
+/// watches with it). Not a stored field: `<auditID>-<stage in lower case>`, compared
+/// without building it.
+pub const NAME_LABEL: &str = "metadata.name";
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     #[error("invalid field selector {0:?}: expected field=value, field==value or field!=value")]
@@ -29,11 +34,30 @@ pub enum Error {
     UnknownField(String),
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Subject {
+    Field(Field),
+    /// `metadata.name`.
+    Name,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Requirement {
-    field: Field,
+    subject: Subject,
     value: Box<str>,
     equal: bool,
+}
+
+/// Whether `name` is the event's `metadata.name`.
+fn is_name_of(ev: &Event, name: &str) -> bool {
+    let (id, stage) = (ev.audit_id(), ev.get(Field::Stage));
+    name.len() == id.len() + 1 + stage.len()
+        && name.starts_with(id)
+        && name.as_bytes()[id.len()] == b'-'
+        && name.as_bytes()[id.len() + 1..]
+            .iter()
+            .zip(stage.bytes())
+            .all(|(n, s)| *n == s.to_ascii_lowercase())
 }
 
 /// A parsed selector; the empty selector matches everything.
@@ -56,12 +80,13 @@ impl FieldSelector {
                 return Err(Error::Syntax(term.to_owned()));
             };
             let label = label.trim();
-            let (_, field) = FIELDS
-                .iter()
-                .find(|(l, _)| *l == label)
-                .ok_or_else(|| Error::UnknownField(label.to_owned()))?;
+            let subject = match FIELDS.iter().find(|(l, _)| *l == label) {
+                Some((_, field)) => Subject::Field(*field),
+                None if label == NAME_LABEL => Subject::Name,
+                None => return Err(Error::UnknownField(label.to_owned())),
+            };
             requirements.push(Requirement {
-                field: *field,
+                subject,
                 value: value.trim().into(),
                 equal,
             });
@@ -74,9 +99,13 @@ impl FieldSelector {
     }
 
     pub fn matches(&self, ev: &Event) -> bool {
-        self.requirements
-            .iter()
-            .all(|r| (ev.get(r.field) == &*r.value) == r.equal)
+        self.requirements.iter().all(|r| {
+            let matched = match r.subject {
+                Subject::Field(field) => ev.get(field) == &*r.value,
+                Subject::Name => is_name_of(ev, &r.value),
+            };
+            matched == r.equal
+        })
     }
 }
 
@@ -115,6 +144,11 @@ mod tests {
                 true,
             ),
             ("level!=RequestResponse", true),
+            ("metadata.name=a-responsecomplete", true),
+            ("metadata.name!=a-responsecomplete", false),
+            ("metadata.name=a-ResponseComplete", false),
+            ("metadata.name=a-responsecompletes", false),
+            ("metadata.name=b-responsecomplete", false),
         ] {
             assert_eq!(
                 FieldSelector::parse(sel).unwrap().matches(&ev),
@@ -127,8 +161,8 @@ mod tests {
     #[test]
     fn errors() {
         assert_eq!(
-            FieldSelector::parse("metadata.name=x"),
-            Err(Error::UnknownField("metadata.name".into()))
+            FieldSelector::parse("metadata.uid=x"),
+            Err(Error::UnknownField("metadata.uid".into()))
         );
         assert_eq!(
             FieldSelector::parse("responseStatus.reason=x"),

@@ -262,6 +262,16 @@ async fn kubectl_get_works_as_for_a_built_in_resource_with_every_kubectl() {
         let want = 1 + 3 * round + 2;
         assert_eq!(out.lines().count(), want, "{v}: team-a only: {out}");
 
+        // `--chunk-size`: pages of one, followed to the end, print the same rows.
+        let (ok, chunked, err) = k
+            .run(
+                Some(ALICE_TOKEN),
+                &["get", resource, "-n", "team-a", "--chunk-size=1"],
+            )
+            .await;
+        assert!(ok, "{v}: {err}");
+        assert_eq!(chunked, out, "{v}");
+
         // `-o wide`: the wider columns, the event's name among them.
         let (ok, out, err) = k
             .run(
@@ -324,6 +334,16 @@ async fn kubectl_get_works_as_for_a_built_in_resource_with_every_kubectl() {
             out.lines().skip(1).all(|l| l.contains(" delete ")),
             "{v}: {out}"
         );
+
+        // `-o yaml`.
+        let (ok, out, err) = k
+            .run(
+                Some(ALICE_TOKEN),
+                &["get", resource, "-n", "team-a", &del_name, "-o", "yaml"],
+            )
+            .await;
+        assert!(ok, "{v}: {err}");
+        assert!(out.contains(&format!("auditID: {del}")), "{v}: {out}");
 
         // `get NAME`.
         let (ok, out, err) = k
@@ -388,6 +408,29 @@ async fn kubectl_get_works_as_for_a_built_in_resource_with_every_kubectl() {
             "{v}: one new row, no header again: {watched:?}"
         );
         assert!(watched[0].contains(" patch "), "{v}: {watched:?}");
+        child.kill().await.unwrap();
+
+        // `get NAME -w --output-watch-events`: the event, as an ADDED row (the watch
+        // selects it with metadata.name).
+        let mut child = k
+            .command(
+                Some(ALICE_TOKEN),
+                &[
+                    "get",
+                    resource,
+                    "-n",
+                    "team-a",
+                    &del_name,
+                    "-w",
+                    "--output-watch-events",
+                ],
+            )
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let rows = lines_until(&mut lines, "ADDED").await;
+        assert!(rows[0].starts_with("EVENT"), "{v}: {rows:?}");
+        assert!(rows.last().unwrap().contains(" delete "), "{v}: {rows:?}");
         child.kill().await.unwrap();
     }
 }

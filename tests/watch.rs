@@ -179,7 +179,7 @@ async fn unsupported_verbs_and_paths() {
         ),
         (
             Method::GET,
-            format!("{EVENTS}?watch=1&fieldSelector=metadata.name%3Dx"),
+            format!("{EVENTS}?watch=1&fieldSelector=metadata.uid%3Dx"),
             StatusCode::BAD_REQUEST,
             "BadRequest",
         ),
