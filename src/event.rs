@@ -188,7 +188,8 @@ impl Event {
     }
 
     /// What the event may hold in memory (the truncated form counted as if built), for
-    /// the replay window's byte cap.
+    /// the replay window's byte cap. Table cells, built only if a Table client asks, are
+    /// left out: the value must not change between publish and eviction.
     pub fn memory_len(&self) -> usize {
         self.line.len() + self.strings.len() + self.truncation.as_ref().map_or(0, |t| t.len)
     }

@@ -230,7 +230,12 @@ impl WatchBody {
             if p.resource_version <= self.skip_through {
                 continue;
             }
-            let truncated_len = p.event.can_truncate().then(|| self.line_len(&p, true));
+            // A Table row without the object is as long either way: nothing to truncate.
+            let shrinks = self
+                .format
+                .is_none_or(|f| f.include == table::IncludeObject::Object);
+            let truncated_len =
+                (shrinks && p.event.can_truncate()).then(|| self.line_len(&p, true));
             let lagging = self.taken_bytes > self.lag_bytes;
             let truncated = match self.budget.admit(full, truncated_len, lagging, now) {
                 Verdict::Drop => {
