@@ -162,10 +162,10 @@ impl App {
             ("list", true) => watch::list(&app.bus, scope, &query, format),
             ("get", false) => watch::get(&app.bus, scope, resource, &attrs.name, format),
             ("watch", true) => self.watch(attrs, scope, resource, &query, format),
-            _ => Err(ApiError::MethodNotAllowed(format!(
-                "the server does not allow this method on the requested resource (verb {:?}; served: get, list, watch)",
-                attrs.verb
-            ))),
+            // kube-apiserver's answer for a verb its resource does not serve.
+            _ => Err(ApiError::MethodNotAllowed(
+                "the server does not allow this method on the requested resource".into(),
+            )),
         }
     }
 
