@@ -1,6 +1,7 @@
 //! May this user do this: request `Attributes` (as kube-apiserver's `authorizer.Attributes`),
 //! how a request is read into them (`request`), the `Authorizer` trait and its
-//! implementations. Knows nothing of the bus: the router builds the attributes and asks.
+//! implementations. Knows nothing of HTTP types or of the bus: the router builds the
+//! attributes and asks.
 
 mod abac;
 mod request;

@@ -2,15 +2,15 @@
 //! and whether it is a watch, as authorization `Attributes` (the user is filled in by
 //! the router once authenticated).
 
-use http::Method;
-
 use super::Attributes;
 
 /// kube-apiserver's `RequestInfo`, as authorization `Attributes` (user left empty).
-pub fn request_attributes(method: &Method, path: &str, watch: bool) -> Attributes {
+/// `method` is the HTTP method's name (the router passes it; authz stays free of HTTP
+/// types).
+pub fn request_attributes(method: &str, path: &str, watch: bool) -> Attributes {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let non_resource = || Attributes {
-        verb: method.as_str().to_ascii_lowercase(),
+        verb: method.to_ascii_lowercase(),
         path: path.to_owned(),
         ..Default::default()
     };
@@ -28,15 +28,15 @@ pub fn request_attributes(method: &Method, path: &str, watch: bool) -> Attribute
     let resource = parts.first().copied().unwrap_or_default();
     let name = parts.get(1).copied().unwrap_or_default();
     let subresource = parts.get(2).copied().unwrap_or_default();
-    let verb = match *method {
-        Method::GET | Method::HEAD if watch => "watch",
-        Method::GET | Method::HEAD if name.is_empty() => "list",
-        Method::GET | Method::HEAD => "get",
-        Method::POST => "create",
-        Method::PUT => "update",
-        Method::PATCH => "patch",
-        Method::DELETE if name.is_empty() => "deletecollection",
-        Method::DELETE => "delete",
+    let verb = match method {
+        "GET" | "HEAD" if watch => "watch",
+        "GET" | "HEAD" if name.is_empty() => "list",
+        "GET" | "HEAD" => "get",
+        "POST" => "create",
+        "PUT" => "update",
+        "PATCH" => "patch",
+        "DELETE" if name.is_empty() => "deletecollection",
+        "DELETE" => "delete",
         _ => {
             return Attributes {
                 resource_request: true,
@@ -62,8 +62,10 @@ pub fn request_attributes(method: &Method, path: &str, watch: bool) -> Attribute
 mod tests {
     use super::*;
 
+    use http::Method;
+
     fn attrs(method: Method, path: &str, query: Option<&str>) -> Attributes {
-        request_attributes(&method, path, query == Some("watch=1"))
+        request_attributes(method.as_str(), path, query == Some("watch=1"))
     }
 
     #[test]

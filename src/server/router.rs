@@ -41,7 +41,7 @@ impl App {
             return app.ingest.handle(req, peer).await;
         }
         let watch = watch::is_watch(req.uri().query());
-        let mut attrs = authz::request_attributes(req.method(), &path, watch);
+        let mut attrs = authz::request_attributes(req.method().as_str(), &path, watch);
         if !app.always_allow.contains(&path) {
             attrs.user = Arc::new(self.authenticate(&req, peer).await?);
             self.authorize(&attrs).await?;
