@@ -175,6 +175,23 @@ async fn kubectl_prints_our_status_errors() {
         .await;
     assert!(ok);
     assert!(stdout.contains("\"namespacedevents\""));
+    // Discovery tells the truth: `kubectl api-resources -o wide` lists the verbs served.
+    let (ok, stdout, stderr) = k
+        .run(
+            Some(ALICE_TOKEN),
+            &["api-resources", "--api-group=audit.k8s.io", "-o", "wide"],
+        )
+        .await;
+    assert!(ok, "{stderr}");
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    for row in rows {
+        assert!(row.contains(&"get,list,watch"), "{stdout}");
+    }
 }
 
 /// Read a child's output lines until one contains `want`; the lines read.
