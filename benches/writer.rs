@@ -98,6 +98,7 @@ fn write(bencher: Bencher, fixture: &Fixture) {
         ),
         lag_bytes: SUBSCRIBER_QUEUE_BYTES / 2,
         guard: metrics.watch_started("events"),
+        format: None,
     };
     let resp = watch::serve(&bus, &watches, Scope::All, &query, ctx).expect("a watch");
     let mut body = std::pin::pin!(resp.into_body());

@@ -112,6 +112,53 @@ pub struct Expired {
     pub oldest: u64,
 }
 
+/// Which part of the window a LIST reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListRange {
+    /// Only events after this resourceVersion (where the previous page ended; 0: all).
+    pub after: u64,
+    /// Whether `after` must still be followed by everything that came after it: a
+    /// consistent continuation, which fails with `Expired` once the window moved on.
+    pub after_must_be_kept: bool,
+    /// Which state of the window.
+    pub at: At,
+    /// At most this many events (0: no limit).
+    pub limit: usize,
+}
+
+/// The state of the window a LIST reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum At {
+    /// As it is now.
+    #[default]
+    Now,
+    /// As it was when this resourceVersion was the newest: the events up to it.
+    Exact(u64),
+    /// As it is now, which must be at least this resourceVersion, and the window must
+    /// still hold what followed it.
+    NotOlderThan(u64),
+}
+
+/// A LIST that cannot be answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ListError {
+    #[error(transparent)]
+    Expired(#[from] Expired),
+    /// `at` is newer than the newest event.
+    #[error("too large resource version: {requested}, current: {current}")]
+    TooLarge { requested: u64, current: u64 },
+}
+
+/// One page of the window, taken under the bus lock.
+#[derive(Debug)]
+pub struct Page {
+    pub items: Vec<Arc<Published>>,
+    /// The resourceVersion the page is consistent with.
+    pub resource_version: u64,
+    /// More matching events follow the last item (up to `resource_version`).
+    pub more: bool,
+}
+
 /// Counters read by `metrics` when scraped.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -349,6 +396,74 @@ impl Bus {
             dropped: 0,
             start_rv: st.last_rv,
         })
+    }
+
+    /// The events of the window that `filter` selects, within `range`. The lock is held
+    /// for a scan of the window from `range.after` on (a search finds where to start),
+    /// comparing routing fields only; nothing is copied but `Arc`s.
+    pub fn list(&self, filter: &Filter, range: ListRange) -> Result<Page, ListError> {
+        let st = self.lock();
+        let first_kept = st
+            .window
+            .front()
+            .map_or(st.last_rv + 1, |p| p.resource_version);
+        let at = match range.at {
+            At::Now => st.last_rv,
+            At::Exact(n) | At::NotOlderThan(n) if n > st.last_rv => {
+                return Err(ListError::TooLarge {
+                    requested: n,
+                    current: st.last_rv,
+                });
+            }
+            At::Exact(n) | At::NotOlderThan(n) if n + 1 < first_kept => {
+                return Err(Expired {
+                    requested: n,
+                    oldest: first_kept,
+                }
+                .into());
+            }
+            At::Exact(n) => n,
+            At::NotOlderThan(_) => st.last_rv,
+        };
+        if range.after_must_be_kept && range.after + 1 < first_kept {
+            return Err(Expired {
+                requested: range.after,
+                oldest: first_kept,
+            }
+            .into());
+        }
+        let start = st
+            .window
+            .partition_point(|p| p.resource_version <= range.after);
+        let mut page = Page {
+            items: Vec::new(),
+            resource_version: at,
+            more: false,
+        };
+        for p in st.window.range(start..) {
+            if p.resource_version > at {
+                break;
+            }
+            if !filter.matches(&p.event) {
+                continue;
+            }
+            if range.limit > 0 && page.items.len() == range.limit {
+                page.more = true;
+                break;
+            }
+            page.items.push(p.clone());
+        }
+        Ok(page)
+    }
+
+    /// The newest event of the window that `pred` accepts.
+    pub fn find(&self, pred: impl Fn(&Event) -> bool) -> Option<Arc<Published>> {
+        self.lock()
+            .window
+            .iter()
+            .rev()
+            .find(|p| pred(&p.event))
+            .cloned()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -677,6 +792,116 @@ mod tests {
         let mut live = bus.subscribe(scope(Scope::All), Some(7)).unwrap();
         bus.publish(events(&[None]));
         assert_eq!(drain(&mut live), vec![8]);
+    }
+
+    #[test]
+    fn list_pages_and_expires() {
+        let bus = Bus::new(config());
+        bus.publish(events(&[
+            Some("a"),
+            None,
+            Some("a"),
+            None,
+            Some("a"),
+            None,
+            Some("a"),
+        ]));
+        // window_events = 5: rv 3..=7 kept.
+        let all = Filter::scope(Scope::All);
+        let rvs = |p: &Page| {
+            p.items
+                .iter()
+                .map(|p| p.resource_version)
+                .collect::<Vec<_>>()
+        };
+        let page = bus.list(&all, ListRange::default()).unwrap();
+        assert_eq!(
+            (rvs(&page), page.resource_version, page.more),
+            (vec![3, 4, 5, 6, 7], 7, false)
+        );
+        let first = ListRange {
+            limit: 2,
+            ..Default::default()
+        };
+        let page = bus.list(&all, first).unwrap();
+        assert_eq!((rvs(&page), page.more), (vec![3, 4], true));
+        let next = ListRange {
+            after: 4,
+            after_must_be_kept: true,
+            at: At::Exact(7),
+            limit: 2,
+        };
+        assert_eq!(rvs(&bus.list(&all, next).unwrap()), vec![5, 6]);
+        // A snapshot: what came later is left out, however much is asked for.
+        bus.publish(events(&[None]));
+        let at7 = ListRange {
+            after: 6,
+            after_must_be_kept: true,
+            at: At::Exact(7),
+            limit: 0,
+        };
+        let page = bus.list(&all, at7).unwrap();
+        assert_eq!(
+            (rvs(&page), page.resource_version, page.more),
+            (vec![7], 7, false)
+        );
+        // Exactly full: no further page is promised.
+        let ns_a = Filter::scope(Scope::Namespace("a".into()));
+        let page = bus
+            .list(
+                &ns_a,
+                ListRange {
+                    limit: 2,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!((rvs(&page), page.more), (vec![5, 7], false));
+        // rv 4..=8 kept now: a continuation after 2 lost rv 3.
+        let lost = ListRange {
+            after: 2,
+            after_must_be_kept: true,
+            at: At::Now,
+            limit: 2,
+        };
+        assert_eq!(
+            bus.list(&all, lost).err(),
+            Some(ListError::Expired(Expired {
+                requested: 2,
+                oldest: 4
+            }))
+        );
+        let inconsistent = ListRange {
+            after_must_be_kept: false,
+            ..lost
+        };
+        assert_eq!(rvs(&bus.list(&all, inconsistent).unwrap()), vec![4, 5]);
+        let old = ListRange {
+            at: At::NotOlderThan(1),
+            ..Default::default()
+        };
+        assert!(matches!(bus.list(&all, old), Err(ListError::Expired(_))));
+        let new = ListRange {
+            at: At::Exact(9),
+            ..Default::default()
+        };
+        assert_eq!(
+            bus.list(&all, new).err(),
+            Some(ListError::TooLarge {
+                requested: 9,
+                current: 8
+            })
+        );
+        let newer = ListRange {
+            at: At::NotOlderThan(5),
+            ..Default::default()
+        };
+        assert_eq!(bus.list(&all, newer).unwrap().resource_version, 8);
+        let found = bus
+            .find(|e| e.audit_id() == "id-4")
+            .map(|p| p.resource_version);
+        assert_eq!(found, Some(5));
+        assert!(bus.find(|e| e.audit_id() == "id-1").is_none(), "evicted");
     }
 
     #[test]

@@ -213,12 +213,31 @@ pub enum Source {
     },
 }
 
+/// A file named by a flag that cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("reading {}: {source}", path.display())]
+pub struct ReadError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl ReadError {
+    pub fn new(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> ReadError + '_ {
+        move |source| ReadError {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
 impl Source {
-    pub fn read(&self) -> Result<(String, String), String> {
+    /// The text and a name for it in messages.
+    pub fn read(&self) -> Result<(String, String), ReadError> {
         match self {
             Source::File(p) => std::fs::read_to_string(p)
                 .map(|t| (t, p.display().to_string()))
-                .map_err(|e| format!("reading {}: {e}", p.display())),
+                .map_err(ReadError::new(p)),
             Source::Embedded { name, text } => Ok(((*text).to_owned(), (*name).to_owned())),
         }
     }

@@ -16,14 +16,21 @@ pub const EVENTS: &str = "events";
 /// Namespaced resource: the events whose `objectRef.namespace` is the namespace.
 pub const NAMESPACED_EVENTS: &str = "namespacedevents";
 /// Verbs served on both resources.
-pub const VERBS: [&str; 1] = ["watch"];
+pub const VERBS: [&str; 3] = ["get", "list", "watch"];
 
 const JSON: &str = "application/json";
 
-/// The resources we serve: (name, singular, namespaced).
-const RESOURCES: [(&str, &str, bool); 2] = [
-    (EVENTS, "event", false),
-    (NAMESPACED_EVENTS, "namespacedevent", true),
+/// The kind discovery names for `namespacedevents`. Its objects are `Event`s like those of
+/// `events`, but kubectl maps a resource to its kind and the kind back to one resource,
+/// so two resources of one kind in one group version are one resource to kubectl
+/// (`kubectl get events.audit.k8s.io` would list `namespacedevents`). A kind of its own
+/// in discovery keeps them apart.
+pub const NAMESPACED_KIND: &str = "NamespacedEvent";
+
+/// The resources we serve: (name, singular, namespaced, kind in discovery).
+const RESOURCES: [(&str, &str, bool, &str); 2] = [
+    (EVENTS, "event", false, KIND),
+    (NAMESPACED_EVENTS, "namespacedevent", true, NAMESPACED_KIND),
 ];
 
 /// Pre-serialised documents.
@@ -57,11 +64,11 @@ impl Discovery {
             group_version: GROUP_VERSION.to_owned(),
             resources: RESOURCES
                 .iter()
-                .map(|(name, singular, namespaced)| APIResource {
+                .map(|(name, singular, namespaced, kind)| APIResource {
                     name: (*name).to_owned(),
                     singular_name: (*singular).to_owned(),
                     namespaced: *namespaced,
-                    kind: KIND.to_owned(),
+                    kind: (*kind).to_owned(),
                     verbs: VERBS.iter().map(|v| (*v).to_owned()).collect(),
                     ..Default::default()
                 })
@@ -129,18 +136,20 @@ struct Typed<T> {
 fn aggregated_list(version: &str) -> Typed<agg::APIGroupDiscoveryList> {
     let resources = RESOURCES
         .iter()
-        .map(|(name, singular, namespaced)| agg::APIResourceDiscovery {
-            resource: Some((*name).to_owned()),
-            response_kind: Some(agg::GroupVersionKind {
-                group: Some(API_GROUP.to_owned()),
-                version: Some(API_VERSION.to_owned()),
-                kind: Some(KIND.to_owned()),
-            }),
-            scope: Some(if *namespaced { "Namespaced" } else { "Cluster" }.to_owned()),
-            singular_resource: Some((*singular).to_owned()),
-            verbs: VERBS.iter().map(|v| (*v).to_owned()).collect(),
-            ..Default::default()
-        })
+        .map(
+            |(name, singular, namespaced, kind)| agg::APIResourceDiscovery {
+                resource: Some((*name).to_owned()),
+                response_kind: Some(agg::GroupVersionKind {
+                    group: Some(API_GROUP.to_owned()),
+                    version: Some(API_VERSION.to_owned()),
+                    kind: Some((*kind).to_owned()),
+                }),
+                scope: Some(if *namespaced { "Namespaced" } else { "Cluster" }.to_owned()),
+                singular_resource: Some((*singular).to_owned()),
+                verbs: VERBS.iter().map(|v| (*v).to_owned()).collect(),
+                ..Default::default()
+            },
+        )
         .collect();
     Typed {
         api_version: format!("apidiscovery.k8s.io/{version}"),
@@ -227,7 +236,10 @@ mod tests {
         assert_eq!(res["resources"][0]["namespaced"], false);
         assert_eq!(res["resources"][1]["name"], "namespacedevents");
         assert_eq!(res["resources"][1]["namespaced"], true);
-        assert_eq!(res["resources"][1]["verbs"], serde_json::json!(["watch"]));
+        assert_eq!(
+            res["resources"][1]["verbs"],
+            serde_json::json!(["get", "list", "watch"])
+        );
         assert!(d.document("/apis/other", None).is_none());
     }
 

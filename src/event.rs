@@ -43,6 +43,12 @@ const ACCEPTED_LIST_VERSIONS: [&str; 2] = ["audit.k8s.io/v1", "audit.k8s.io/v1be
 /// Fields the truncated form leaves out (k8s.io/apiserver/plugin/pkg/audit/truncate).
 const BODY_FIELDS: [&str; 2] = ["requestObject", "responseObject"];
 const HEAD_PREFIX: &[u8] = br#"{"type":"ADDED","object":{"kind":"Event","apiVersion":"audit.k8s.io/v1alpha1","metadata":{"name":"#;
+/// Where the event object starts in the line: after `{"type":"ADDED","object":`.
+const OBJECT_START: usize = 25;
+/// Where the `metadata` object starts in the line: before `"name":`.
+const META_START: usize = HEAD_PREFIX.len() - 8;
+/// What follows the event object on its line: the watch event's `}` and the newline.
+const LINE_END: usize = 2;
 
 /// Why a pushed body was refused. Nothing of a refused body reaches the bus.
 #[derive(Debug, thiserror::Error)]
@@ -88,8 +94,14 @@ pub struct Event {
     /// The whole line, resourceVersion left out: `line[..head_len]` comes before it.
     line: Bytes,
     head_len: usize,
+    /// End of the `metadata` object in the line (same in both forms: the truncated form
+    /// cuts only after it).
+    meta_end: usize,
     /// `None` when the event has no request/response objects to drop.
     truncation: Option<Box<Truncation>>,
+    /// The event's Table cells, built on first need (a Table watch or LIST) and then
+    /// shared, as the truncated form is.
+    cells: OnceLock<Box<[u8]>>,
 }
 
 /// How to make the truncated line from the full one, and the line once made.
@@ -145,6 +157,24 @@ impl Event {
         line.split_at(self.head_len)
     }
 
+    /// The event object alone (as a LIST or GET returns it) before and after the
+    /// resourceVersion digits: the line without the watch event around it.
+    pub fn object_parts(&self, truncated: bool) -> (&[u8], &[u8]) {
+        let (head, tail) = self.parts(truncated);
+        (&head[OBJECT_START..], &tail[..tail.len() - LINE_END])
+    }
+
+    /// The event's `metadata` object before and after the resourceVersion digits.
+    pub fn metadata_parts(&self) -> (&[u8], &[u8]) {
+        let (head, tail) = self.parts(false);
+        (&head[META_START..], &tail[..self.meta_end - self.head_len])
+    }
+
+    /// The Table cells of this event, built by `build` the first time they are asked for.
+    pub fn cells(&self, build: impl FnOnce(&Event) -> Vec<u8>) -> &[u8] {
+        self.cells.get_or_init(|| build(self).into_boxed_slice())
+    }
+
     /// Whether a truncated form smaller than the full one exists.
     pub fn can_truncate(&self) -> bool {
         self.truncation.is_some()
@@ -160,7 +190,8 @@ impl Event {
     }
 
     /// What the event may hold in memory (the truncated form counted as if built), for
-    /// the replay window's byte cap.
+    /// the replay window's byte cap. Table cells, built only if a Table client asks, are
+    /// left out: the value must not change between publish and eviction.
     pub fn memory_len(&self) -> usize {
         self.line.len() + self.strings.len() + self.truncation.as_ref().map_or(0, |t| t.len)
     }
@@ -611,6 +642,7 @@ fn decode_event<'a>(
     out.extend_from_slice(br#"","creationTimestamp":"#);
     write_seconds(out, &timestamp);
     out.push(b'}');
+    let meta_end = out.len();
     let mut cut = [0..0, 0..0];
     let mut cuts = 0;
     for (member, value) in members {
@@ -709,7 +741,9 @@ fn decode_event<'a>(
         // allocation for as long as the event lives in the window.
         line: Bytes::copy_from_slice(out),
         head_len,
+        meta_end,
         truncation,
+        cells: OnceLock::new(),
     })
 }
 
@@ -854,6 +888,31 @@ mod tests {
     }
 
     const EV: &str = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"RequestResponse","auditID":"a-1","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/team-a/configmaps/x","verb":"delete","user":{"username":"bob","groups":["g"]},"objectRef":{"resource":"configmaps","namespace":"team-a","name":"x","apiVersion":"v1"},"responseStatus":{"metadata":{},"code":200},"requestObject":{"kind":"DeleteOptions"},"responseObject":{"kind":"Status"},"requestReceivedTimestamp":"2026-01-01T10:00:00.123456Z","stageTimestamp":"2026-01-01T10:00:01.654321Z","annotations":{"authorization.k8s.io/decision":"allow"}}"#;
+
+    /// The object and its metadata are cut out of the line without re-encoding.
+    #[test]
+    fn object_and_metadata_are_slices_of_the_line() {
+        let ev = one(EV, "apiserver-1");
+        let glue = |(head, tail): (&[u8], &[u8])| {
+            let mut b = head.to_vec();
+            b.extend_from_slice(b"42");
+            b.extend_from_slice(tail);
+            serde_json::from_slice::<serde_json::Value>(&b).expect("valid JSON")
+        };
+        for truncated in [false, true] {
+            assert_eq!(
+                glue(ev.object_parts(truncated)),
+                line(&ev, 42, truncated)["object"]
+            );
+        }
+        assert_eq!(
+            glue(ev.metadata_parts()),
+            line(&ev, 42, false)["object"]["metadata"]
+        );
+        let cells = ev.cells(|e| e.audit_id().as_bytes().to_vec());
+        assert_eq!(cells, b"a-1");
+        assert_eq!(ev.cells(|_| unreachable!("built once")), b"a-1");
+    }
 
     #[test]
     fn keeps_every_field_and_adds_metadata() {

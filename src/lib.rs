@@ -5,22 +5,27 @@
 //! Data flows one way: `ingest` → `bus` → `watch`, never back.
 //!
 //! * [`config`]: flags, their validation into `Settings`, the `--dev` preset.
-//! * [`server`]: `App` (the shared handles), `run(app, listener, shutdown)`: accept loop,
-//!   TLS, routing, authentication and authorization of every request, graceful shutdown.
+//! * [`server`]: wiring (`App`, the shared handles, and typed start-up errors), routing
+//!   (authentication and authorization of every request, then the handler for its path
+//!   and verb), and the accept loop (`run(app, listener, shutdown)`: TLS, HTTP/1.1 and
+//!   HTTP/2, graceful shutdown), a file each.
 //! * [`stall`]: cuts off connections whose peer stopped reading.
 //! * [`coalesce`]: gathers a connection's small writes into one TLS write per flush.
 //! * [`tls`]: rustls configuration, serving-certificate reload, client-certificate checks.
 //! * [`authn`]: who is asking (`UserInfo`, the authenticator chain, static tokens), and
 //!   who may push (`authn::pusher`).
-//! * [`authz`]: may they (`Attributes`, `Authorizer`, ABAC, always-allow paths).
+//! * [`authz`]: may they (`Attributes` and how a request is read into them, `Authorizer`,
+//!   ABAC, always-allow paths).
 //! * [`ingest`]: `POST /ingest`, the audit webhook push.
 //! * [`event`]: decoding an `EventList` in one pass and serialising each event once.
 //! * [`bus`]: resourceVersions, the replay window, fan-out indexed by scope to bounded
 //!   per-subscriber queues.
 //! * [`selector`]: `fieldSelector` parsing and matching, applied by the bus.
-//! * [`watch`]: the WATCH endpoints: query, the streaming body that batches ready
-//!   events into frames, and the registry of open watches (slots, the sweeper that ends
-//!   watches whose client stopped reading, shutdown).
+//! * [`watch`]: the read endpoints: the query and its validation, WATCH and WatchList,
+//!   LIST (pages of the window) and GET, the streaming body that batches ready events into
+//!   frames, and the registry of open watches (slots, the sweeper that ends watches whose
+//!   client stopped reading, shutdown).
+//! * [`table`]: server-side printing, the `meta.k8s.io` Table kubectl asks for.
 //! * [`budget`]: each watcher's byte budget: send whole, truncated, or drop.
 //! * [`discovery`]: `/apis` documents, legacy and aggregated.
 //! * [`status`]: `ApiError` → `meta.k8s.io/v1` `Status`.
@@ -42,5 +47,6 @@ pub mod selector;
 pub mod server;
 pub mod stall;
 pub mod status;
+pub mod table;
 pub mod tls;
 pub mod watch;

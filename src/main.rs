@@ -102,7 +102,9 @@ kube-audit-stream --dev is serving on {server} (self-signed certificate; example
   Push the sample audit events, as a kube-apiserver webhook would:
     python3 hack/push-events.py --server {server} deploy/dev/sample-events.jsonl
 
-  Watch namespace team-a as alice (may watch team-a only):
+  Watch namespace team-a as alice (may read team-a only), as rows or as the raw stream:
+    kubectl --server {server} --insecure-skip-tls-verify --token alice-dev-token \\
+      get namespacedevents.audit.k8s.io -n team-a -w
     kubectl --server {server} --insecure-skip-tls-verify --token alice-dev-token \\
       get --raw '/apis/audit.k8s.io/v1alpha1/namespaces/team-a/namespacedevents?watch=1'
 

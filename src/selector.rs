@@ -1,19 +1,30 @@
 //! `fieldSelector` for audit events: `field=value`, `field==value`, `field!=value`, joined
-//! by commas (AND), on the fields the contract names. An unknown field is an error, as
+//! by commas (AND), on the fields the contract names and `metadata.name`. An unknown field is an error, as
 //! kube-apiserver answers for a field its resource does not index. The bus applies a
 //! watcher's selector before its queue, so unwanted events cost the watcher nothing.
 
 use crate::event::{Event, Field};
 
 /// Field labels a selector may name, and the event field each reads.
-pub const FIELDS: [(&str, Field); 6] = [
+/// `metadata.namespace` is there because kube-apiserver offers it on every namespaced
+/// resource; for an audit event it is `objectRef.namespace`.
+pub const FIELDS: [(&str, Field); 10] = [
     ("user.username", Field::Username),
     ("verb", Field::Verb),
     ("objectRef.resource", Field::Resource),
     ("objectRef.name", Field::Name),
+    ("objectRef.apiGroup", Field::ApiGroup),
+    ("objectRef.namespace", Field::Namespace),
+    ("metadata.namespace", Field::Namespace),
+    ("responseStatus.code", Field::Code),
     ("stage", Field::Stage),
     ("level", Field::Level),
 ];
+
+/// `metadata.name`, which kube-apiserver offers on every resource (`kubectl get NAME -w`
+/// watches with it). Not a stored field: `<auditID>-<stage in lower case>`, compared
+/// without building it.
+pub const NAME_LABEL: &str = "metadata.name";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -23,11 +34,30 @@ pub enum Error {
     UnknownField(String),
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Subject {
+    Field(Field),
+    /// `metadata.name`.
+    Name,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Requirement {
-    field: Field,
+    subject: Subject,
     value: Box<str>,
     equal: bool,
+}
+
+/// Whether `name` is the event's `metadata.name`.
+fn is_name_of(ev: &Event, name: &str) -> bool {
+    let (id, stage) = (ev.audit_id(), ev.get(Field::Stage));
+    name.len() == id.len() + 1 + stage.len()
+        && name.starts_with(id)
+        && name.as_bytes()[id.len()] == b'-'
+        && name.as_bytes()[id.len() + 1..]
+            .iter()
+            .zip(stage.bytes())
+            .all(|(n, s)| *n == s.to_ascii_lowercase())
 }
 
 /// A parsed selector; the empty selector matches everything.
@@ -50,12 +80,13 @@ impl FieldSelector {
                 return Err(Error::Syntax(term.to_owned()));
             };
             let label = label.trim();
-            let (_, field) = FIELDS
-                .iter()
-                .find(|(l, _)| *l == label)
-                .ok_or_else(|| Error::UnknownField(label.to_owned()))?;
+            let subject = match FIELDS.iter().find(|(l, _)| *l == label) {
+                Some((_, field)) => Subject::Field(*field),
+                None if label == NAME_LABEL => Subject::Name,
+                None => return Err(Error::UnknownField(label.to_owned())),
+            };
             requirements.push(Requirement {
-                field: *field,
+                subject,
                 value: value.trim().into(),
                 equal,
             });
@@ -68,9 +99,13 @@ impl FieldSelector {
     }
 
     pub fn matches(&self, ev: &Event) -> bool {
-        self.requirements
-            .iter()
-            .all(|r| (ev.get(r.field) == &*r.value) == r.equal)
+        self.requirements.iter().all(|r| {
+            let matched = match r.subject {
+                Subject::Field(field) => ev.get(field) == &*r.value,
+                Subject::Name => is_name_of(ev, &r.value),
+            };
+            matched == r.equal
+        })
     }
 }
 
@@ -80,7 +115,7 @@ mod tests {
     use crate::event::decode_event_list;
 
     fn event() -> Event {
-        let body = r#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{"level":"Metadata","auditID":"a","stage":"ResponseComplete","verb":"delete","user":{"username":"bob"},"objectRef":{"resource":"configmaps","name":"cm","namespace":"ns"}}]}"#;
+        let body = r#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{"level":"Metadata","auditID":"a","stage":"ResponseComplete","verb":"delete","user":{"username":"bob"},"objectRef":{"resource":"deployments","name":"cm","namespace":"ns","apiGroup":"apps"},"responseStatus":{"code":404}}]}"#;
         decode_event_list(body.as_bytes(), "", "2026-01-01T00:00:00Z")
             .unwrap()
             .remove(0)
@@ -94,13 +129,26 @@ mod tests {
             ("verb=delete", true),
             ("verb==delete", true),
             ("verb!=delete", false),
-            ("user.username=bob,objectRef.resource=configmaps", true),
+            ("user.username=bob,objectRef.resource=deployments", true),
             ("user.username=bob,objectRef.resource=secrets", false),
+            ("objectRef.apiGroup=apps", true),
+            ("objectRef.apiGroup=", false),
+            ("objectRef.namespace=ns", true),
+            ("metadata.namespace=ns,objectRef.namespace!=other", true),
+            ("objectRef.namespace=", false),
+            ("responseStatus.code=404", true),
+            ("responseStatus.code!=200", true),
+            ("responseStatus.code=200", false),
             (
                 "objectRef.name=cm, stage=ResponseComplete , level=Metadata",
                 true,
             ),
             ("level!=RequestResponse", true),
+            ("metadata.name=a-responsecomplete", true),
+            ("metadata.name!=a-responsecomplete", false),
+            ("metadata.name=a-ResponseComplete", false),
+            ("metadata.name=a-responsecompletes", false),
+            ("metadata.name=b-responsecomplete", false),
         ] {
             assert_eq!(
                 FieldSelector::parse(sel).unwrap().matches(&ev),
@@ -113,8 +161,12 @@ mod tests {
     #[test]
     fn errors() {
         assert_eq!(
-            FieldSelector::parse("metadata.name=x"),
-            Err(Error::UnknownField("metadata.name".into()))
+            FieldSelector::parse("metadata.uid=x"),
+            Err(Error::UnknownField("metadata.uid".into()))
+        );
+        assert_eq!(
+            FieldSelector::parse("responseStatus.reason=x"),
+            Err(Error::UnknownField("responseStatus.reason".into()))
         );
         assert_eq!(
             FieldSelector::parse("verb"),

@@ -4,7 +4,9 @@
 
 use bytes::Bytes;
 use http::StatusCode;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ListMeta, Status, StatusDetails};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    ListMeta, Status, StatusCause, StatusDetails,
+};
 
 use crate::authz::Attributes;
 
@@ -21,12 +23,37 @@ pub enum ApiError {
     ForbiddenPlain(String),
     #[error("{0}")]
     NotFound(String),
+    /// A named object that is not there (any more), in kube-apiserver's words.
+    #[error("{resource}.{group} {} not found", go_quote(.name))]
+    ObjectNotFound {
+        group: &'static str,
+        resource: &'static str,
+        name: String,
+    },
     #[error("{0}")]
     MethodNotAllowed(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("too old resource version: {requested} ({oldest})")]
     Expired { requested: u64, oldest: u64 },
+    /// A LIST at a resourceVersion the window no longer holds.
+    #[error("The resourceVersion for the provided list is too old.")]
+    ListExpired,
+    /// A continue token whose next page has left the window. Carries the token that
+    /// continues from the same place without the consistency promise, as kube-apiserver
+    /// hands back.
+    #[error(
+        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list."
+    )]
+    ContinueExpired { inconsistent_continue: String },
+    /// A resourceVersion newer than any event yet.
+    #[error("Timeout: Too large resource version: {requested}, current: {current}")]
+    TooLargeResourceVersion { requested: u64, current: u64 },
+    /// Request options that fail validation (`kind` names what was invalid).
+    #[error("{kind}.meta.k8s.io \"\" is invalid: {message}")]
+    Invalid { kind: &'static str, message: String },
+    #[error("{0}")]
+    NotAcceptable(String),
     #[error("the request is too large: limit is {limit} bytes")]
     RequestEntityTooLarge { limit: u64 },
     #[error("{0}")]
@@ -43,10 +70,17 @@ impl ApiError {
             ApiError::Forbidden(..) | ApiError::ForbiddenPlain(_) => {
                 (StatusCode::FORBIDDEN, "Forbidden")
             }
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
+            ApiError::NotFound(_) | ApiError::ObjectNotFound { .. } => {
+                (StatusCode::NOT_FOUND, "NotFound")
+            }
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
-            ApiError::Expired { .. } => (StatusCode::GONE, "Expired"),
+            ApiError::Expired { .. } | ApiError::ListExpired | ApiError::ContinueExpired { .. } => {
+                (StatusCode::GONE, "Expired")
+            }
+            ApiError::TooLargeResourceVersion { .. } => (StatusCode::GATEWAY_TIMEOUT, "Timeout"),
+            ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
+            ApiError::NotAcceptable(_) => (StatusCode::NOT_ACCEPTABLE, "NotAcceptable"),
             ApiError::RequestEntityTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge")
             }
@@ -64,13 +98,46 @@ impl ApiError {
                 name: (!attrs.name.is_empty()).then(|| attrs.name.clone()),
                 ..Default::default()
             }),
+            ApiError::ObjectNotFound {
+                group,
+                resource,
+                name,
+            } => Some(StatusDetails {
+                group: Some((*group).to_owned()),
+                kind: Some((*resource).to_owned()),
+                name: Some(name.clone()),
+                ..Default::default()
+            }),
+            ApiError::TooLargeResourceVersion { .. } => Some(StatusDetails {
+                causes: Some(vec![StatusCause {
+                    reason: Some("ResourceVersionTooLarge".to_owned()),
+                    message: Some("Too large resource version".to_owned()),
+                    field: None,
+                }]),
+                retry_after_seconds: Some(1),
+                ..Default::default()
+            }),
+            ApiError::Invalid { kind, .. } => Some(StatusDetails {
+                group: Some("meta.k8s.io".to_owned()),
+                kind: Some((*kind).to_owned()),
+                ..Default::default()
+            }),
             _ => None,
+        };
+        let metadata = match self {
+            ApiError::ContinueExpired {
+                inconsistent_continue,
+            } => ListMeta {
+                continue_: Some(inconsistent_continue.clone()),
+                ..Default::default()
+            },
+            _ => ListMeta::default(),
         };
         Status {
             code: Some(i32::from(code.as_u16())),
             details,
             message: Some(self.to_string()),
-            metadata: ListMeta::default(),
+            metadata,
             reason: Some(reason.to_owned()),
             status: Some("Failure".to_owned()),
         }
@@ -88,6 +155,41 @@ impl ApiError {
         let mut out = serde_json::to_vec(&line).unwrap_or_default();
         out.push(b'\n');
         Bytes::from(out)
+    }
+}
+
+impl From<crate::bus::Expired> for ApiError {
+    fn from(e: crate::bus::Expired) -> Self {
+        ApiError::Expired {
+            requested: e.requested,
+            oldest: e.oldest,
+        }
+    }
+}
+
+impl From<crate::selector::Error> for ApiError {
+    fn from(e: crate::selector::Error) -> Self {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
+impl From<crate::watch::registry::Full> for ApiError {
+    fn from(e: crate::watch::registry::Full) -> Self {
+        ApiError::TooManyRequests(e.to_string())
+    }
+}
+
+/// Bad credentials: a plain 401, as kube-apiserver gives no reason.
+impl From<crate::authn::Error> for ApiError {
+    fn from(_: crate::authn::Error) -> Self {
+        ApiError::Unauthorized
+    }
+}
+
+/// An authorizer that cannot answer: the request fails closed, as a 500.
+impl From<crate::authz::Error> for ApiError {
+    fn from(e: crate::authz::Error) -> Self {
+        ApiError::Internal(format!("authorization failed: {e}"))
     }
 }
 
@@ -131,7 +233,7 @@ fn forbidden_message(a: &Attributes, reason: &str) -> String {
 
 /// Go's `%q` for the strings we print: a JSON string literal is the same for every
 /// printable input and escapes quotes and control characters the same way.
-fn go_quote(s: &str) -> String {
+pub(crate) fn go_quote(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"))
 }
 
@@ -199,6 +301,78 @@ mod tests {
         a.user = UserInfo::new("ev\"il", &[]).into();
         let msg = ApiError::Forbidden(Box::new(a), String::new()).to_string();
         assert!(msg.contains(r#"User "ev\"il" cannot"#), "{msg}");
+    }
+
+    #[test]
+    fn list_errors_match_kube_apiserver() {
+        let v: serde_json::Value = serde_json::from_slice(
+            &ApiError::ObjectNotFound {
+                group: "audit.k8s.io",
+                resource: "namespacedevents",
+                name: "a-1-responsecomplete".into(),
+            }
+            .to_json(),
+        )
+        .unwrap();
+        assert_eq!(
+            v["message"],
+            r#"namespacedevents.audit.k8s.io "a-1-responsecomplete" not found"#
+        );
+        assert_eq!(
+            (v["code"].as_u64(), v["reason"].as_str()),
+            (Some(404), Some("NotFound"))
+        );
+        assert_eq!(
+            v["details"],
+            serde_json::json!({"name": "a-1-responsecomplete", "group": "audit.k8s.io", "kind": "namespacedevents"})
+        );
+        let v: serde_json::Value = serde_json::from_slice(
+            &ApiError::ContinueExpired {
+                inconsistent_continue: "next".into(),
+            }
+            .to_json(),
+        )
+        .unwrap();
+        assert_eq!(
+            (v["code"].as_u64(), v["reason"].as_str()),
+            (Some(410), Some("Expired"))
+        );
+        assert_eq!(v["metadata"]["continue"], "next");
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("The provided continue parameter is too old")
+        );
+        let v: serde_json::Value = serde_json::from_slice(
+            &ApiError::TooLargeResourceVersion {
+                requested: 9,
+                current: 3,
+            }
+            .to_json(),
+        )
+        .unwrap();
+        assert_eq!(
+            (v["code"].as_u64(), v["reason"].as_str()),
+            (Some(504), Some("Timeout"))
+        );
+        assert_eq!(
+            v["message"],
+            "Timeout: Too large resource version: 9, current: 3"
+        );
+        assert_eq!(
+            v["details"]["causes"][0]["reason"],
+            "ResourceVersionTooLarge"
+        );
+        let e = ApiError::Invalid {
+            kind: "ListOptions",
+            message: "resourceVersionMatch: Forbidden: x".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            r#"ListOptions.meta.k8s.io "" is invalid: resourceVersionMatch: Forbidden: x"#
+        );
+        assert_eq!(e.code_reason().0, StatusCode::UNPROCESSABLE_ENTITY);
     }
 
     #[test]

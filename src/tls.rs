@@ -38,6 +38,27 @@ pub enum Error {
     Rustls(#[from] rustls::Error),
 }
 
+/// A client CA bundle that does not load.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error(transparent)]
+    Read(#[from] crate::config::ReadError),
+    #[error("{origin}: {source}")]
+    Pem {
+        origin: String,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{origin}: {source}")]
+    Anchor {
+        origin: String,
+        #[source]
+        source: webpki::Error,
+    },
+    #[error("{origin}: no CA certificate found")]
+    Empty { origin: String },
+}
+
 fn file_err(path: &Path, reason: impl ToString) -> Error {
     Error::File {
         path: path.display().to_string(),
@@ -298,23 +319,31 @@ pub struct CertIdentity {
 }
 
 impl ClientCa {
-    pub fn from_pem(pem: &[u8], origin: &str) -> Result<Self, String> {
+    pub fn from_pem(pem: &[u8], origin: &str) -> Result<Self, CaError> {
         let certs = CertificateDer::pem_slice_iter(pem)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("{origin}: {e}"))?;
+            .map_err(|source| CaError::Pem {
+                origin: origin.to_owned(),
+                source,
+            })?;
         let anchors = certs
             .iter()
             .map(|c| webpki::anchor_from_trusted_cert(c).map(|a| a.to_owned()))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("{origin}: {e}"))?;
+            .map_err(|source| CaError::Anchor {
+                origin: origin.to_owned(),
+                source,
+            })?;
         if anchors.is_empty() {
-            return Err(format!("{origin}: no CA certificate found"));
+            return Err(CaError::Empty {
+                origin: origin.to_owned(),
+            });
         }
         Ok(ClientCa { anchors })
     }
 
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let pem = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<Self, CaError> {
+        let pem = std::fs::read(path).map_err(crate::config::ReadError::new(path))?;
         Self::from_pem(&pem, &path.display().to_string())
     }
 

@@ -35,7 +35,9 @@ async fn discovery_documents() {
         names,
         [
             ("events", false, "Event"),
-            ("namespacedevents", true, "Event")
+            // A kind of its own in discovery, so that kubectl's resource -> kind ->
+            // resource mapping does not turn `events` into `namespacedevents`.
+            ("namespacedevents", true, "NamespacedEvent")
         ]
     );
     assert!(

@@ -1,11 +1,15 @@
 //! The real kubectl against the server, with a temporary HOME and kubeconfig (never the
 //! user's ~/.kube): `get --raw` watches as alice, Status errors as kubectl prints them,
-//! across every kubectl version installed beside the default one.
+//! and `kubectl get` as with a built-in resource (rows from server-side Tables, `-w`,
+//! `-o wide`, `-o json`, `--field-selector`, `get NAME`, Forbidden), across every
+//! kubectl version installed beside the default one.
 
 mod support;
 
 use std::path::PathBuf;
 use std::process::Stdio;
+
+use tokio::io::AsyncBufReadExt;
 
 use support::fixtures::{event, event_list};
 use support::server::{ALICE_TOKEN, PUSH_TOKEN, TestServer};
@@ -171,4 +175,279 @@ async fn kubectl_prints_our_status_errors() {
         .await;
     assert!(ok);
     assert!(stdout.contains("\"namespacedevents\""));
+    // Discovery tells the truth: `kubectl api-resources -o wide` lists the verbs served.
+    let (ok, stdout, stderr) = k
+        .run(
+            Some(ALICE_TOKEN),
+            &["api-resources", "--api-group=audit.k8s.io", "-o", "wide"],
+        )
+        .await;
+    assert!(ok, "{stderr}");
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    for row in rows {
+        assert!(row.contains(&"get,list,watch"), "{stdout}");
+    }
+}
+
+/// Read a child's output lines until one contains `want`; the lines read.
+async fn lines_until(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    want: &str,
+) -> Vec<String> {
+    let mut seen = vec![];
+    loop {
+        let line = tokio::time::timeout(support::DEADLINE, lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("no line with {want:?} within the deadline: {seen:?}"))
+            .expect("reading kubectl's output")
+            .unwrap_or_else(|| panic!("kubectl ended before printing {want:?}: {seen:?}"));
+        let done = line.contains(want);
+        seen.push(line);
+        if done {
+            return seen;
+        }
+    }
+}
+
+#[tokio::test]
+async fn kubectl_get_works_as_for_a_built_in_resource_with_every_kubectl() {
+    let srv = TestServer::start(&[]).await;
+    let pusher = srv.client(Some(PUSH_TOKEN));
+    let resource = "namespacedevents.audit.k8s.io";
+    for (round, bin) in kubectls().into_iter().enumerate() {
+        let v = bin.display().to_string();
+        let k = Kubectl::new(bin, &srv);
+        let (get, del, other) = (
+            format!("get-{round}"),
+            format!("del-{round}"),
+            format!("b-{round}"),
+        );
+        let items = [
+            event(&get, Some("team-a"), "get"),
+            event(&del, Some("team-a"), "delete"),
+            event(&other, Some("team-b"), "get"),
+        ];
+        let (code, _) = pusher.push("", event_list("audit.k8s.io/v1", &items)).await;
+        assert_eq!(code, 200);
+        let get_name = format!("{get}-responsecomplete");
+        let del_name = format!("{del}-responsecomplete");
+
+        // `get`: a header and rows, from the server's Table.
+        let (ok, out, err) = k
+            .run(Some(ALICE_TOKEN), &["get", resource, "-n", "team-a"])
+            .await;
+        assert!(ok, "{v}: {err}");
+        let mut rows = out.lines();
+        let header: Vec<&str> = rows.next().unwrap_or_default().split_whitespace().collect();
+        assert_eq!(
+            header,
+            [
+                "TIME",
+                "SOURCE",
+                "USER",
+                "VERB",
+                "RESOURCE",
+                "NAMESPACE",
+                "NAME",
+                "CODE",
+                "STAGE"
+            ],
+            "{v}: {out}"
+        );
+        let row: Vec<&str> = rows.next().unwrap_or_default().split_whitespace().collect();
+        assert_eq!(
+            row,
+            [
+                "2026-01-01T10:00:00.100000Z",
+                "apiserver-1",
+                "bob",
+                "get",
+                "configmaps",
+                "team-a",
+                "cm",
+                "200",
+                "ResponseComplete"
+            ],
+            "{v}: {out}"
+        );
+        // Each earlier round left two team-a events and one from its `-w`.
+        let want = 1 + 3 * round + 2;
+        assert_eq!(out.lines().count(), want, "{v}: team-a only: {out}");
+
+        // `--chunk-size`: pages of one, followed to the end, print the same rows.
+        let (ok, chunked, err) = k
+            .run(
+                Some(ALICE_TOKEN),
+                &["get", resource, "-n", "team-a", "--chunk-size=1"],
+            )
+            .await;
+        assert!(ok, "{v}: {err}");
+        assert_eq!(chunked, out, "{v}");
+
+        // `-o wide`: the wider columns, the event's name among them.
+        let (ok, out, err) = k
+            .run(
+                Some(ALICE_TOKEN),
+                &["get", resource, "-n", "team-a", "-o", "wide"],
+            )
+            .await;
+        assert!(ok, "{v}: {err}");
+        assert!(
+            out.lines().next().unwrap_or_default().contains("LATENCY"),
+            "{v}: {out}"
+        );
+        assert!(
+            out.contains(&get_name) && out.contains("100ms"),
+            "{v}: {out}"
+        );
+
+        // `-o json`: the events themselves.
+        let (ok, out, err) = k
+            .run(
+                Some(ALICE_TOKEN),
+                &["get", resource, "-n", "team-a", "-o", "json"],
+            )
+            .await;
+        assert!(ok, "{v}: {err}");
+        let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let ids: Vec<&str> = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["auditID"].as_str().unwrap())
+            .collect();
+        assert!(
+            ids.contains(&get.as_str()) && !ids.contains(&other.as_str()),
+            "{v}: {ids:?}"
+        );
+
+        // `--field-selector verb=delete`.
+        let (ok, out, err) = k
+            .run(
+                Some(ALICE_TOKEN),
+                &[
+                    "get",
+                    resource,
+                    "-n",
+                    "team-a",
+                    "--field-selector",
+                    "verb=delete",
+                    "-o",
+                    "wide",
+                ],
+            )
+            .await;
+        assert!(ok, "{v}: {err}");
+        assert!(
+            out.contains(&del_name) && !out.contains(&get_name),
+            "{v}: {out}"
+        );
+        assert!(
+            out.lines().skip(1).all(|l| l.contains(" delete ")),
+            "{v}: {out}"
+        );
+
+        // `-o yaml`.
+        let (ok, out, err) = k
+            .run(
+                Some(ALICE_TOKEN),
+                &["get", resource, "-n", "team-a", &del_name, "-o", "yaml"],
+            )
+            .await;
+        assert!(ok, "{v}: {err}");
+        assert!(out.contains(&format!("auditID: {del}")), "{v}: {out}");
+
+        // `get NAME`.
+        let (ok, out, err) = k
+            .run(
+                Some(ALICE_TOKEN),
+                &["get", resource, "-n", "team-a", &del_name, "-o", "wide"],
+            )
+            .await;
+        assert!(ok, "{v}: {err}");
+        assert_eq!(out.lines().count(), 2, "{v}: {out}");
+        assert!(out.contains(&del_name), "{v}: {out}");
+
+        // A namespace alice may not read: kubectl's usual Forbidden line.
+        let (ok, _, err) = k
+            .run(Some(ALICE_TOKEN), &["get", resource, "-n", "team-b"])
+            .await;
+        assert!(!ok);
+        assert!(
+            err.contains(r#"Error from server (Forbidden): namespacedevents.audit.k8s.io is forbidden: User "alice" cannot list resource "namespacedevents" in API group "audit.k8s.io" in the namespace "team-b""#),
+            "{v}: {err}"
+        );
+
+        // `get -w`: the rows there are, then a new row for each event pushed.
+        let mut child = k
+            .command(
+                Some(ALICE_TOKEN),
+                &[
+                    "get",
+                    resource,
+                    "-n",
+                    "team-a",
+                    "-w",
+                    "-o",
+                    "wide",
+                    "--request-timeout=60s",
+                ],
+            )
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let listed = lines_until(&mut lines, &del_name).await;
+        assert!(listed[0].contains("TIME"), "{v}: {listed:?}");
+        let live = format!("live-{round}");
+        let live_name = format!("{live}-responsecomplete");
+        let (code, _) = pusher
+            .push(
+                "",
+                event_list(
+                    "audit.k8s.io/v1",
+                    &[
+                        event(&format!("x-{round}"), Some("team-b"), "get"),
+                        event(&live, Some("team-a"), "patch"),
+                    ],
+                ),
+            )
+            .await;
+        assert_eq!(code, 200);
+        let watched = lines_until(&mut lines, &live_name).await;
+        assert_eq!(
+            watched.len(),
+            1,
+            "{v}: one new row, no header again: {watched:?}"
+        );
+        assert!(watched[0].contains(" patch "), "{v}: {watched:?}");
+        child.kill().await.unwrap();
+
+        // `get NAME -w --output-watch-events`: the event, as an ADDED row (the watch
+        // selects it with metadata.name).
+        let mut child = k
+            .command(
+                Some(ALICE_TOKEN),
+                &[
+                    "get",
+                    resource,
+                    "-n",
+                    "team-a",
+                    &del_name,
+                    "-w",
+                    "--output-watch-events",
+                ],
+            )
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let rows = lines_until(&mut lines, "ADDED").await;
+        assert!(rows[0].starts_with("EVENT"), "{v}: {rows:?}");
+        assert!(rows.last().unwrap().contains(" delete "), "{v}: {rows:?}");
+        child.kill().await.unwrap();
+    }
 }

@@ -1,6 +1,7 @@
 //! `manifests/` against the server: the APIService names the group and version the server
-//! serves, the ClusterRoles grant exactly the served resources with every served verb (a
-//! missing one locks users out) plus `list` (granted ahead of LIST) and nothing else, the
+//! serves, the ClusterRoles grant exactly the served resources with exactly the served
+//! verbs (`get`, `list`, `watch`: a missing one locks users out, an extra one would be
+//! a grant nobody reviewed), the
 //! Deployment's flags are ones the binary accepts in cluster mode, its probes answer
 //! without credentials, and the objects point at each other by the right names, in both
 //! variants (`manifests/` and `manifests/cert-manager/`, built with kubectl's kustomize).
@@ -164,14 +165,13 @@ async fn apiservice_and_roles_match_what_the_server_serves() {
                     .get(&resource)
                     .unwrap_or_else(|| panic!("{file} grants {resource}, which is not served"));
                 assert_eq!(*is_namespaced, namespaced, "{file}: {resource} namespaced?");
-                // Read-only, and all of it: what is served, and list, which the server
-                // answers 405 until it serves LIST.
-                let mut want = served_verbs.clone();
-                want.insert("list".to_owned());
+                // Read-only, and all of it: exactly what is served.
                 assert_eq!(
-                    verbs, want,
-                    "{file}: the verbs on {resource} must be those the server serves, and list"
+                    &verbs, served_verbs,
+                    "{file}: the verbs on {resource} must be those the server serves"
                 );
+                let read_only: BTreeSet<String> = ["get", "list", "watch"].map(String::from).into();
+                assert_eq!(verbs, read_only, "{file}: exactly get, list and watch");
                 granted.insert(resource);
             }
         }

@@ -123,12 +123,6 @@ async fn unsupported_verbs_and_paths() {
     let admin = srv.client(Some(ADMIN_TOKEN));
     for (method, path, code, reason) in [
         (
-            Method::GET,
-            EVENTS.to_owned(),
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-        ),
-        (
             Method::POST,
             EVENTS.to_owned(),
             StatusCode::METHOD_NOT_ALLOWED,
@@ -140,9 +134,16 @@ async fn unsupported_verbs_and_paths() {
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
         ),
+        // GET of a name the window does not hold (LIST and GET themselves: tests/list.rs).
         (
             Method::GET,
             format!("{EVENTS}/some-name"),
+            StatusCode::NOT_FOUND,
+            "NotFound",
+        ),
+        (
+            Method::GET,
+            format!("{EVENTS}/some-name?watch=1"),
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
         ),
@@ -178,7 +179,7 @@ async fn unsupported_verbs_and_paths() {
         ),
         (
             Method::GET,
-            format!("{EVENTS}?watch=1&fieldSelector=metadata.name%3Dx"),
+            format!("{EVENTS}?watch=1&fieldSelector=metadata.uid%3Dx"),
             StatusCode::BAD_REQUEST,
             "BadRequest",
         ),

@@ -55,38 +55,41 @@ pub struct Overrides {
 
 impl Overrides {
     /// Build the config from the ConfigMap's data (if any) and these overrides.
-    pub fn resolve(&self, data: Option<&BTreeMap<String, String>>) -> Result<AuthConfig, String> {
+    pub fn resolve(
+        &self,
+        data: Option<&BTreeMap<String, String>>,
+    ) -> Result<AuthConfig, ConfigError> {
         let get = |key: &str| {
             data.and_then(|d| d.get(key))
                 .filter(|v| !v.trim().is_empty())
         };
-        let list =
-            |flag: &Vec<String>, key: &str, default: Option<&str>| -> Result<Vec<String>, String> {
-                if !flag.is_empty() {
-                    return Ok(flag.clone());
-                }
-                let from_map: Vec<String> = match get(key) {
-                    Some(json) => serde_json::from_str(json).map_err(|e| {
-                        format!(
-                            "ConfigMap {CONFIG_MAP_NAME} key {key}: not a JSON list of strings: {e}"
-                        )
-                    })?,
-                    None => vec![],
-                };
-                Ok(if from_map.is_empty() {
-                    default.map(|d| vec![d.to_owned()]).unwrap_or_default()
-                } else {
-                    from_map
-                })
+        let list = |flag: &Vec<String>,
+                    key: &'static str,
+                    default: Option<&str>|
+         -> Result<Vec<String>, ConfigError> {
+            if !flag.is_empty() {
+                return Ok(flag.clone());
+            }
+            let from_map: Vec<String> = match get(key) {
+                Some(json) => serde_json::from_str(json)
+                    .map_err(|source| ConfigError::NotAList { key, source })?,
+                None => vec![],
             };
-        let ca = |flag: &Option<(String, String)>, key: &str| -> Result<Option<ClientCa>, String> {
+            Ok(if from_map.is_empty() {
+                default.map(|d| vec![d.to_owned()]).unwrap_or_default()
+            } else {
+                from_map
+            })
+        };
+        let ca = |flag: &Option<(String, String)>,
+                  key: &str|
+         -> Result<Option<ClientCa>, ConfigError> {
             match (flag, get(key)) {
-                (Some((pem, origin)), _) => ClientCa::from_pem(pem.as_bytes(), origin).map(Some),
-                (None, Some(pem)) => ClientCa::from_pem(
+                (Some((pem, origin)), _) => Ok(Some(ClientCa::from_pem(pem.as_bytes(), origin)?)),
+                (None, Some(pem)) => Ok(Some(ClientCa::from_pem(
                     pem.as_bytes(),
                     &format!("ConfigMap {CONFIG_MAP_NAME} key {key}"),
-                )
-                .map(Some),
+                )?)),
                 (None, None) => Ok(None),
             }
         };
@@ -119,6 +122,21 @@ impl Overrides {
     }
 }
 
+/// The client-certificate settings cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading ConfigMap {CONFIG_MAP_NAMESPACE}/{CONFIG_MAP_NAME}: {0}")]
+    ConfigMap(#[source] kube::Error),
+    #[error("ConfigMap {CONFIG_MAP_NAME} key {key}: not a JSON list of strings: {source}")]
+    NotAList {
+        key: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Ca(#[from] crate::tls::CaError),
+}
+
 /// The config in force, swapped whole when the ConfigMap changes.
 #[derive(Clone, Default)]
 pub struct SharedAuthConfig(Arc<RwLock<Arc<AuthConfig>>>);
@@ -138,12 +156,12 @@ impl SharedAuthConfig {
 }
 
 /// Read the ConfigMap once (a missing ConfigMap is an empty one), for start-up.
-pub async fn load(client: &kube::Client, overrides: &Overrides) -> Result<AuthConfig, String> {
+pub async fn load(client: &kube::Client, overrides: &Overrides) -> Result<AuthConfig, ConfigError> {
     let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), CONFIG_MAP_NAMESPACE);
     let cm = api
         .get_opt(CONFIG_MAP_NAME)
         .await
-        .map_err(|e| format!("reading ConfigMap {CONFIG_MAP_NAMESPACE}/{CONFIG_MAP_NAME}: {e}"))?;
+        .map_err(ConfigError::ConfigMap)?;
     overrides.resolve(cm.as_ref().and_then(|c| c.data.as_ref()))
 }
 

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use http::HeaderMap;
 
 pub use delegated::{RequestHeader, SharedAuthConfig, X509};
-pub use token_file::TokenFile;
+pub use token_file::{TokenFile, TokenFileError};
 pub use token_review::TokenReviewer;
 
 use crate::tls::Peer;
@@ -72,8 +72,11 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 pub enum Error {
     #[error("invalid bearer token")]
     InvalidToken,
+    #[error("TokenReview failed: {0}")]
+    Review(#[source] kube::Error),
+    /// The failure of a review another request was waiting for too (the cache shares it).
     #[error("{0}")]
-    Backend(String),
+    Shared(#[source] Arc<Error>),
 }
 
 /// One way of authenticating. `Ok(None)`: this authenticator has nothing to say about the

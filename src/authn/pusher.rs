@@ -20,9 +20,18 @@ pub struct Gate {
     allowed_names: Vec<String>,
 }
 
+/// Who may push cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("--ingest-client-ca-file: {0}")]
+    Ca(#[from] crate::tls::CaError),
+    #[error("--ingest-token-file: {0}")]
+    Tokens(#[from] super::token_file::TokenFileError),
+}
+
 impl Gate {
     /// Load the token file and CA; the CA is reloaded when its file changes, until `shutdown`.
-    pub fn new(settings: &IngestSettings, shutdown: CancellationToken) -> Result<Self, String> {
+    pub fn new(settings: &IngestSettings, shutdown: CancellationToken) -> Result<Self, GateError> {
         let ca = match &settings.client_ca_file {
             Some(path) => {
                 let ca = Arc::new(RwLock::new(ClientCa::load(path)?));
@@ -32,7 +41,8 @@ impl Gate {
                     "ingest client CA",
                     shutdown,
                     move || {
-                        *shared.write().unwrap_or_else(|e| e.into_inner()) = ClientCa::load(&file)?;
+                        *shared.write().unwrap_or_else(|e| e.into_inner()) =
+                            ClientCa::load(&file).map_err(|e| e.to_string())?;
                         Ok(())
                     },
                 );

@@ -20,22 +20,46 @@ impl std::fmt::Debug for TokenFile {
     }
 }
 
+/// A token file that does not load.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    #[error(transparent)]
+    Read(#[from] crate::config::ReadError),
+    #[error("token file {origin:?}: {source}")]
+    Csv {
+        origin: String,
+        #[source]
+        source: csv::Error,
+    },
+    #[error(
+        "token file {origin:?} must have at least 3 columns (token, user name, user uid), found {found} on record {record}"
+    )]
+    Columns {
+        origin: String,
+        found: usize,
+        record: usize,
+    },
+}
+
 impl TokenFile {
     /// Parse the CSV text; `origin` names the file in error messages.
-    pub fn parse(text: &str, origin: &str) -> Result<Self, String> {
+    pub fn parse(text: &str, origin: &str) -> Result<Self, TokenFileError> {
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
             .from_reader(text.as_bytes());
         let mut tokens = HashMap::new();
         for (n, record) in reader.records().enumerate() {
-            let record = record.map_err(|e| format!("token file {origin:?}: {e}"))?;
+            let record = record.map_err(|source| TokenFileError::Csv {
+                origin: origin.to_owned(),
+                source,
+            })?;
             if record.len() < 3 {
-                return Err(format!(
-                    "token file {origin:?} must have at least 3 columns (token, user name, user uid), found {} on record {}",
-                    record.len(),
-                    n + 1
-                ));
+                return Err(TokenFileError::Columns {
+                    origin: origin.to_owned(),
+                    found: record.len(),
+                    record: n + 1,
+                });
             }
             // kube-apiserver skips (with a warning) a record with an empty token.
             if record[0].is_empty() {
@@ -62,9 +86,8 @@ impl TokenFile {
         Ok(TokenFile { tokens })
     }
 
-    pub fn load(path: &std::path::Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("reading token file {}: {e}", path.display()))?;
+    pub fn load(path: &std::path::Path) -> Result<Self, TokenFileError> {
+        let text = std::fs::read_to_string(path).map_err(crate::config::ReadError::new(path))?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -112,7 +135,9 @@ mod tests {
 
     #[test]
     fn too_few_columns_is_an_error() {
-        let err = TokenFile::parse("t1,alice\n", "tokens.csv").unwrap_err();
+        let err = TokenFile::parse("t1,alice\n", "tokens.csv")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("at least 3 columns"), "{err}");
         assert!(!err.contains("t1"), "never print a token: {err}");
     }

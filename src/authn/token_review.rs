@@ -44,7 +44,7 @@ impl TokenReviewer {
             .api
             .create(&PostParams::default(), &review)
             .await
-            .map_err(|e| Error::Backend(format!("TokenReview failed: {e}")))?;
+            .map_err(Error::Review)?;
         let Some(status) = answer.status.filter(|s| s.authenticated == Some(true)) else {
             return Ok(None);
         };
@@ -69,7 +69,7 @@ impl Authenticator for TokenReviewer {
             .cache
             .try_get_with(key, self.review(token))
             .await
-            .map_err(|e| Error::Backend(e.to_string()))?;
+            .map_err(Error::Shared)?;
         match answer {
             Some(user) => Ok(Some((*user).clone())),
             None => Err(Error::InvalidToken),

@@ -44,33 +44,58 @@ pub struct Abac {
 
 impl Abac {
     /// Parse the policy text; blank lines and `#` comments are skipped as kube-apiserver does.
-    pub fn parse(text: &str, origin: &str) -> Result<Self, String> {
+    pub fn parse(text: &str, origin: &str) -> Result<Self, PolicyError> {
         let mut policies = vec![];
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let p: PolicyLine = serde_json::from_str(line)
-                .map_err(|e| format!("policy file {origin:?}, line {}: {e}", n + 1))?;
+            let p: PolicyLine = serde_json::from_str(line).map_err(|source| PolicyError::Json {
+                origin: origin.to_owned(),
+                line: n + 1,
+                source,
+            })?;
             if p.api_version != POLICY_API_VERSION || p.kind != "Policy" {
-                return Err(format!(
-                    "policy file {origin:?}, line {}: want apiVersion {POLICY_API_VERSION} kind Policy, got {} {}",
-                    n + 1,
-                    p.api_version,
-                    p.kind
-                ));
+                return Err(PolicyError::Kind {
+                    origin: origin.to_owned(),
+                    line: n + 1,
+                    api_version: p.api_version,
+                    kind: p.kind,
+                });
             }
             policies.push(p.spec);
         }
         Ok(Abac { policies })
     }
 
-    pub fn load(path: &std::path::Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("reading policy file {}: {e}", path.display()))?;
+    pub fn load(path: &std::path::Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(crate::config::ReadError::new(path))?;
         Self::parse(&text, &path.display().to_string())
     }
+}
+
+/// A policy file that does not load.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error(transparent)]
+    Read(#[from] crate::config::ReadError),
+    #[error("policy file {origin:?}, line {line}: {source}")]
+    Json {
+        origin: String,
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "policy file {origin:?}, line {line}: want apiVersion {POLICY_API_VERSION} kind Policy, got {api_version} {kind}"
+    )]
+    Kind {
+        origin: String,
+        line: usize,
+        api_version: String,
+        kind: String,
+    },
 }
 
 #[async_trait]
@@ -201,15 +226,17 @@ mod tests {
             "\n{\"apiVersion\":\"v1\",\"kind\":\"Policy\",\"spec\":{}}",
             "p",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("line 2"), "{err}");
-        let err = Abac::parse("{not json", "p").unwrap_err();
+        let err = Abac::parse("{not json", "p").unwrap_err().to_string();
         assert!(err.contains("line 1"), "{err}");
         let err = Abac::parse(
             r#"{"apiVersion":"abac.authorization.kubernetes.io/v1beta1","kind":"Policy","spec":{"usr":"x"}}"#,
             "p",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("unknown field"), "{err}");
     }
 }

@@ -1,15 +1,18 @@
 //! May this user do this: request `Attributes` (as kube-apiserver's `authorizer.Attributes`),
-//! the `Authorizer` trait and its implementations. Knows nothing of HTTP or of the bus:
-//! the router builds the attributes and asks.
+//! how a request is read into them (`request`), the `Authorizer` trait and its
+//! implementations. Knows nothing of HTTP types or of the bus: the router builds the
+//! attributes and asks.
 
 mod abac;
+mod request;
 mod sar;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use abac::Abac;
+pub use abac::{Abac, PolicyError};
+pub use request::request_attributes;
 pub use sar::SubjectAccessReviewer;
 
 use crate::authn::UserInfo;
@@ -48,8 +51,15 @@ pub enum Decision {
 
 /// The authorizer could not decide (its backend failed). Callers fail closed.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Error(pub String);
+pub enum Error {
+    #[error("SubjectAccessReview failed: {0}")]
+    Review(#[source] kube::Error),
+    #[error("encoding the SubjectAccessReview: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// The failure of a review another request was waiting for too (the cache shares it).
+    #[error("{0}")]
+    Shared(#[source] Arc<Error>),
+}
 
 #[async_trait]
 pub trait Authorizer: Send + Sync {

@@ -2,7 +2,6 @@
 //! Answers are cached, "allowed" and "denied" each for their own TTL; concurrent
 //! identical questions make one review; a failed review is never cached and never allows.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -59,7 +58,7 @@ impl SubjectAccessReviewer {
             .api
             .create(&PostParams::default(), &review)
             .await
-            .map_err(|e| Error(format!("SubjectAccessReview failed: {e}")))?;
+            .map_err(Error::Review)?;
         let status = answer.status.unwrap_or_default();
         let reason = status.reason.unwrap_or_default();
         Ok(if status.allowed {
@@ -108,11 +107,11 @@ impl Authorizer for SubjectAccessReviewer {
     async fn authorize(&self, a: &Attributes) -> Result<Decision, Error> {
         let spec = spec(a);
         // The spec names everything the answer depends on, so it is the cache key.
-        let key = serde_json::to_string(&spec).map_err(|e| Error(e.to_string()))?;
+        let key = serde_json::to_string(&spec).map_err(Error::Encode)?;
         self.cache
             .try_get_with(key, self.review(spec))
             .await
-            .map_err(|e: Arc<Error>| Error(e.0.clone()))
+            .map_err(Error::Shared)
     }
 }
 

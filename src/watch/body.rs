@@ -24,11 +24,12 @@ use http_body::Frame;
 use tokio::time::{Instant, Sleep};
 
 use super::registry::Registration;
-use super::{BOOKMARK_INTERVAL, Query, Recheck, WatchCtx, bookmark};
+use super::{BOOKMARK_INTERVAL, Query, Recheck, WatchCtx, bookmark, initial_events_end};
 use crate::budget::{Budget, Verdict};
 use crate::bus::{Published, Subscription};
 use crate::metrics::{WatchCounts, WatchGuard};
 use crate::status::ApiError;
+use crate::table;
 
 /// The most one frame carries, unless one event alone is larger: large enough that a
 /// batch costs a few frames, small enough to keep a slow HTTP/2 stream's buffer short.
@@ -67,6 +68,13 @@ pub(super) struct WatchBody {
     lag_bytes: usize,
     /// Events dropped by the budget and not yet reported.
     dropped_budget: u64,
+    /// A Table watch: each event's object is a one-row Table.
+    format: Option<table::Format>,
+    /// Column definitions go with the first row of a Table watch only.
+    headers_sent: bool,
+    /// A WatchList's initial events end at this resourceVersion: the bookmark that says
+    /// so is still to be sent.
+    initial_end: Option<u64>,
     counts: WatchCounts,
     guard: WatchGuard,
     registration: Registration,
@@ -85,11 +93,14 @@ impl WatchBody {
             .recheck
             .as_ref()
             .map_or(deadline, |(_, every)| now + *every);
+        let initial = query.sends_initial_events();
         WatchBody {
             state: State::Streaming,
-            last_rv: query
-                .resource_version
-                .unwrap_or_else(|| sub.start_resource_version()),
+            last_rv: match query.resource_version {
+                Some(rv) if !initial => rv,
+                _ => sub.start_resource_version(),
+            },
+            initial_end: initial.then(|| sub.start_resource_version()),
             sub,
             taken: VecDeque::new(),
             taken_bytes: 0,
@@ -99,10 +110,17 @@ impl WatchBody {
             recheck: ctx.recheck,
             next_recheck,
             report_at: None,
-            skip_through: query.resource_version.unwrap_or(0),
+            // A WatchList's resourceVersion is a lower bound on the state, not a start.
+            skip_through: if initial {
+                0
+            } else {
+                query.resource_version.unwrap_or(0)
+            },
             budget: ctx.budget,
             lag_bytes: ctx.lag_bytes,
             dropped_budget: 0,
+            format: ctx.format,
+            headers_sent: false,
             counts: WatchCounts::default(),
             guard: ctx.guard,
             registration,
@@ -141,11 +159,42 @@ impl WatchBody {
         self.counts.dropped_queue_full += queue_full;
         let total = queue_full + std::mem::take(&mut self.dropped_budget);
         if total > 0 {
-            let line = bookmark(self.last_rv, Some(total));
+            let line = self.bookmark(Some(total));
             self.budget.charge(line.len(), now);
             frame.extend_from_slice(&line);
         }
         self.report_at = None;
+    }
+
+    /// A bookmark at the last resourceVersion sent. A Table watch's bookmark is a Table
+    /// without rows, which has nowhere to carry the dropped count (the metrics still
+    /// count the drops).
+    fn bookmark(&self, dropped: Option<u64>) -> Bytes {
+        match &self.format {
+            None => bookmark(self.last_rv, dropped),
+            Some(f) => Bytes::from(f.bookmark(self.last_rv)),
+        }
+    }
+
+    /// The bytes `p`'s line takes in this watch's format.
+    fn line_len(&self, p: &Published, truncated: bool) -> usize {
+        match &self.format {
+            None => p.wire_len(truncated),
+            Some(f) => f.watch_line_len(p, truncated, !self.headers_sent),
+        }
+    }
+
+    /// After a WatchList's initial events: the bookmark that says they are all out.
+    fn end_initial_events(&mut self, frame: &mut BytesMut, now: Instant) {
+        if let Some(end) = self.initial_end.take() {
+            self.last_rv = self.last_rv.max(end);
+            let line = match &self.format {
+                None => initial_events_end(end),
+                Some(f) => Bytes::from(f.bookmark(end)),
+            };
+            self.budget.charge(line.len(), now);
+            frame.extend_from_slice(&line);
+        }
     }
 
     /// Write the events that are ready, as many as fit in one frame, each charged to the
@@ -155,25 +204,38 @@ impl WatchBody {
             if self.taken.is_empty() {
                 self.taken_bytes = self.sub.take(&mut self.taken);
                 if self.taken.is_empty() {
+                    // The replay is taken whole by the first take: nothing left of it.
+                    self.end_initial_events(frame, now);
                     return;
                 }
                 self.budget.set_active(true);
             }
+            let Some(rv) = self.taken.front().map(|p| p.resource_version) else {
+                return;
+            };
+            if self.initial_end.is_some_and(|end| rv > end) {
+                self.end_initial_events(frame, now);
+            }
             let Some(p) = self.taken.front() else {
                 return;
             };
-            let full = p.wire_len(false);
+            let full = self.line_len(p, false);
             if !frame.is_empty() && frame.len() + full > FRAME_BYTES {
                 return;
             }
             let Some(p) = self.taken.pop_front() else {
                 return;
             };
-            self.taken_bytes = self.taken_bytes.saturating_sub(full);
+            self.taken_bytes = self.taken_bytes.saturating_sub(p.wire_len(false));
             if p.resource_version <= self.skip_through {
                 continue;
             }
-            let truncated_len = p.event.can_truncate().then(|| p.wire_len(true));
+            // A Table row without the object is as long either way: nothing to truncate.
+            let shrinks = self
+                .format
+                .is_none_or(|f| f.include == table::IncludeObject::Object);
+            let truncated_len =
+                (shrinks && p.event.can_truncate()).then(|| self.line_len(&p, true));
             let lagging = self.taken_bytes > self.lag_bytes;
             let truncated = match self.budget.admit(full, truncated_len, lagging, now) {
                 Verdict::Drop => {
@@ -187,15 +249,26 @@ impl WatchBody {
             if self.dropped_budget > 0 || self.sub.has_taken_drops() {
                 self.report_drops(frame, now);
             }
-            let (head, tail) = p.event.parts(truncated);
             if frame.is_empty() {
                 frame.reserve(full.max(self.taken_bytes.min(FRAME_BYTES)));
             }
-            frame.extend_from_slice(head);
-            frame.extend_from_slice(p.digits());
-            frame.extend_from_slice(tail);
+            let sent = match &self.format {
+                None => {
+                    let (head, tail) = p.event.parts(truncated);
+                    frame.extend_from_slice(head);
+                    frame.extend_from_slice(p.digits());
+                    frame.extend_from_slice(tail);
+                    p.wire_len(truncated)
+                }
+                Some(f) => {
+                    let len = f.watch_line_len(&p, truncated, !self.headers_sent);
+                    f.write_watch_line(frame, &p, truncated, !self.headers_sent);
+                    self.headers_sent = true;
+                    len
+                }
+            };
             self.last_rv = p.resource_version;
-            self.counts.sent(p.wire_len(truncated), truncated);
+            self.counts.sent(sent, truncated);
         }
     }
 
@@ -216,7 +289,7 @@ impl WatchBody {
             if now >= at {
                 self.report_drops(frame, now);
                 if frame.is_empty() {
-                    let line = bookmark(self.last_rv, None);
+                    let line = self.bookmark(None);
                     self.budget.charge(line.len(), now);
                     frame.extend_from_slice(&line);
                 }

@@ -1,11 +1,13 @@
-//! The WATCH endpoints: the query (`watch`, `resourceVersion`, `timeoutSeconds`,
-//! `allowWatchBookmarks`, `fieldSelector`), `serve` that starts a watch, the streaming
-//! body (`body`) that writes the shared event bytes of one bus subscription, and the
-//! registry of open watches (`registry`): slots, the stall sweeper, shutdown. Never
-//! publishes and never decides who may see what: the router authorized the watch, and
-//! hands it a `Recheck` to ask again.
+//! The read endpoints of events: the query and its validation (kube-apiserver's list
+//! options), `serve` that starts a WATCH (or a WatchList: the window first, then a
+//! bookmark), LIST and GET (`list`), the streaming body (`body`) that writes the shared
+//! event bytes of one bus subscription (or one-row Tables), and the registry of open
+//! watches (`registry`): slots, the stall sweeper, shutdown. Never publishes and never
+//! decides who may see what: the router authorized the request, and hands a watch a
+//! `Recheck` to ask again.
 
 mod body;
+mod list;
 pub mod registry;
 
 use std::time::Duration;
@@ -22,6 +24,9 @@ use crate::metrics::WatchGuard;
 use crate::reply::Body;
 pub use crate::selector::FieldSelector;
 use crate::status::ApiError;
+use crate::table::Format;
+pub use crate::table::IncludeObject;
+pub use list::{get, list};
 pub use registry::Watches;
 
 /// kube-apiserver's `--min-request-timeout` default: a watch without `timeoutSeconds`
@@ -36,9 +41,25 @@ pub const BOOKMARK_INTERVAL: Duration = Duration::from_secs(60);
 pub struct Query {
     pub watch: bool,
     pub resource_version: Option<u64>,
+    pub resource_version_match: Option<ResourceVersionMatch>,
     pub timeout_seconds: Option<u64>,
     pub allow_watch_bookmarks: bool,
+    /// `Some` when given at all: kube-apiserver's validation tells "false" from absent.
+    pub send_initial_events: Option<bool>,
     pub field_selector: FieldSelector,
+    /// LIST: at most this many events per page (0: all).
+    pub limit: usize,
+    pub continue_token: Option<String>,
+    pub include_object: IncludeObject,
+}
+
+/// `resourceVersionMatch`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResourceVersionMatch {
+    Exact,
+    NotOlderThan,
+    /// Anything else: refused by validation with the value quoted.
+    Other(String),
 }
 
 impl Query {
@@ -48,6 +69,7 @@ impl Query {
             match &*key {
                 "watch" => q.watch = query_bool(&value),
                 "allowWatchBookmarks" => q.allow_watch_bookmarks = query_bool(&value),
+                "sendInitialEvents" => q.send_initial_events = Some(query_bool(&value)),
                 "resourceVersion" if value.is_empty() => {}
                 "resourceVersion" => {
                     q.resource_version = Some(value.parse().map_err(|_| {
@@ -56,27 +78,128 @@ impl Query {
                         ))
                     })?)
                 }
+                "resourceVersionMatch" => {
+                    q.resource_version_match = match &*value {
+                        "" => None,
+                        "Exact" => Some(ResourceVersionMatch::Exact),
+                        "NotOlderThan" => Some(ResourceVersionMatch::NotOlderThan),
+                        other => Some(ResourceVersionMatch::Other(other.to_owned())),
+                    }
+                }
                 "timeoutSeconds" if value.is_empty() => {}
                 "timeoutSeconds" => q.timeout_seconds = Some(value.parse().map_err(|_| {
                     ApiError::BadRequest(format!(
                         "timeoutSeconds: Invalid value: {value:?}: must be a non-negative integer"
                     ))
                 })?),
-                "fieldSelector" => {
-                    q.field_selector = FieldSelector::parse(&value)
-                        .map_err(|e| ApiError::BadRequest(e.to_string()))?
+                "limit" if value.is_empty() => {}
+                "limit" => {
+                    // kube-apiserver reads a negative limit as no limit.
+                    let limit: i64 = value.parse().map_err(|_| {
+                        ApiError::BadRequest(format!(
+                            "limit: Invalid value: {value:?}: must be an integer"
+                        ))
+                    })?;
+                    q.limit = usize::try_from(limit).unwrap_or(0);
                 }
+                "continue" if value.is_empty() => {}
+                "continue" => q.continue_token = Some(value.into_owned()),
+                "includeObject" => q.include_object = IncludeObject::parse(&value)?,
+                "fieldSelector" => q.field_selector = FieldSelector::parse(&value)?,
                 "labelSelector" if !value.trim().is_empty() => {
                     return Err(ApiError::BadRequest(
                         "labelSelector: audit events have no labels; use fieldSelector".into(),
                     ));
                 }
-                // Other list options (limit, continue, resourceVersionMatch, …) do not
-                // change a watch; kube-apiserver ignores unknown parameters too.
+                // Other options do not change what we answer; kube-apiserver ignores
+                // unknown parameters too.
                 _ => {}
             }
         }
+        q.validate()?;
         Ok(q)
+    }
+
+    /// kube-apiserver's `ValidateListOptions`, with its messages.
+    fn validate(&self) -> Result<(), ApiError> {
+        use ResourceVersionMatch::*;
+        let mut errs: Vec<String> = Vec::new();
+        let forbidden = |what: &str, why: &str| format!("{what}: Forbidden: {why}");
+        let unsupported = |v: &str, supported: &str| {
+            format!("resourceVersionMatch: Unsupported value: {v:?}: supported values: {supported}")
+        };
+        let rv_match = self.resource_version_match.as_ref();
+        if self.watch {
+            if self.send_initial_events.is_some() && rv_match != Some(&NotOlderThan) {
+                errs.push(forbidden(
+                    "resourceVersionMatch",
+                    "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+                ));
+            }
+            if let Some(m) = rv_match {
+                if self.send_initial_events.is_none() {
+                    errs.push(forbidden(
+                        "resourceVersionMatch",
+                        "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+                    ));
+                }
+                match m {
+                    NotOlderThan => {}
+                    Exact => errs.push(unsupported("Exact", r#""NotOlderThan""#)),
+                    Other(v) => errs.push(unsupported(v, r#""NotOlderThan""#)),
+                }
+                if self.continue_token.is_some() {
+                    errs.push(forbidden(
+                        "resourceVersionMatch",
+                        "resourceVersionMatch is forbidden when continue is provided",
+                    ));
+                }
+            }
+        } else {
+            if let Some(m) = rv_match {
+                if self.resource_version.is_none() {
+                    errs.push(forbidden(
+                        "resourceVersionMatch",
+                        "resourceVersionMatch is forbidden unless resourceVersion is provided",
+                    ));
+                }
+                if self.continue_token.is_some() {
+                    errs.push(forbidden(
+                        "resourceVersionMatch",
+                        "resourceVersionMatch is forbidden when continue is provided",
+                    ));
+                }
+                if let Other(v) = m {
+                    errs.push(unsupported(v, r#""Exact", "NotOlderThan", """#));
+                }
+                if *m == Exact && self.resource_version == Some(0) {
+                    errs.push(forbidden(
+                        "resourceVersionMatch",
+                        r#"resourceVersionMatch "exact" is forbidden for resourceVersion "0""#,
+                    ));
+                }
+            }
+            if self.send_initial_events.is_some() {
+                errs.push(forbidden(
+                    "sendInitialEvents",
+                    "sendInitialEvents is forbidden for list",
+                ));
+            }
+        }
+        let message = match errs.len() {
+            0 => return Ok(()),
+            1 => errs.remove(0),
+            _ => format!("[{}]", errs.join(", ")),
+        };
+        Err(ApiError::Invalid {
+            kind: "ListOptions",
+            message,
+        })
+    }
+
+    /// A WatchList: the window's events first, then the initial-events-end bookmark.
+    pub fn sends_initial_events(&self) -> bool {
+        self.watch && self.send_initial_events == Some(true)
     }
 
     fn timeout(&self) -> Duration {
@@ -116,6 +239,8 @@ pub struct WatchCtx {
     /// events.
     pub lag_bytes: usize,
     pub guard: WatchGuard,
+    /// `Some` for a Table watch (`Accept: …;as=Table;…`).
+    pub format: Option<Format>,
 }
 
 /// Start a watch of `scope`, taking one of the server's watch slots. Errors found before
@@ -132,19 +257,26 @@ pub fn serve(
         scope,
         selector: query.field_selector.clone(),
     };
-    let sub = match bus.subscribe(filter, query.resource_version) {
+    // A WatchList starts with the whole window: its resourceVersion only bounds how old
+    // that state may be, and any state is at least as new as one we have reached.
+    let since = if query.sends_initial_events() {
+        let current = bus.resource_version();
+        if let Some(requested) = query.resource_version.filter(|rv| *rv > current) {
+            let e = ApiError::TooLargeResourceVersion { requested, current };
+            return Ok(stream_response(crate::reply::full(e.to_watch_event())));
+        }
+        Some(0)
+    } else {
+        query.resource_version
+    };
+    let sub = match bus.subscribe(filter, since) {
         Ok(sub) => sub,
         Err(expired) => {
-            let e = ApiError::Expired {
-                requested: expired.requested,
-                oldest: expired.oldest,
-            };
+            let e = ApiError::from(expired);
             return Ok(stream_response(crate::reply::full(e.to_watch_event())));
         }
     };
-    let registration = watches
-        .register(sub.closer(), ctx.guard.stalled_counter())
-        .map_err(|full| ApiError::TooManyRequests(full.to_string()))?;
+    let registration = watches.register(sub.closer(), ctx.guard.stalled_counter())?;
     let body = body::WatchBody::new(sub, registration, query, ctx);
     Ok(stream_response(body.boxed_unsync()))
 }
@@ -174,6 +306,28 @@ pub fn bookmark(resource_version: u64, dropped: Option<u64>) -> Bytes {
     Bytes::from(out)
 }
 
+/// The `BOOKMARK` that ends a WatchList's initial events.
+pub fn initial_events_end(resource_version: u64) -> Bytes {
+    let line = serde_json::json!({
+        "type": "BOOKMARK",
+        "object": {
+            "kind": KIND,
+            "apiVersion": GROUP_VERSION,
+            "metadata": {
+                "resourceVersion": resource_version.to_string(),
+                "annotations": { INITIAL_EVENTS_END_ANNOTATION: "true" },
+            },
+        },
+    });
+    let mut out = serde_json::to_vec(&line).unwrap_or_default();
+    out.push(b'\n');
+    Bytes::from(out)
+}
+
+/// Marks the bookmark after a WatchList's initial events (k8s.io/apiserver's
+/// `metav1.InitialEventsAnnotationKey`).
+pub const INITIAL_EVENTS_END_ANNOTATION: &str = "k8s.io/initial-events-end";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,10 +350,78 @@ mod tests {
         assert!(Query::parse(Some("fieldSelector=nope%3Dx")).is_err());
         assert!(Query::parse(Some("labelSelector=a%3Db")).is_err());
         assert!(Query::parse(Some("labelSelector=&limit=500")).is_ok());
+        let q = Query::parse(Some("limit=2&continue=abc&includeObject=None")).unwrap();
+        assert_eq!((q.limit, q.continue_token.as_deref()), (2, Some("abc")));
+        assert_eq!(q.include_object, IncludeObject::None);
+        assert_eq!(Query::parse(Some("limit=-1")).unwrap().limit, 0);
+        assert!(Query::parse(Some("includeObject=Everything")).is_err());
+        let q = Query::parse(Some(
+            "watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true",
+        ))
+        .unwrap();
+        assert!(q.sends_initial_events());
         let t = Query::parse(None).unwrap().timeout();
         assert!(
             t >= Duration::from_secs(1620) && t <= Duration::from_secs(1980),
             "{t:?}"
+        );
+    }
+
+    /// kube-apiserver's `ValidateListOptions`: 422 Invalid, with its wording.
+    #[test]
+    fn list_options_validation() {
+        for (query, message) in [
+            (
+                "resourceVersionMatch=Exact",
+                "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided",
+            ),
+            (
+                "resourceVersion=0&resourceVersionMatch=Exact",
+                r#"resourceVersionMatch: Forbidden: resourceVersionMatch "exact" is forbidden for resourceVersion "0""#,
+            ),
+            (
+                "resourceVersion=1&resourceVersionMatch=Newest",
+                r#"resourceVersionMatch: Unsupported value: "Newest": supported values: "Exact", "NotOlderThan", """#,
+            ),
+            (
+                "sendInitialEvents=true",
+                "sendInitialEvents: Forbidden: sendInitialEvents is forbidden for list",
+            ),
+            (
+                "watch=1&sendInitialEvents=true",
+                "resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            ),
+            (
+                "watch=1&resourceVersionMatch=NotOlderThan",
+                "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+            ),
+        ] {
+            let err = Query::parse(Some(query)).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(r#"ListOptions.meta.k8s.io "" is invalid: {message}"#),
+                "{query}"
+            );
+            assert_eq!(err.code_reason().1, "Invalid");
+        }
+        let err = Query::parse(Some("resourceVersionMatch=Exact&continue=x")).unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "[resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn initial_events_end_shape() {
+        let v: serde_json::Value = serde_json::from_slice(&initial_events_end(7)).unwrap();
+        assert_eq!(v["type"], "BOOKMARK");
+        assert_eq!(v["object"]["kind"], "Event");
+        assert_eq!(v["object"]["metadata"]["resourceVersion"], "7");
+        assert_eq!(
+            v["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+            "true"
         );
     }
 

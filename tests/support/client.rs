@@ -160,7 +160,18 @@ impl Client {
     }
 
     pub async fn get_json(&self, path: &str) -> (StatusCode, serde_json::Value) {
-        let (code, body) = self.get(path).await;
+        self.get_json_with(path, &[]).await
+    }
+
+    /// GET with extra request headers, the body as JSON.
+    pub async fn get_json_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, serde_json::Value) {
+        let resp = self.send(Method::GET, path, headers, Bytes::new()).await;
+        let code = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
         (
             code,
             serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body:?}")),
@@ -192,7 +203,12 @@ impl Client {
 
     /// Open a watch; panics unless the answer is 200.
     pub async fn watch(&self, path: &str) -> WatchReader {
-        let resp = self.send(Method::GET, path, &[], Bytes::new()).await;
+        self.watch_with(path, &[]).await
+    }
+
+    /// Open a watch with extra request headers (an `Accept` for Tables, say).
+    pub async fn watch_with(&self, path: &str, headers: &[(&str, &str)]) -> WatchReader {
+        let resp = self.send(Method::GET, path, headers, Bytes::new()).await;
         assert_eq!(resp.status(), StatusCode::OK, "watch {path}");
         assert_eq!(resp.headers()["content-type"], "application/json");
         WatchReader {

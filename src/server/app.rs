@@ -1,0 +1,245 @@
+//! Wiring: `App`, the handles every request shares, built once from `Settings`: the
+//! serving certificate, the authenticator chain (in kube-apiserver's order), the
+//! authorizer, the ingest gate, the bus, discovery documents, metrics and the registry
+//! of open watches. Start-up failures are one typed `Error` that `main` prints on one
+//! line.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::authn::{self, SharedAuthConfig, delegated};
+use crate::authz::{self, AlwaysAllowPaths, Authorizer};
+use crate::budget::{self, EgressShare};
+use crate::bus::Bus;
+use crate::config::{AuthzSettings, ReadError, Settings};
+use crate::discovery::Discovery;
+use crate::ingest::{self, Ingest};
+use crate::metrics::Metrics;
+use crate::tls;
+use crate::watch::Watches;
+
+/// Open watches at most; one more gets 429. Each costs a queue and a few KiB of memory,
+/// and a runaway client should not be able to take them all.
+const MAX_WATCHES: usize = 5_000;
+
+/// Start-up failures after flag validation: files that do not load, a kube-apiserver that
+/// cannot be reached. Each keeps its cause; the message names the flag or file.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Tls(#[from] tls::Error),
+    #[error("{flag}: {}: {source}", path.display())]
+    Kubeconfig {
+        flag: &'static str,
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("{flag}: not given, and no in-cluster config: {source}")]
+    InCluster {
+        flag: &'static str,
+        #[source]
+        source: kube::config::InClusterError,
+    },
+    #[error("{flag}: {source}")]
+    Client {
+        flag: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    Policy(#[from] authz::PolicyError),
+    #[error(transparent)]
+    Tokens(#[from] authn::TokenFileError),
+    #[error(transparent)]
+    AuthConfig(#[from] delegated::ConfigError),
+    #[error(transparent)]
+    Pushers(#[from] authn::pusher::GateError),
+}
+
+/// The shared handles, cheap to clone into every connection.
+#[derive(Clone)]
+pub struct App {
+    pub(super) inner: Arc<Inner>,
+}
+
+pub(super) struct Inner {
+    pub(super) tls: Arc<ServerConfig>,
+    pub(super) bus: Bus,
+    pub(super) authn: authn::Chain,
+    pub(super) authz: Arc<dyn Authorizer>,
+    pub(super) always_allow: AlwaysAllowPaths,
+    pub(super) ingest: Ingest,
+    pub(super) discovery: Discovery,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) watches: Watches,
+    pub(super) budget: budget::Config,
+    /// The server-wide egress cap, if any, shared by every watch's budget.
+    pub(super) egress: Option<Arc<EgressShare>>,
+    pub(super) lag_bytes: usize,
+    pub(super) recheck_interval: Duration,
+    /// A connection whose writes make no progress for this long is closed, and so is a
+    /// watch whose client took nothing for this long: the peer stopped reading.
+    pub(super) stall_limit: Duration,
+    /// Cancelled on shutdown: ends every watch stream and background task.
+    pub(super) shutdown: CancellationToken,
+}
+
+impl App {
+    /// Load what the settings name (certificates, token files, policies). Must run inside
+    /// a tokio runtime: certificate reloading is a background task.
+    pub async fn new(settings: &Settings) -> Result<App, Error> {
+        let shutdown = CancellationToken::new();
+        let tls = tls::server_config(&settings.cert, shutdown.clone())?;
+        let authn = authenticators(settings, &shutdown).await?;
+        let authz: Arc<dyn Authorizer> = match &settings.authorization {
+            AuthzSettings::AlwaysAllow => Arc::new(authz::AlwaysAllow),
+            AuthzSettings::Abac(source) => {
+                let (text, origin) = source.read()?;
+                Arc::new(authz::Abac::parse(&text, &origin)?)
+            }
+            AuthzSettings::Webhook {
+                authorized_ttl,
+                unauthorized_ttl,
+            } => {
+                let kubeconfig = settings
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.authorization_kubeconfig.as_deref());
+                let client = kube_client(kubeconfig, "--authorization-kubeconfig").await?;
+                Arc::new(authz::SubjectAccessReviewer::new(
+                    client,
+                    *authorized_ttl,
+                    *unauthorized_ttl,
+                ))
+            }
+        };
+        let bus = Bus::new(settings.bus.clone());
+        let metrics = Arc::new(Metrics::new());
+        let watches = Watches::new(MAX_WATCHES, settings.stall_limit);
+        watches.spawn_sweeper(shutdown.clone());
+        Ok(App {
+            inner: Arc::new(Inner {
+                tls,
+                bus: bus.clone(),
+                authn,
+                authz,
+                always_allow: AlwaysAllowPaths::new(&settings.always_allow_paths),
+                ingest: Ingest {
+                    gate: ingest::Gate::new(&settings.ingest, shutdown.clone())?,
+                    bus,
+                    metrics: metrics.clone(),
+                    max_request_bytes: settings.ingest.max_request_bytes,
+                    max_event_bytes: settings.max_event_bytes,
+                },
+                discovery: Discovery::new(),
+                metrics,
+                watches,
+                budget: settings.budget,
+                egress: (settings.max_egress_bytes_per_second > 0)
+                    .then(|| EgressShare::new(settings.max_egress_bytes_per_second)),
+                // A watcher with half its queue's byte cap waiting is falling behind:
+                // it gets truncated events until it catches up.
+                lag_bytes: settings.bus.subscriber_queue_bytes / 2,
+                recheck_interval: settings.recheck_interval,
+                stall_limit: settings.stall_limit,
+                shutdown,
+            }),
+        })
+    }
+
+    pub fn bus(&self) -> &Bus {
+        &self.inner.bus
+    }
+
+    pub(super) fn tls_config(&self) -> Arc<ServerConfig> {
+        self.inner.tls.clone()
+    }
+
+    pub(super) fn stall_limit(&self) -> Duration {
+        self.inner.stall_limit
+    }
+
+    /// End every watch and background task: the first step of a graceful shutdown.
+    pub(super) fn shut_down(&self) {
+        self.inner.watches.shut_down();
+        self.inner.shutdown.cancel();
+    }
+}
+
+/// A client for kube-apiserver from a kubeconfig, or the in-cluster config.
+async fn kube_client(kubeconfig: Option<&Path>, flag: &'static str) -> Result<kube::Client, Error> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let bad = |source| Error::Kubeconfig {
+                flag,
+                path: path.to_owned(),
+                source,
+            };
+            let file = kube::config::Kubeconfig::read_from(path).map_err(bad)?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(bad)?
+        }
+        None => kube::Config::incluster().map_err(|source| Error::InCluster { flag, source })?,
+    };
+    kube::Client::try_from(config).map_err(|source| Error::Client { flag, source })
+}
+
+/// The authenticator chain, in kube-apiserver's order: front proxy, x509, static tokens,
+/// TokenReview. In cluster mode the client-certificate settings come from the
+/// authentication ConfigMap (flags override) and follow its changes.
+async fn authenticators(
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) -> Result<authn::Chain, Error> {
+    let certs = &settings.client_certs;
+    let read = |p: &Option<PathBuf>| -> Result<Option<(String, String)>, ReadError> {
+        p.as_ref()
+            .map(|p| {
+                std::fs::read_to_string(p)
+                    .map(|pem| (pem, p.display().to_string()))
+                    .map_err(ReadError::new(p))
+            })
+            .transpose()
+    };
+    let overrides = delegated::Overrides {
+        client_ca_pem: read(&certs.client_ca_file)?,
+        requestheader_ca_pem: read(&certs.requestheader_client_ca_file)?,
+        allowed_names: certs.requestheader_allowed_names.clone(),
+        username_headers: certs.requestheader_username_headers.clone(),
+        group_headers: certs.requestheader_group_headers.clone(),
+        extra_prefixes: certs.requestheader_extra_headers_prefix.clone(),
+    };
+    let mut token_review = None;
+    let shared = match &settings.cluster {
+        Some(cluster) => {
+            let kubeconfig = cluster.authentication_kubeconfig.as_deref();
+            let client = kube_client(kubeconfig, "--authentication-kubeconfig").await?;
+            let config = delegated::load(&client, &overrides).await?;
+            let shared = SharedAuthConfig::new(config);
+            delegated::spawn_refresh(client.clone(), overrides, shared.clone(), shutdown.clone());
+            token_review = Some(authn::TokenReviewer::new(client, cluster.token_cache_ttl));
+            shared
+        }
+        None => SharedAuthConfig::new(overrides.resolve(None)?),
+    };
+    let mut chain: Vec<Arc<dyn authn::Authenticator>> = vec![
+        Arc::new(authn::RequestHeader(shared.clone())),
+        Arc::new(authn::X509(shared)),
+    ];
+    if let Some(source) = &settings.token_auth {
+        let (text, origin) = source.read()?;
+        chain.push(Arc::new(authn::TokenFile::parse(&text, &origin)?));
+    }
+    if let Some(t) = token_review {
+        chain.push(Arc::new(t));
+    }
+    Ok(authn::Chain::new(chain))
+}

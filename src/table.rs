@@ -1,0 +1,588 @@
+//! Server-side printing: the `meta.k8s.io` `Table` that kubectl asks for with
+//! `Accept: application/json;as=Table;v=v1;g=meta.k8s.io` (or `v1beta1`), for LIST, GET
+//! and WATCH, as kube-apiserver builds it for a built-in resource.
+//!
+//! An event's cells are read from its object once, on first need, and kept with the
+//! event (as its truncated form is), so a Table watch costs every watcher a copy, not a
+//! parse. Rows and tables are glued around those bytes and the event's own; the only
+//! JSON encoded per request is the request's own (resourceVersion, continue token).
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+use std::time::SystemTime;
+
+use bytes::BufMut;
+use serde::{Deserialize, Serialize};
+
+use crate::bus::Published;
+use crate::event::{Event, SOURCE_ANNOTATION};
+use crate::status::ApiError;
+
+/// The group/version of the Table a client asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    /// What kubectl before 1.21 asks for; the same shape under another name.
+    V1beta1,
+}
+
+impl Version {
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Version::V1 => "meta.k8s.io/v1",
+            Version::V1beta1 => "meta.k8s.io/v1beta1",
+        }
+    }
+}
+
+/// Read the `Accept` header as kube-apiserver negotiates it for a resource: the first
+/// media range we can serve wins, `Some` for a Table. We serve JSON only (no YAML or
+/// protobuf) and no `PartialObjectMetadata`; a header naming nothing we serve is a 406.
+pub fn negotiate(accept: Option<&str>) -> Result<Option<Version>, ApiError> {
+    let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else {
+        return Ok(None);
+    };
+    for range in accept.split(',') {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+        if !matches!(media.as_str(), "application/json" | "application/*" | "*/*") {
+            continue;
+        }
+        let (mut as_, mut g, mut v) = ("", "", "");
+        for param in parts {
+            match param.split_once('=') {
+                Some(("as", x)) => as_ = x,
+                Some(("g", x)) => g = x,
+                Some(("v", x)) => v = x,
+                _ => {}
+            }
+        }
+        match (as_, g, v) {
+            ("", _, _) => return Ok(None),
+            ("Table", "meta.k8s.io", "v1") => return Ok(Some(Version::V1)),
+            ("Table", "meta.k8s.io", "v1beta1") => return Ok(Some(Version::V1beta1)),
+            _ => {}
+        }
+    }
+    Err(ApiError::NotAcceptable(
+        "only the following media types are accepted: application/json, application/json;as=Table;v=v1;g=meta.k8s.io, application/json;as=Table;v=v1beta1;g=meta.k8s.io".into(),
+    ))
+}
+
+/// `includeObject`: what each row carries besides its cells.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IncludeObject {
+    None,
+    /// kube-apiserver's default: the object's metadata as `PartialObjectMetadata`
+    /// (kubectl reads the namespace of `--all-namespaces` rows from it).
+    #[default]
+    Metadata,
+    Object,
+}
+
+impl IncludeObject {
+    pub fn parse(value: &str) -> Result<Self, ApiError> {
+        match value {
+            "None" => Ok(IncludeObject::None),
+            "" | "Metadata" => Ok(IncludeObject::Metadata),
+            "Object" => Ok(IncludeObject::Object),
+            other => Err(ApiError::BadRequest(format!(
+                "unrecognized includeObject value: {}",
+                crate::status::go_quote(other)
+            ))),
+        }
+    }
+}
+
+/// A Table response: its version and what rows include.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Format {
+    pub version: Version,
+    pub include: IncludeObject,
+}
+
+/// One column; `priority` above 0 is shown by `kubectl -o wide` only.
+#[derive(Serialize)]
+struct Column {
+    name: &'static str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    format: &'static str,
+    description: &'static str,
+    priority: u8,
+}
+
+const fn column(name: &'static str, description: &'static str, priority: u8) -> Column {
+    Column {
+        name,
+        kind: "string",
+        format: "",
+        description,
+        priority,
+    }
+}
+
+/// The columns, in the order of each row's cells.
+const COLUMNS: [Column; 13] = [
+    column(
+        "Time",
+        "stageTimestamp: when the event's stage was reached.",
+        0,
+    ),
+    column("Source", "The kube-apiserver that sent the event.", 0),
+    column("User", "user.username: who made the request.", 0),
+    column("Verb", "The request's verb.", 0),
+    column(
+        "Resource",
+        "objectRef.resource (and /subresource); the request URI for non-resource requests.",
+        0,
+    ),
+    column("Namespace", "objectRef.namespace.", 0),
+    column("Name", "objectRef.name.", 0),
+    Column {
+        kind: "integer",
+        ..column("Code", "responseStatus.code: the HTTP status answered.", 0)
+    },
+    column("Stage", "The request's stage.", 0),
+    column(
+        "Latency",
+        "From requestReceivedTimestamp to stageTimestamp.",
+        1,
+    ),
+    column("Source IPs", "sourceIPs: where the request came from.", 1),
+    column("User Agent", "userAgent.", 1),
+    column(
+        "Event",
+        "metadata.name of the event: what `kubectl get` takes.",
+        1,
+    ),
+];
+
+/// The `columnDefinitions` array, encoded once.
+static COLUMN_DEFINITIONS: LazyLock<Vec<u8>> =
+    LazyLock::new(|| serde_json::to_vec(&COLUMNS).unwrap_or_else(|_| b"[]".to_vec()));
+
+/// The fields of an event object the cells read.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct Source<'a> {
+    #[serde(borrow)]
+    stage_timestamp: Option<Cow<'a, str>>,
+    /// `audit.k8s.io/v1beta1`'s name for it.
+    #[serde(borrow)]
+    timestamp: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    request_received_timestamp: Option<Cow<'a, str>>,
+    #[serde(rename = "requestURI", borrow)]
+    request_uri: Option<Cow<'a, str>>,
+    #[serde(rename = "sourceIPs", borrow)]
+    source_ips: Option<Vec<Cow<'a, str>>>,
+    #[serde(borrow)]
+    user_agent: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    object_ref: Option<ObjectRef<'a>>,
+    #[serde(borrow)]
+    annotations: Option<BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
+    metadata: Option<Metadata<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ObjectRef<'a> {
+    #[serde(borrow)]
+    subresource: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct Metadata<'a> {
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    creation_timestamp: Option<Cow<'a, str>>,
+}
+
+/// The cells of `ev`: encoded once per event and kept with it.
+pub fn cells(ev: &Event) -> &[u8] {
+    ev.cells(build_cells)
+}
+
+fn build_cells(ev: &Event) -> Vec<u8> {
+    use crate::event::Field;
+    let (head, tail) = ev.object_parts(false);
+    let mut object = Vec::with_capacity(head.len() + 1 + tail.len());
+    object.extend_from_slice(head);
+    object.push(b'0');
+    object.extend_from_slice(tail);
+    // The object was validated at ingest; a failure here can only leave cells empty.
+    let src: Source<'_> = serde_json::from_slice(&object).unwrap_or_default();
+
+    let resource = match (ev.get(Field::Resource), src.object_ref.as_ref()) {
+        ("", _) => src.request_uri.as_deref().unwrap_or_default().to_owned(),
+        (
+            r,
+            Some(ObjectRef {
+                subresource: Some(sub),
+            }),
+        ) if !sub.is_empty() => {
+            format!("{r}/{sub}")
+        }
+        (r, _) => r.to_owned(),
+    };
+    let code: Option<i64> = ev.get(Field::Code).parse().ok();
+    let latency = match (&src.request_received_timestamp, &src.stage_timestamp) {
+        (Some(from), Some(to)) => latency(from, to).unwrap_or_default(),
+        _ => String::new(),
+    };
+    let source = src
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(SOURCE_ANNOTATION))
+        .map_or("", |s| s);
+    let metadata = src.metadata.unwrap_or_default();
+    // The stage's time; else the older name for it; else the time the event was taken in.
+    let time = [
+        &src.stage_timestamp,
+        &src.timestamp,
+        &metadata.creation_timestamp,
+    ]
+    .into_iter()
+    .find_map(|t| t.as_deref())
+    .unwrap_or_default();
+    let cells = serde_json::json!([
+        time,
+        source,
+        ev.get(Field::Username),
+        ev.get(Field::Verb),
+        resource,
+        ev.get(Field::Namespace),
+        ev.get(Field::Name),
+        code,
+        ev.get(Field::Stage),
+        latency,
+        src.source_ips.unwrap_or_default().join(","),
+        src.user_agent.as_deref().unwrap_or_default(),
+        metadata.name.as_deref().unwrap_or_default(),
+    ]);
+    serde_json::to_vec(&cells).unwrap_or_else(|_| b"[]".to_vec())
+}
+
+/// The time between two RFC 3339 timestamps, in the unit that reads best.
+fn latency(from: &str, to: &str) -> Option<String> {
+    let parse = |s: &str| humantime::parse_rfc3339_weak(s.trim_end_matches('Z')).ok();
+    let (from, to): (SystemTime, SystemTime) = (parse(from)?, parse(to)?);
+    let d = to.duration_since(from).ok()?;
+    Some(if d.as_millis() < 1 {
+        format!("{}µs", d.as_micros())
+    } else if d.as_secs() < 1 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.3}s", d.as_secs_f64())
+    })
+}
+
+/// Where a Table starts: kind, apiVersion and the opening of its metadata.
+fn open(out: &mut impl BufMut, version: Version) {
+    out.put_slice(br#"{"kind":"Table","apiVersion":""#);
+    out.put_slice(version.api_version().as_bytes());
+    out.put_slice(br#"","metadata":{"resourceVersion":""#);
+}
+
+impl Format {
+    /// A whole Table: `rows` written by `write_rows`, metadata from the rest.
+    pub fn write_table(
+        &self,
+        out: &mut Vec<u8>,
+        resource_version: u64,
+        continue_token: Option<&str>,
+        headers: bool,
+        items: &[std::sync::Arc<Published>],
+    ) {
+        open(out, self.version);
+        out.extend_from_slice(itoa::Buffer::new().format(resource_version).as_bytes());
+        out.push(b'"');
+        if let Some(token) = continue_token {
+            out.extend_from_slice(br#","continue":"#);
+            out.extend_from_slice(&serde_json::to_vec(token).unwrap_or_default());
+        }
+        out.extend_from_slice(br#"},"columnDefinitions":"#);
+        if headers {
+            out.extend_from_slice(&COLUMN_DEFINITIONS);
+        } else {
+            out.extend_from_slice(b"[]");
+        }
+        out.extend_from_slice(br#","rows":["#);
+        for (i, p) in items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            self.write_row(out, p, false);
+        }
+        out.extend_from_slice(b"]}");
+    }
+
+    /// One row: the cells and, as `includeObject` asks, the object or its metadata.
+    fn write_row(&self, out: &mut impl BufMut, p: &Published, truncated: bool) {
+        out.put_slice(br#"{"cells":"#);
+        out.put_slice(cells(&p.event));
+        let (head, tail) = match self.include {
+            IncludeObject::None => {
+                out.put_u8(b'}');
+                return;
+            }
+            IncludeObject::Metadata => {
+                out.put_slice(br#","object":{"kind":"PartialObjectMetadata","apiVersion":""#);
+                out.put_slice(self.version.api_version().as_bytes());
+                out.put_slice(br#"","metadata":"#);
+                p.event.metadata_parts()
+            }
+            IncludeObject::Object => {
+                out.put_slice(br#","object":"#);
+                p.event.object_parts(truncated)
+            }
+        };
+        out.put_slice(head);
+        out.put_slice(p.digits());
+        out.put_slice(tail);
+        if self.include == IncludeObject::Metadata {
+            out.put_u8(b'}');
+        }
+        out.put_u8(b'}');
+    }
+
+    /// The length `write_row` writes, known before writing (the budget needs it).
+    fn row_len(&self, p: &Published, truncated: bool) -> usize {
+        let digits = p.digits().len();
+        let base = r#"{"cells":"#.len() + cells(&p.event).len() + 1;
+        match self.include {
+            IncludeObject::None => base,
+            IncludeObject::Metadata => {
+                let (head, tail) = p.event.metadata_parts();
+                base + r#","object":{"kind":"PartialObjectMetadata","apiVersion":""#.len()
+                    + self.version.api_version().len()
+                    + r#"","metadata":"#.len()
+                    + head.len()
+                    + digits
+                    + tail.len()
+                    + 1
+            }
+            IncludeObject::Object => {
+                let (head, tail) = p.event.object_parts(truncated);
+                base + r#","object":"#.len() + head.len() + digits + tail.len()
+            }
+        }
+    }
+
+    /// A watch line whose object is a one-row Table, with the column definitions only
+    /// when `headers` (kube-apiserver sends them with the first event of a watch only).
+    pub fn write_watch_line(
+        &self,
+        out: &mut impl BufMut,
+        p: &Published,
+        truncated: bool,
+        headers: bool,
+    ) {
+        out.put_slice(br#"{"type":"ADDED","object":"#);
+        open(out, self.version);
+        out.put_slice(p.digits());
+        out.put_slice(br#""},"columnDefinitions":"#);
+        out.put_slice(if headers {
+            &COLUMN_DEFINITIONS
+        } else {
+            &b"[]"[..]
+        });
+        out.put_slice(br#","rows":["#);
+        self.write_row(out, p, truncated);
+        out.put_slice(b"]}}\n");
+    }
+
+    /// The length `write_watch_line` writes.
+    pub fn watch_line_len(&self, p: &Published, truncated: bool, headers: bool) -> usize {
+        r#"{"type":"ADDED","object":"#.len()
+            + r#"{"kind":"Table","apiVersion":""#.len()
+            + self.version.api_version().len()
+            + r#"","metadata":{"resourceVersion":""#.len()
+            + p.digits().len()
+            + r#""},"columnDefinitions":"#.len()
+            + if headers { COLUMN_DEFINITIONS.len() } else { 2 }
+            + r#","rows":["#.len()
+            + self.row_len(p, truncated)
+            + "]}}\n".len()
+    }
+
+    /// A bookmark of a Table watch: a Table without rows, at `resource_version`.
+    pub fn bookmark(&self, resource_version: u64) -> Vec<u8> {
+        let mut out = br#"{"type":"BOOKMARK","object":"#.to_vec();
+        open(&mut out, self.version);
+        out.extend_from_slice(itoa::Buffer::new().format(resource_version).as_bytes());
+        out.extend_from_slice(br#""},"columnDefinitions":[],"rows":[]}}"#);
+        out.push(b'\n');
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::{Bus, Config, Filter, ListRange, Scope};
+    use crate::event::decode_event_list;
+
+    const EV: &str = r#"{"level":"RequestResponse","auditID":"a-1","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/team-a/pods/p/exec","verb":"create","user":{"username":"bob"},"sourceIPs":["10.0.0.1","10.0.0.2"],"userAgent":"kubectl/v1.33","objectRef":{"resource":"pods","subresource":"exec","namespace":"team-a","name":"p"},"responseStatus":{"code":101},"requestObject":{"kind":"PodExecOptions"},"requestReceivedTimestamp":"2026-01-01T10:00:00.123456Z","stageTimestamp":"2026-01-01T10:00:00.135456Z"}"#;
+    const BARE: &str = r#"{"level":"Metadata","auditID":"b-2","stage":"RequestReceived","requestURI":"/healthz","verb":"get","timestamp":"2017-09-11T19:55:05Z"}"#;
+
+    fn published() -> Vec<std::sync::Arc<Published>> {
+        let body = format!(
+            r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{EV},{BARE}]}}"#
+        );
+        let bus = Bus::new(Config {
+            window_events: 10,
+            window_bytes: 1 << 20,
+            subscriber_queue_events: 10,
+            subscriber_queue_bytes: 1 << 20,
+        });
+        bus.publish(
+            decode_event_list(body.as_bytes(), "apiserver-1", "2026-01-01T00:00:00Z").unwrap(),
+        );
+        bus.list(&Filter::scope(Scope::All), ListRange::default())
+            .unwrap()
+            .items
+    }
+
+    #[test]
+    fn cells_follow_the_columns() {
+        let items = published();
+        let got: serde_json::Value = serde_json::from_slice(cells(&items[0].event)).unwrap();
+        assert_eq!(
+            got,
+            serde_json::json!([
+                "2026-01-01T10:00:00.135456Z",
+                "apiserver-1",
+                "bob",
+                "create",
+                "pods/exec",
+                "team-a",
+                "p",
+                101,
+                "ResponseComplete",
+                "12ms",
+                "10.0.0.1,10.0.0.2",
+                "kubectl/v1.33",
+                "a-1-responsecomplete"
+            ])
+        );
+        let bare: serde_json::Value = serde_json::from_slice(cells(&items[1].event)).unwrap();
+        assert_eq!(bare[0], "2017-09-11T19:55:05Z", "v1beta1's timestamp");
+        assert_eq!(bare[4], "/healthz", "a non-resource request shows its path");
+        assert_eq!(bare[7], serde_json::Value::Null, "no code yet");
+        assert_eq!(bare.as_array().unwrap().len(), COLUMNS.len());
+    }
+
+    #[test]
+    fn watch_lines_are_one_row_tables_of_the_length_promised() {
+        let items = published();
+        for include in [
+            IncludeObject::None,
+            IncludeObject::Metadata,
+            IncludeObject::Object,
+        ] {
+            for version in [Version::V1, Version::V1beta1] {
+                for (truncated, headers) in [(false, true), (true, false), (false, false)] {
+                    let f = Format { version, include };
+                    let mut out = Vec::new();
+                    f.write_watch_line(&mut out, &items[0], truncated, headers);
+                    assert_eq!(out.len(), f.watch_line_len(&items[0], truncated, headers));
+                    assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 1);
+                    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+                    let t = &v["object"];
+                    assert_eq!(t["kind"], "Table");
+                    assert_eq!(t["apiVersion"], version.api_version());
+                    assert_eq!(t["metadata"]["resourceVersion"], "1");
+                    let columns = t["columnDefinitions"].as_array().unwrap().len();
+                    assert_eq!(columns, if headers { COLUMNS.len() } else { 0 });
+                    let row = &t["rows"][0];
+                    assert_eq!(row["cells"][2], "bob");
+                    match include {
+                        IncludeObject::None => assert!(row.get("object").is_none()),
+                        IncludeObject::Metadata => {
+                            assert_eq!(row["object"]["kind"], "PartialObjectMetadata");
+                            assert_eq!(row["object"]["apiVersion"], version.api_version());
+                            assert_eq!(row["object"]["metadata"]["name"], "a-1-responsecomplete");
+                            assert_eq!(row["object"]["metadata"]["namespace"], "team-a");
+                        }
+                        IncludeObject::Object => {
+                            assert_eq!(row["object"]["kind"], "Event");
+                            assert_eq!(row["object"]["metadata"]["resourceVersion"], "1");
+                            assert_eq!(row["object"].get("requestObject").is_none(), truncated);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn list_tables_carry_the_page_metadata() {
+        let items = published();
+        let f = Format {
+            version: Version::V1,
+            include: IncludeObject::Metadata,
+        };
+        let mut out = Vec::new();
+        f.write_table(&mut out, 7, Some("tok\"en"), true, &items);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["metadata"]["resourceVersion"], "7");
+        assert_eq!(v["metadata"]["continue"], "tok\"en");
+        assert_eq!(v["rows"].as_array().unwrap().len(), 2);
+        assert_eq!(v["columnDefinitions"][0]["name"], "Time");
+        assert_eq!(v["columnDefinitions"][7]["type"], "integer");
+        let mut empty = Vec::new();
+        f.write_table(&mut empty, 7, None, true, &[]);
+        let v: serde_json::Value = serde_json::from_slice(&empty).unwrap();
+        assert_eq!(v["rows"], serde_json::json!([]));
+        let b: serde_json::Value = serde_json::from_slice(&f.bookmark(9)).unwrap();
+        assert_eq!(b["type"], "BOOKMARK");
+        assert_eq!(b["object"]["metadata"]["resourceVersion"], "9");
+    }
+
+    #[test]
+    fn accept_negotiation() {
+        let kubectl = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+        assert_eq!(negotiate(Some(kubectl)).unwrap(), Some(Version::V1));
+        assert_eq!(
+            negotiate(Some(
+                "application/json;as=Table;v=v1beta1;g=meta.k8s.io, application/json"
+            ))
+            .unwrap(),
+            Some(Version::V1beta1)
+        );
+        for json in [
+            None,
+            Some(""),
+            Some("application/json"),
+            Some("*/*"),
+            Some("application/vnd.kubernetes.protobuf, application/json"),
+        ] {
+            assert_eq!(negotiate(json).unwrap(), None, "{json:?}");
+        }
+        assert_eq!(
+            negotiate(Some(
+                "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io,application/json"
+            ))
+            .unwrap(),
+            None
+        );
+        let e = negotiate(Some("application/yaml")).unwrap_err();
+        assert_eq!(
+            e.code_reason(),
+            (http::StatusCode::NOT_ACCEPTABLE, "NotAcceptable")
+        );
+    }
+
+    #[test]
+    fn include_object_values() {
+        assert_eq!(IncludeObject::parse("").unwrap(), IncludeObject::Metadata);
+        assert_eq!(IncludeObject::parse("None").unwrap(), IncludeObject::None);
+        assert!(IncludeObject::parse("All").is_err());
+    }
+}

@@ -1,0 +1,231 @@
+//! LIST and GET of events. A LIST returns the replay window (what the bus still holds,
+//! never older history) as an `EventList` or a Table, in pages (`limit`, `continue`) that
+//! are consistent with the first page's resourceVersion; a GET returns one event while
+//! the window holds it. Items are cut out of each event's shared watch line, not
+//! re-encoded.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::{Response, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use super::{Query, ResourceVersionMatch};
+use crate::bus::{At, Bus, Filter, ListError, ListRange, Scope};
+use crate::event::{API_GROUP, Field, GROUP_VERSION};
+use crate::reply::{self, Body};
+use crate::status::ApiError;
+use crate::table::Format;
+
+/// What a continue token holds: where the next page starts, and the resourceVersion
+/// the pages are consistent with (0: none, the token kube-apiserver calls inconsistent).
+#[derive(Serialize, Deserialize)]
+struct Continue {
+    v: String,
+    rv: u64,
+    after: u64,
+}
+
+impl Continue {
+    fn encode(rv: u64, after: u64) -> String {
+        let token = Continue {
+            v: GROUP_VERSION.to_owned(),
+            rv,
+            after,
+        };
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&token).unwrap_or_default())
+    }
+
+    fn decode(token: &str) -> Result<Continue, ApiError> {
+        let invalid = |why: String| ApiError::BadRequest(format!("invalid continue token: {why}"));
+        let bytes = URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|e| invalid(e.to_string()))?;
+        let c: Continue = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+        if c.v != GROUP_VERSION {
+            return Err(invalid(format!("unknown version {:?}", c.v)));
+        }
+        Ok(c)
+    }
+}
+
+/// Which part of the window the query asks for, as kube-apiserver reads
+/// `resourceVersion`, `resourceVersionMatch` and `continue`.
+fn range(query: &Query) -> Result<ListRange, ApiError> {
+    if let Some(token) = &query.continue_token {
+        if query.resource_version.is_some_and(|rv| rv != 0) {
+            return Err(ApiError::BadRequest(
+                "specifying resource version is not allowed when using continue".into(),
+            ));
+        }
+        let c = Continue::decode(token)?;
+        return Ok(ListRange {
+            after: c.after,
+            after_must_be_kept: c.rv != 0,
+            at: if c.rv == 0 { At::Now } else { At::Exact(c.rv) },
+            limit: query.limit,
+        });
+    }
+    let at = match (query.resource_version, &query.resource_version_match) {
+        // "" and "0": whatever is there now.
+        (None | Some(0), _) => At::Now,
+        (Some(rv), Some(ResourceVersionMatch::Exact)) => At::Exact(rv),
+        (Some(rv), _) => At::NotOlderThan(rv),
+    };
+    Ok(ListRange {
+        at,
+        limit: query.limit,
+        ..ListRange::default()
+    })
+}
+
+/// LIST the window's events that `scope` and the field selector select.
+pub fn list(
+    bus: &Bus,
+    scope: Scope,
+    query: &Query,
+    format: Option<Format>,
+) -> Result<Response<Body>, ApiError> {
+    let range = range(query)?;
+    let filter = Filter {
+        scope,
+        selector: query.field_selector.clone(),
+    };
+    let page = bus.list(&filter, range).map_err(|e| match e {
+        ListError::TooLarge { requested, current } => {
+            ApiError::TooLargeResourceVersion { requested, current }
+        }
+        ListError::Expired(_) if query.continue_token.is_some() => ApiError::ContinueExpired {
+            inconsistent_continue: Continue::encode(0, range.after),
+        },
+        ListError::Expired(_) => ApiError::ListExpired,
+    })?;
+    let continue_token = page
+        .more
+        .then(|| page.items.last())
+        .flatten()
+        .map(|last| Continue::encode(page.resource_version, last.resource_version));
+
+    let mut out =
+        Vec::with_capacity(256 + page.items.iter().map(|p| p.wire_len(false)).sum::<usize>());
+    match format {
+        Some(f) => f.write_table(
+            &mut out,
+            page.resource_version,
+            continue_token.as_deref(),
+            true,
+            &page.items,
+        ),
+        None => {
+            out.extend_from_slice(br#"{"kind":"EventList","apiVersion":""#);
+            out.extend_from_slice(GROUP_VERSION.as_bytes());
+            out.extend_from_slice(br#"","metadata":{"resourceVersion":""#);
+            out.extend_from_slice(itoa::Buffer::new().format(page.resource_version).as_bytes());
+            out.push(b'"');
+            if let Some(token) = &continue_token {
+                out.extend_from_slice(br#","continue":"#);
+                out.extend_from_slice(&serde_json::to_vec(token).unwrap_or_default());
+            }
+            out.extend_from_slice(br#"},"items":["#);
+            for (i, p) in page.items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                let (head, tail) = p.event.object_parts(false);
+                out.extend_from_slice(head);
+                out.extend_from_slice(p.digits());
+                out.extend_from_slice(tail);
+            }
+            out.extend_from_slice(b"]}");
+        }
+    }
+    Ok(reply::json(StatusCode::OK, out))
+}
+
+/// GET one event by name (`<auditID>-<stage in lower case>`) while the window holds it;
+/// the newest, should two share a name.
+pub fn get(
+    bus: &Bus,
+    scope: Scope,
+    resource: &'static str,
+    name: &str,
+    format: Option<Format>,
+) -> Result<Response<Body>, ApiError> {
+    let not_found = || ApiError::ObjectNotFound {
+        group: API_GROUP,
+        resource,
+        name: name.to_owned(),
+    };
+    // Stages have no '-', audit IDs (UUIDs) do: the stage is after the last one.
+    let (audit_id, stage) = name.rsplit_once('-').ok_or_else(not_found)?;
+    let found = bus
+        .find(|e| {
+            e.audit_id() == audit_id
+                && e.get(Field::Stage).eq_ignore_ascii_case(stage)
+                && scope.matches(e)
+        })
+        .ok_or_else(not_found)?;
+    let mut out = Vec::with_capacity(found.wire_len(false) + 256);
+    match format {
+        Some(f) => f.write_table(
+            &mut out,
+            found.resource_version,
+            None,
+            true,
+            std::slice::from_ref(&found),
+        ),
+        None => {
+            let (head, tail) = found.event.object_parts(false);
+            out.extend_from_slice(head);
+            out.extend_from_slice(found.digits());
+            out.extend_from_slice(tail);
+        }
+    }
+    Ok(reply::json(StatusCode::OK, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_tokens_round_trip_and_refuse_garbage() {
+        let c = Continue::decode(&Continue::encode(7, 3)).unwrap();
+        assert_eq!((c.rv, c.after), (7, 3));
+        for bad in [
+            "!!",
+            "e30",
+            &URL_SAFE_NO_PAD.encode(br#"{"v":"x","rv":1,"after":0}"#),
+        ] {
+            let e = Continue::decode(bad).err().unwrap();
+            assert_eq!(e.code_reason().0, StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+
+    #[test]
+    fn resource_version_semantics() {
+        let q = |s: &str| range(&Query::parse(Some(s)).unwrap());
+        assert_eq!(q("").unwrap().at, At::Now);
+        assert_eq!(q("resourceVersion=0").unwrap().at, At::Now);
+        assert_eq!(q("resourceVersion=5").unwrap().at, At::NotOlderThan(5));
+        assert_eq!(
+            q("resourceVersion=5&resourceVersionMatch=NotOlderThan")
+                .unwrap()
+                .at,
+            At::NotOlderThan(5)
+        );
+        assert_eq!(
+            q("resourceVersion=5&resourceVersionMatch=Exact")
+                .unwrap()
+                .at,
+            At::Exact(5)
+        );
+        let token = Continue::encode(9, 4);
+        let r = q(&format!("continue={token}&limit=3")).unwrap();
+        assert_eq!(
+            (r.after, r.after_must_be_kept, r.at, r.limit),
+            (4, true, At::Exact(9), 3)
+        );
+        assert!(q(&format!("continue={token}&resourceVersion=0")).is_ok());
+        assert!(q(&format!("continue={token}&resourceVersion=2")).is_err());
+    }
+}

@@ -1,0 +1,478 @@
+//! LIST, GET, Tables and WatchList, black-box over HTTP: what the window holds and
+//! nothing older, paging that returns every event once, kube-apiserver's errors (410
+//! for an expired continue token or resourceVersion, 404 for a name that left the
+//! window, 422 for invalid list options), server-side Tables on LIST, GET and WATCH, and
+//! a WatchList that ends its initial events with the annotated bookmark.
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use http::StatusCode;
+use support::fixtures::{event, event_list};
+use support::server::{ADMIN_TOKEN, ALICE_TOKEN, PUSH_TOKEN, TestServer};
+
+const EVENTS: &str = "/apis/audit.k8s.io/v1alpha1/events";
+const TEAM_A: &str = "/apis/audit.k8s.io/v1alpha1/namespaces/team-a/namespacedevents";
+const TEAM_B: &str = "/apis/audit.k8s.io/v1alpha1/namespaces/team-b/namespacedevents";
+const TABLE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+
+async fn push(srv: &TestServer, items: &[String]) {
+    let (code, status) = srv
+        .client(Some(PUSH_TOKEN))
+        .push("", event_list("audit.k8s.io/v1", items))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{status}");
+}
+
+fn ids(list: &serde_json::Value) -> Vec<String> {
+    list["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no items: {list}"))
+        .iter()
+        .map(|o| o["auditID"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Every page of a LIST with `limit`, following `continue` to the end.
+async fn pages(srv: &TestServer, path: &str, limit: usize) -> (Vec<String>, usize, String) {
+    let admin = srv.client(Some(ADMIN_TOKEN));
+    let (mut all, mut count, mut rv) = (vec![], 0, String::new());
+    let mut token: Option<String> = None;
+    loop {
+        let mut url = format!("{path}?limit={limit}");
+        if let Some(t) = &token {
+            url.push_str(&format!("&continue={t}"));
+        }
+        let (code, page) = admin.get_json(&url).await;
+        assert_eq!(code, StatusCode::OK, "{page}");
+        assert!(page["items"].as_array().unwrap().len() <= limit);
+        let page_rv = page["metadata"]["resourceVersion"].as_str().unwrap();
+        if count > 0 {
+            assert_eq!(
+                page_rv, rv,
+                "every page is of the first page's resourceVersion"
+            );
+        }
+        rv = page_rv.to_owned();
+        all.extend(ids(&page));
+        count += 1;
+        match page["metadata"]["continue"].as_str() {
+            Some(t) => token = Some(t.to_owned()),
+            None => return (all, count, rv),
+        }
+    }
+}
+
+#[tokio::test]
+async fn list_returns_the_window_in_pages_each_event_once() {
+    let srv = TestServer::start(&["--window-events", "20"]).await;
+    let items: Vec<String> = (0..25)
+        .map(|i| {
+            let ns = ["team-a", "team-b"][i % 2];
+            event(&format!("e-{i:02}"), Some(ns), "get")
+        })
+        .collect();
+    push(&srv, &items).await;
+
+    // The window (the last 20), not history: e-00..e-04 are gone.
+    let want: Vec<String> = (5..25).map(|i| format!("e-{i:02}")).collect();
+    let (code, list) = srv.client(Some(ADMIN_TOKEN)).get_json(EVENTS).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(list["kind"], "EventList");
+    assert_eq!(list["apiVersion"], "audit.k8s.io/v1alpha1");
+    assert_eq!(list["metadata"]["resourceVersion"], "25");
+    assert!(list["metadata"].get("continue").is_none());
+    assert_eq!(ids(&list), want);
+    let first = &list["items"][0];
+    assert_eq!(first["kind"], "Event");
+    assert_eq!(first["metadata"]["name"], "e-05-responsecomplete");
+    assert_eq!(first["metadata"]["resourceVersion"], "6");
+
+    for limit in [1, 3, 7, 20, 50] {
+        let (got, count, rv) = pages(&srv, EVENTS, limit).await;
+        assert_eq!(got, want, "limit {limit}");
+        assert_eq!(count, want.len().div_ceil(limit).max(1), "limit {limit}");
+        assert_eq!(rv, "25");
+    }
+    // A page boundary while events keep arriving: the pages stay at their snapshot.
+    let admin = srv.client(Some(ADMIN_TOKEN));
+    let (_, page) = admin.get_json(&format!("{TEAM_A}?limit=4")).await;
+    let token = page["metadata"]["continue"].as_str().unwrap().to_owned();
+    push(&srv, &[event("late", Some("team-a"), "get")]).await;
+    let (_, rest) = admin
+        .get_json(&format!("{TEAM_A}?limit=100&continue={token}"))
+        .await;
+    let mut team_a = ids(&page);
+    team_a.extend(ids(&rest));
+    let want_a: Vec<String> = (6..25).step_by(2).map(|i| format!("e-{i:02}")).collect();
+    assert_eq!(team_a, want_a, "once each, nothing from after the snapshot");
+    assert_eq!(rest["metadata"]["resourceVersion"], "25");
+    let set: BTreeSet<_> = team_a.iter().collect();
+    assert_eq!(set.len(), team_a.len());
+
+    // Field selectors, as on a watch.
+    let (_, deletes) = admin
+        .get_json(&format!("{EVENTS}?fieldSelector=verb%3Ddelete"))
+        .await;
+    assert_eq!(ids(&deletes), Vec::<String>::new());
+    let (_, gets) = admin
+        .get_json(&format!(
+            "{EVENTS}?fieldSelector=objectRef.namespace%3Dteam-b,responseStatus.code%3D200"
+        ))
+        .await;
+    // e-07, e-09, … e-23: e-05 left the window when "late" came.
+    assert_eq!(ids(&gets).len(), 9);
+}
+
+#[tokio::test]
+async fn expired_continue_and_resource_versions_get_kube_apiserver_errors() {
+    let srv = TestServer::start(&["--window-events", "4"]).await;
+    let admin = srv.client(Some(ADMIN_TOKEN));
+    push(
+        &srv,
+        &(0..4)
+            .map(|i| event(&format!("x-{i}"), None, "get"))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let (_, page) = admin.get_json(&format!("{EVENTS}?limit=1")).await;
+    assert_eq!(ids(&page), ["x-0"]);
+    let token = page["metadata"]["continue"].as_str().unwrap().to_owned();
+    // Four more: the window moved past the page's end.
+    push(
+        &srv,
+        &(4..8)
+            .map(|i| event(&format!("x-{i}"), None, "get"))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let (code, status) = admin
+        .get_json(&format!("{EVENTS}?limit=1&continue={token}"))
+        .await;
+    assert_eq!(code, StatusCode::GONE);
+    assert_eq!(status["reason"], "Expired");
+    assert!(
+        status["message"].as_str().unwrap().starts_with(
+            "The provided continue parameter is too old to display a consistent list result."
+        ),
+        "{status}"
+    );
+    // The token it hands back continues, inconsistently, from what is left.
+    let inconsistent = status["metadata"]["continue"].as_str().unwrap();
+    let (code, rest) = admin
+        .get_json(&format!("{EVENTS}?continue={inconsistent}"))
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(ids(&rest), ["x-4", "x-5", "x-6", "x-7"]);
+
+    for (query, code, reason) in [
+        ("resourceVersion=2", StatusCode::GONE, "Expired"),
+        (
+            "resourceVersion=2&resourceVersionMatch=Exact",
+            StatusCode::GONE,
+            "Expired",
+        ),
+        ("resourceVersion=99", StatusCode::GATEWAY_TIMEOUT, "Timeout"),
+        (
+            "resourceVersionMatch=Exact",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+        ),
+        ("continue=garbage", StatusCode::BAD_REQUEST, "BadRequest"),
+        (
+            "fieldSelector=spec.nodeName%3Dx",
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+        ),
+    ] {
+        let (got, status) = admin.get_json(&format!("{EVENTS}?{query}")).await;
+        assert_eq!(
+            (got, status["reason"].as_str()),
+            (code, Some(reason)),
+            "{query}: {status}"
+        );
+        assert_eq!(status["kind"], "Status");
+    }
+    let (_, status) = admin.get_json(&format!("{EVENTS}?resourceVersion=2")).await;
+    assert_eq!(
+        status["message"],
+        "The resourceVersion for the provided list is too old."
+    );
+    // "" and "0": what is there now; an Exact resourceVersion in the window: the window
+    // as it was then.
+    for query in ["resourceVersion=0", "resourceVersion=", "resourceVersion=6"] {
+        let (code, list) = admin.get_json(&format!("{EVENTS}?{query}")).await;
+        assert_eq!(code, StatusCode::OK, "{query}");
+        assert_eq!(ids(&list), ["x-4", "x-5", "x-6", "x-7"], "{query}");
+        assert_eq!(list["metadata"]["resourceVersion"], "8");
+    }
+    let (_, then) = admin
+        .get_json(&format!(
+            "{EVENTS}?resourceVersion=6&resourceVersionMatch=Exact"
+        ))
+        .await;
+    assert_eq!(ids(&then), ["x-4", "x-5"]);
+    assert_eq!(then["metadata"]["resourceVersion"], "6");
+}
+
+#[tokio::test]
+async fn get_by_name_while_in_the_window() {
+    let srv = TestServer::start(&["--window-events", "3"]).await;
+    push(
+        &srv,
+        &[
+            event("g-1", Some("team-a"), "get"),
+            event("g-2", Some("team-b"), "get"),
+        ],
+    )
+    .await;
+    let alice = srv.client(Some(ALICE_TOKEN));
+    let (code, ev) = alice
+        .get_json(&format!("{TEAM_A}/g-1-responsecomplete"))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{ev}");
+    assert_eq!(ev["kind"], "Event");
+    assert_eq!(ev["auditID"], "g-1");
+    assert_eq!(ev["metadata"]["resourceVersion"], "1");
+    // Another namespace's event is not in this one.
+    let (code, status) = alice
+        .get_json(&format!("{TEAM_A}/g-2-responsecomplete"))
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert_eq!(
+        status["message"],
+        r#"namespacedevents.audit.k8s.io "g-2-responsecomplete" not found"#
+    );
+    assert_eq!(
+        status["details"],
+        serde_json::json!({"name": "g-2-responsecomplete", "group": "audit.k8s.io", "kind": "namespacedevents"})
+    );
+    let (code, status) = alice
+        .get_json(&format!("{TEAM_B}/g-2-responsecomplete"))
+        .await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    assert_eq!(
+        status["message"],
+        r#"namespacedevents.audit.k8s.io "g-2-responsecomplete" is forbidden: User "alice" cannot get resource "namespacedevents" in API group "audit.k8s.io" in the namespace "team-b": No policy matched."#
+    );
+    // Once it leaves the window: 404, in kube-apiserver's words.
+    push(
+        &srv,
+        &(0..3)
+            .map(|i| event(&format!("later-{i}"), None, "get"))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let (code, status) = srv
+        .client(Some(ADMIN_TOKEN))
+        .get_json(&format!("{EVENTS}/g-1-responsecomplete"))
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert_eq!(
+        (status["reason"].as_str(), status["code"].as_u64()),
+        (Some("NotFound"), Some(404))
+    );
+    assert_eq!(
+        status["message"],
+        r#"events.audit.k8s.io "g-1-responsecomplete" not found"#
+    );
+}
+
+#[tokio::test]
+async fn tables_on_list_get_and_watch() {
+    let srv = TestServer::start(&[]).await;
+    push(
+        &srv,
+        &[
+            event("t-1", Some("team-a"), "get"),
+            event("t-2", Some("team-a"), "delete"),
+        ],
+    )
+    .await;
+    let alice = srv.client(Some(ALICE_TOKEN));
+    let (code, table) = alice.get_json_with(TEAM_A, &[("accept", TABLE)]).await;
+    assert_eq!(code, StatusCode::OK, "{table}");
+    assert_eq!(table["kind"], "Table");
+    assert_eq!(table["apiVersion"], "meta.k8s.io/v1");
+    assert_eq!(table["metadata"]["resourceVersion"], "2");
+    let columns: Vec<&str> = table["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["priority"] == 0)
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            "Time",
+            "Source",
+            "User",
+            "Verb",
+            "Resource",
+            "Namespace",
+            "Name",
+            "Code",
+            "Stage"
+        ]
+    );
+    let rows = table["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        rows[1]["cells"],
+        serde_json::json!([
+            "2026-01-01T10:00:00.100000Z",
+            "apiserver-1",
+            "bob",
+            "delete",
+            "configmaps",
+            "team-a",
+            "cm",
+            200,
+            "ResponseComplete",
+            "100ms",
+            "",
+            "",
+            "t-2-responsecomplete"
+        ])
+    );
+    // includeObject: Metadata by default, as kube-apiserver.
+    assert_eq!(rows[0]["object"]["kind"], "PartialObjectMetadata");
+    assert_eq!(rows[0]["object"]["metadata"]["namespace"], "team-a");
+    let (_, full) = alice
+        .get_json_with(
+            &format!("{TEAM_A}?includeObject=Object&limit=1"),
+            &[("accept", TABLE)],
+        )
+        .await;
+    assert_eq!(full["rows"][0]["object"]["auditID"], "t-1");
+    assert!(full["metadata"]["continue"].is_string());
+    let (_, none) = alice
+        .get_json_with(
+            &format!("{TEAM_A}?includeObject=None"),
+            &[("accept", TABLE)],
+        )
+        .await;
+    assert!(none["rows"][0].get("object").is_none());
+    // The v1beta1 form older kubectl asks for, and GET of one name.
+    let (_, beta) = alice
+        .get_json_with(
+            &format!("{TEAM_A}/t-1-responsecomplete"),
+            &[(
+                "accept",
+                "application/json;as=Table;v=v1beta1;g=meta.k8s.io",
+            )],
+        )
+        .await;
+    assert_eq!(beta["apiVersion"], "meta.k8s.io/v1beta1");
+    assert_eq!(beta["metadata"]["resourceVersion"], "1");
+    assert_eq!(beta["rows"].as_array().unwrap().len(), 1);
+    let (code, status) = alice
+        .get_json_with(TEAM_A, &[("accept", "application/yaml")])
+        .await;
+    assert_eq!(
+        (code, status["reason"].as_str()),
+        (StatusCode::NOT_ACCEPTABLE, Some("NotAcceptable"))
+    );
+
+    // A Table watch: one-row Tables, the column definitions with the first only.
+    let mut watch = alice
+        .watch_with(
+            &format!("{TEAM_A}?watch=1&resourceVersion=0"),
+            &[("accept", TABLE)],
+        )
+        .await;
+    push(&srv, &[event("t-3", Some("team-a"), "get")]).await;
+    let mut names = vec![];
+    for i in 0..3 {
+        let line = watch.next().await.unwrap();
+        assert_eq!(line["type"], "ADDED");
+        let t = &line["object"];
+        assert_eq!(t["kind"], "Table");
+        assert_eq!(t["rows"].as_array().unwrap().len(), 1);
+        assert_eq!(t["metadata"]["resourceVersion"], (i + 1).to_string());
+        let defs = t["columnDefinitions"].as_array().unwrap().len();
+        assert_eq!(
+            defs > 0,
+            i == 0,
+            "column definitions on the first event only"
+        );
+        names.push(t["rows"][0]["object"]["metadata"]["name"].clone());
+    }
+    assert_eq!(names[2], "t-3-responsecomplete");
+}
+
+#[tokio::test]
+async fn watch_list_sends_the_window_then_the_annotated_bookmark() {
+    let srv = TestServer::start(&["--window-events", "3"]).await;
+    push(
+        &srv,
+        &(0..5)
+            .map(|i| event(&format!("w-{i}"), Some("team-a"), "get"))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let alice = srv.client(Some(ALICE_TOKEN));
+    let mut watch = alice
+        .watch(&format!(
+            "{TEAM_A}?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&resourceVersion=1"
+        ))
+        .await;
+    let initial = watch.added(3).await;
+    let got: Vec<&str> = initial
+        .iter()
+        .map(|o| o["auditID"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        ["w-2", "w-3", "w-4"],
+        "the window, however old the bound"
+    );
+    let bookmark = watch.next().await.unwrap();
+    assert_eq!(bookmark["type"], "BOOKMARK", "{bookmark}");
+    assert_eq!(bookmark["object"]["metadata"]["resourceVersion"], "5");
+    assert_eq!(
+        bookmark["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+    push(&srv, &[event("w-live", Some("team-a"), "get")]).await;
+    let live = watch.added(1).await;
+    assert_eq!(live[0]["auditID"], "w-live");
+    assert_eq!(live[0]["metadata"]["resourceVersion"], "6");
+
+    // An empty window: the bookmark alone, at the current resourceVersion.
+    let mut empty = srv
+        .client(Some(ADMIN_TOKEN))
+        .watch(&format!(
+            "{TEAM_B}?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true"
+        ))
+        .await;
+    let first = empty.next().await.unwrap();
+    assert_eq!(first["type"], "BOOKMARK");
+    assert_eq!(first["object"]["metadata"]["resourceVersion"], "6");
+
+    let (code, status) = alice
+        .get_json(&format!("{TEAM_A}?watch=1&sendInitialEvents=true"))
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        status["message"],
+        r#"ListOptions.meta.k8s.io "" is invalid: resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"#
+    );
+}
+
+#[tokio::test]
+async fn list_is_authorized_with_the_list_verb() {
+    let srv = TestServer::start(&[]).await;
+    let (code, status) = srv.client(Some(ALICE_TOKEN)).get_json(TEAM_B).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    assert_eq!(
+        status["message"],
+        r#"namespacedevents.audit.k8s.io is forbidden: User "alice" cannot list resource "namespacedevents" in API group "audit.k8s.io" in the namespace "team-b": No policy matched."#
+    );
+    let (code, list) = srv.client(Some(ALICE_TOKEN)).get_json(TEAM_A).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(list["items"], serde_json::json!([]));
+    assert_eq!(list["metadata"]["resourceVersion"], "0");
+}
