@@ -8,9 +8,10 @@
 //! key of the certificate it sent; `ClientCa::verify` then checks the chain against the CA
 //! that matters for the request. A certificate is never used without that check.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use rustls::client::danger::HandshakeSignatureValid;
@@ -21,6 +22,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
+use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 /// How often certificate and CA files are checked for changes. Certificates rotate
@@ -309,7 +311,21 @@ impl ClientCertVerifier for AnyClientCert {
 #[derive(Debug, Clone)]
 pub struct ClientCa {
     anchors: Vec<TrustAnchor<'static>>,
+    /// Recent answers by chain: a connection's requests (every push of an apiserver on
+    /// its kept-alive connection) would each be a signature check otherwise, the largest
+    /// cost of ingest after decoding. A reloaded CA is a new `ClientCa`, with none.
+    verified: Arc<Mutex<HashMap<[u8; 32], Verified>>>,
 }
+
+/// When a chain was checked, and the answer.
+type Verified = (std::time::Instant, Result<CertIdentity, String>);
+
+/// How long an answer is reused: a certificate that expires is refused this much late
+/// at most.
+const VERIFIED_TTL: Duration = Duration::from_secs(10);
+/// Answers kept at most; the cache starts over beyond (chains sent to fill it cost their
+/// sender a handshake each).
+const VERIFIED_MAX: usize = 4096;
 
 /// The identity in a verified client certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -339,7 +355,10 @@ impl ClientCa {
                 origin: origin.to_owned(),
             });
         }
-        Ok(ClientCa { anchors })
+        Ok(ClientCa {
+            anchors,
+            verified: Arc::default(),
+        })
     }
 
     pub fn load(path: &Path) -> Result<Self, CaError> {
@@ -348,8 +367,36 @@ impl ClientCa {
     }
 
     /// Check the peer's chain against this CA for client authentication (an EKU, if the
-    /// certificate has any, must allow clientAuth), then read its subject.
+    /// certificate has any, must allow clientAuth), then read its subject; the answer is
+    /// reused for `VERIFIED_TTL`.
     pub fn verify(&self, chain: &[CertificateDer<'static>]) -> Result<CertIdentity, String> {
+        let mut hash = Sha256::new();
+        for cert in chain {
+            hash.update((cert.len() as u64).to_be_bytes());
+            hash.update(cert);
+        }
+        let key: [u8; 32] = hash.finalize().into();
+        let now = std::time::Instant::now();
+        let cached = {
+            let cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+            cache
+                .get(&key)
+                .filter(|(at, _)| now.duration_since(*at) < VERIFIED_TTL)
+                .map(|(_, answer)| answer.clone())
+        };
+        if let Some(answer) = cached {
+            return answer;
+        }
+        let answer = self.verify_now(chain);
+        let mut cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= VERIFIED_MAX {
+            cache.clear();
+        }
+        cache.insert(key, (now, answer.clone()));
+        answer
+    }
+
+    fn verify_now(&self, chain: &[CertificateDer<'static>]) -> Result<CertIdentity, String> {
         let (leaf, intermediates) = chain.split_first().ok_or("no client certificate")?;
         let cert = webpki::EndEntityCert::try_from(leaf).map_err(|e| e.to_string())?;
         cert.verify_for_usage(
@@ -442,6 +489,29 @@ mod tests {
                 .is_err()
         );
         assert!(bundle.verify(&[]).is_err());
+    }
+
+    /// Answers are reused per chain, good and bad alike, and a reloaded CA starts afresh.
+    #[test]
+    fn answers_are_cached_per_chain() {
+        let (good, other) = (ca(), ca());
+        let bundle = ClientCa::from_pem(good.0.pem().as_bytes(), "ca").unwrap();
+        let (trusted, stranger) = (client(&good, "a", None), client(&other, "b", None));
+        for _ in 0..3 {
+            assert_eq!(
+                bundle
+                    .verify(std::slice::from_ref(&trusted))
+                    .unwrap()
+                    .common_name,
+                "a"
+            );
+            assert!(bundle.verify(std::slice::from_ref(&stranger)).is_err());
+        }
+        assert_eq!(bundle.verified.lock().unwrap().len(), 2);
+        // The same chain under another CA: that CA's own answer.
+        let reloaded = ClientCa::from_pem(other.0.pem().as_bytes(), "ca").unwrap();
+        assert!(reloaded.verify(std::slice::from_ref(&trusted)).is_err());
+        assert_eq!(reloaded.verify(&[stranger]).unwrap().common_name, "b");
     }
 
     #[test]
