@@ -29,37 +29,16 @@ use divan::Bencher;
 use divan::counter::{BytesCount, ItemsCount};
 use kube_audit_stream::bus::{self, Bus, Filter, Scope, Subscription};
 use kube_audit_stream::config::{SUBSCRIBER_QUEUE_BYTES, SUBSCRIBER_QUEUE_EVENTS};
-use kube_audit_stream::event::{Event, Limited, decode_event_list};
 
-const NOW: &str = "2026-01-01T00:00:00Z";
-const SOURCE: &str = "bench-apiserver";
-/// `--max-event-bytes` default: ingest truncates events above it before publishing.
-const MAX_EVENT_BYTES: usize = 100 * 1024;
 /// Namespaces the `namespaces` batch spreads its events over.
 const NAMESPACES: usize = 1000;
 
 mod common;
 
+use common::{Fixture, batch};
+
 fn main() {
     divan::main();
-}
-
-/// The webhook body, and the batch's size once decoded (events, wire bytes).
-struct Fixture {
-    body: Vec<u8>,
-    events: usize,
-    wire_bytes: usize,
-}
-
-impl Fixture {
-    fn new(body: Vec<u8>) -> Self {
-        let batch = batch(&body);
-        Fixture {
-            events: batch.len(),
-            wire_bytes: batch.iter().map(|e| e.wire_len(false)).sum(),
-            body,
-        }
-    }
 }
 
 /// all-events.jsonl as it is (16 namespaces, some events cluster-scoped).
@@ -82,18 +61,6 @@ static SPREAD: LazyLock<Fixture> = LazyLock::new(|| {
     }
     Fixture::new(serde_json::to_vec(&list).expect("JSON"))
 });
-
-/// Decode and size-limit a batch, as `POST /ingest` does before `Bus::publish`.
-fn batch(body: &[u8]) -> Vec<Event> {
-    decode_event_list(body, SOURCE, NOW)
-        .expect("the fixture is a valid EventList")
-        .into_iter()
-        .filter_map(|ev| match ev.limit_size(MAX_EVENT_BYTES) {
-            Limited::Fits(ev) | Limited::Truncated(ev) => Some(ev),
-            Limited::TooLarge { .. } => None,
-        })
-        .collect()
-}
 
 /// The server's default window and per-subscriber queue sizes.
 fn config() -> bus::Config {

@@ -19,45 +19,23 @@ use http_body::Body as _;
 use kube_audit_stream::budget::{self, Budget};
 use kube_audit_stream::bus::{self, Bus, Filter, Published, Scope};
 use kube_audit_stream::config::{SUBSCRIBER_QUEUE_BYTES, SUBSCRIBER_QUEUE_EVENTS};
-use kube_audit_stream::event::{Event, Limited, decode_event_list};
 use kube_audit_stream::metrics::Metrics;
 use kube_audit_stream::watch::{self, Query, WatchCtx, Watches};
 
 mod common;
 
+use common::{Fixture, batch};
+
 fn main() {
     divan::main();
 }
 
-struct Fixture {
-    body: Vec<u8>,
-    events: usize,
-    wire_bytes: usize,
-}
-
 fn load(name: &str) -> Fixture {
-    let (body, _) = common::event_list(name);
-    let batch = batch(&body);
-    Fixture {
-        events: batch.len(),
-        wire_bytes: batch.iter().map(|e| e.wire_len(false)).sum(),
-        body,
-    }
+    Fixture::new(common::event_list(name).0)
 }
 
 static ALL_EVENTS: LazyLock<Fixture> = LazyLock::new(|| load("all-events.jsonl"));
 static AUDIT2RBAC: LazyLock<Fixture> = LazyLock::new(|| load("audit2rbac-demo.log"));
-
-fn batch(body: &[u8]) -> Vec<Event> {
-    decode_event_list(body, "bench-apiserver", "2026-01-01T00:00:00Z")
-        .expect("the fixture is a valid EventList")
-        .into_iter()
-        .filter_map(|ev| match ev.limit_size(100 * 1024) {
-            Limited::Fits(ev) | Limited::Truncated(ev) => Some(ev),
-            Limited::TooLarge { .. } => None,
-        })
-        .collect()
-}
 
 fn bus() -> Bus {
     Bus::new(bus::Config {
