@@ -184,27 +184,90 @@ async fn a_lagging_reader_gets_truncated_events_while_a_fast_one_gets_everything
     assert_eq!(seen.accounted(), 100 * rounds);
 }
 
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb * 1024
+/// The real binary, `serve --dev` on an ephemeral port, in its own process: its memory
+/// is its own, not shared with the other tests of this binary.
+struct ServerProcess {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    ca_pem: String,
+    _dir: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    fn start(flags: &[&str]) -> ServerProcess {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kube-audit-stream"))
+            .args(["serve", "--dev", "--secure-port", "0", "--cert-dir"])
+            .arg(dir.path())
+            .args(flags)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // "kube-audit-stream --dev is serving on https://127.0.0.1:PORT (...)", on stderr,
+        // which is then drained for as long as the server lives.
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let addr = line
+                    .split_once("serving on https://")
+                    .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok());
+                if let Some(addr) = addr {
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr: std::net::SocketAddr = rx
+            .recv_timeout(DEADLINE)
+            .expect("the server says where it serves");
+        let ca_pem = std::fs::read_to_string(dir.path().join("apiserver.crt")).unwrap();
+        ServerProcess {
+            child,
+            addr,
+            ca_pem,
+            _dir: dir,
+        }
+    }
+
+    fn client(&self, token: Option<&str>) -> support::client::Client {
+        support::client::Client::new(self.addr, &self.ca_pem, token)
+    }
+
+    fn rss_bytes(&self) -> i64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kb: i64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        kb * 1024
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 #[tokio::test]
 async fn a_reader_that_never_reads_costs_bounded_memory() {
-    let srv = TestServer::start(&[
+    let srv = ServerProcess::start(&[
         "--window-bytes",
         "8000000",
         "--watcher-bytes-per-second",
         "0",
-    ])
-    .await;
-    let admin = srv.client(Some(ADMIN_TOKEN));
+    ]);
+    // The `--dev` example administrator; pushes are open on loopback in `--dev`.
+    let admin = srv.client(Some("admin-dev-token"));
     let stuck = admin.send(Method::GET, EVENTS, &[], "").await;
     assert_eq!(stuck.status(), StatusCode::OK);
     let lines = fixtures::lines("all-events.jsonl");
@@ -212,14 +275,14 @@ async fn a_reader_that_never_reads_costs_bounded_memory() {
         .chunks(400)
         .map(|b| event_list("audit.k8s.io/v1", b))
         .collect();
-    let pusher = srv.client(Some(PUSH_TOKEN));
+    let pusher = srv.client(None);
     // Warm up (allocator arenas, TLS, the stuck watcher's socket buffers), then measure.
     for _ in 0..10 {
         for b in &batches {
             pusher.push("", b.clone()).await;
         }
     }
-    let before = rss_bytes();
+    let before = srv.rss_bytes();
     let rounds = 100; // ~90 MB of events through a watcher that reads nothing
     for _ in 0..rounds {
         for b in &batches {
@@ -227,9 +290,13 @@ async fn a_reader_that_never_reads_costs_bounded_memory() {
             assert_eq!(code, StatusCode::OK);
         }
     }
-    let grown = rss_bytes().saturating_sub(before);
+    let grown = srv.rss_bytes() - before;
     let pushed: usize = batches.iter().map(String::len).sum::<usize>() * rounds;
-    eprintln!("pushed {} MB, RSS grew {} MB", pushed >> 20, grown >> 20);
+    eprintln!(
+        "pushed {} MB, server RSS grew {} MB",
+        pushed >> 20,
+        grown >> 20
+    );
     assert!(
         grown < 64 << 20,
         "RSS grew {} MB for {} MB pushed",

@@ -356,7 +356,25 @@ fn the_objects_point_at_each_other() {
 #[test]
 fn the_viewer_roles_are_never_aggregated() {
     for dir in ["manifests", "manifests/cert-manager"] {
-        for role in kustomize(dir).iter().filter(|o| o["kind"] == "ClusterRole") {
+        let objects = kustomize(dir);
+        let roles: Vec<_> = objects
+            .iter()
+            .filter(|o| o["kind"] == "ClusterRole")
+            .collect();
+        // The two viewer roles at least: a loop over nothing would pass whatever is rendered.
+        let viewers = roles
+            .iter()
+            .filter(|r| {
+                r["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("viewer"))
+            })
+            .count();
+        assert!(
+            viewers >= 2,
+            "{dir}: viewer ClusterRoles rendered: {viewers}"
+        );
+        for role in roles {
             let name = &role["metadata"]["name"];
             assert!(
                 role.get("aggregationRule").is_none(),
