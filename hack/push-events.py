@@ -69,6 +69,9 @@ def main():
             print(f"push failed: {e.reason}", file=sys.stderr)
             return 1
         total += len(batch)
+    if total == 0:
+        print(f"push failed: no audit events (JSON lines) in {', '.join(args.files)}", file=sys.stderr)
+        return 1
     print(f"pushed {total} events to {url}")
     return 0
 

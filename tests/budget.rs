@@ -11,6 +11,7 @@ use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use support::client::WatchReader;
 use support::fixtures::{self, event_list};
+use support::process::ServerProcess;
 use support::server::{ADMIN_TOKEN, PUSH_TOKEN, TestServer};
 use support::{DEADLINE, eventually, metric};
 
@@ -182,80 +183,6 @@ async fn a_lagging_reader_gets_truncated_events_while_a_fast_one_gets_everything
     );
     assert!(seen.dropped > 0, "and was told what it lost: {seen:?}");
     assert_eq!(seen.accounted(), 100 * rounds);
-}
-
-/// The real binary, `serve --dev` on an ephemeral port, in its own process: its memory
-/// is its own, not shared with the other tests of this binary.
-struct ServerProcess {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
-    ca_pem: String,
-    _dir: tempfile::TempDir,
-}
-
-impl ServerProcess {
-    fn start(flags: &[&str]) -> ServerProcess {
-        use std::io::BufRead;
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kube-audit-stream"))
-            .args(["serve", "--dev", "--secure-port", "0", "--cert-dir"])
-            .arg(dir.path())
-            .args(flags)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        // "kube-audit-stream --dev is serving on https://127.0.0.1:PORT (...)", on stderr,
-        // which is then drained for as long as the server lives.
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let addr = line
-                    .split_once("serving on https://")
-                    .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok());
-                if let Some(addr) = addr {
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let addr: std::net::SocketAddr = rx
-            .recv_timeout(DEADLINE)
-            .expect("the server says where it serves");
-        let ca_pem = std::fs::read_to_string(dir.path().join("apiserver.crt")).unwrap();
-        ServerProcess {
-            child,
-            addr,
-            ca_pem,
-            _dir: dir,
-        }
-    }
-
-    fn client(&self, token: Option<&str>) -> support::client::Client {
-        support::client::Client::new(self.addr, &self.ca_pem, token)
-    }
-
-    fn rss_bytes(&self) -> i64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let kb: i64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap();
-        kb * 1024
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test]

@@ -202,6 +202,17 @@ async fn dev_mode_end_to_end_as_the_readme_says() {
         "push: {}",
         String::from_utf8_lossy(&push.stderr)
     );
+    // A file with no events is a failed push, not "pushed 0 events".
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    let nothing = tokio::process::Command::new("python3")
+        .arg(format!("{root}/hack/push-events.py"))
+        .args(["--server", &url])
+        .arg(empty.path())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(nothing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&nothing.stderr).contains("no audit events"));
 
     for v in support::json_lines(watch.stdout.take().unwrap(), 4).await {
         assert_eq!(
@@ -231,5 +242,42 @@ async fn dev_mode_end_to_end_as_the_readme_says() {
     assert!(
         kubectl.success(),
         "kubectl saw a clean end of stream: {kubectl}"
+    );
+}
+
+/// The log a refused request leaves: one line saying who was turned away and why, never
+/// the credential, and no terminal colour codes in a log that is not a terminal.
+#[tokio::test]
+async fn refused_requests_are_logged_plainly() {
+    let srv = support::process::ServerProcess::start(&[]);
+    let events = "/apis/audit.k8s.io/v1alpha1/events";
+    let (code, _) = srv.client(None).get(events).await;
+    assert_eq!(code, http::StatusCode::UNAUTHORIZED);
+    let (code, _) = srv.client(Some("not-a-real-token")).get(events).await;
+    assert_eq!(code, http::StatusCode::UNAUTHORIZED);
+    let (code, _) = srv.client(Some("alice-dev-token")).get(events).await;
+    assert_eq!(code, http::StatusCode::FORBIDDEN);
+    support::eventually("three refusals logged", || {
+        let n = srv
+            .log()
+            .iter()
+            .filter(|l| l.contains("request refused"))
+            .count();
+        async move { n == 3 }
+    })
+    .await;
+    let log = srv.log().join("\n");
+    assert!(
+        log.contains("code=401") && log.contains("code=403"),
+        "{log}"
+    );
+    assert!(log.contains(r#"User "alice" cannot list"#), "{log}");
+    assert!(
+        !log.contains("not-a-real-token"),
+        "a token in the log: {log}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a piped log: {log}"
     );
 }

@@ -25,8 +25,18 @@ impl App {
     pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
         let resp = self.route(req, peer).await.unwrap_or_else(|e| {
-            if matches!(e, ApiError::Internal(_)) {
-                tracing::error!(%method, %path, error = %e, "request failed");
+            match e {
+                ApiError::Internal(_) => {
+                    tracing::error!(%method, %path, error = %e, "request failed");
+                }
+                // Who was turned away, and why (never the credential itself).
+                ApiError::Unauthorized | ApiError::Forbidden(..) | ApiError::ForbiddenPlain(_) => {
+                    tracing::info!(
+                        %method, %path, peer = %peer.remote_addr, code = e.code_reason().0.as_u16(),
+                        reason = %e, "request refused"
+                    );
+                }
+                _ => {}
             }
             reply::error(&e)
         });

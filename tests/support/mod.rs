@@ -7,6 +7,7 @@ pub mod client;
 pub mod fake_apiserver;
 pub mod fixtures;
 pub mod pki;
+pub mod process;
 pub mod server;
 pub mod yaml;
 
