@@ -38,7 +38,10 @@ fn err(flag: &str, msg: impl std::fmt::Display) -> Error {
 #[command(
     name = "kube-audit-stream",
     version,
-    about = "Kubernetes audit events from every kube-apiserver replica, as an authorized WATCH stream (aggregated API audit.k8s.io/v1alpha1)"
+    about = "Kubernetes audit events from every kube-apiserver replica, as an authorized WATCH stream (aggregated API audit.k8s.io/v1alpha1)",
+    // Every description under its flag: flag names as long as kube-apiserver's leave no
+    // room beside them, and clap would otherwise pick a layout per section.
+    next_line_help = true
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -48,6 +51,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the server.
+    #[command(next_line_help = true)]
     Serve(Box<ServeArgs>),
 }
 
