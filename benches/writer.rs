@@ -60,7 +60,7 @@ fn write(bencher: Bencher, fixture: &Fixture) {
     let _entered = rt.enter();
     let (bus, watches, metrics) = (
         bus(),
-        Watches::new(10, std::time::Duration::from_secs(60)),
+        Watches::new(10, 10, std::time::Duration::from_secs(60)),
         Metrics::new(),
     );
     let query = Query::parse(Some("watch=1")).expect("a valid query");
@@ -77,6 +77,7 @@ fn write(bencher: Bencher, fixture: &Fixture) {
         lag_bytes: SUBSCRIBER_QUEUE_BYTES / 2,
         guard: metrics.watch_started("events"),
         format: None,
+        user: "bench".into(),
     };
     let resp = watch::serve(&bus, &watches, Scope::All, &query, ctx).expect("a watch");
     let mut body = std::pin::pin!(resp.into_body());

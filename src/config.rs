@@ -205,6 +205,14 @@ pub struct Stream {
     /// backend default).
     #[arg(long, default_value_t = 100 * 1024)]
     pub max_event_bytes: usize,
+    /// Open watches at most, all users together; one more gets 429 with Retry-After.
+    /// Each costs a queue and a few KiB.
+    #[arg(long, default_value_t = 5_000)]
+    pub max_watchers: usize,
+    /// Open watches at most per user, so that one user (or one runaway script) cannot
+    /// take every slot; one more gets 429 with Retry-After.
+    #[arg(long, default_value_t = 100)]
+    pub max_watchers_per_user: usize,
 }
 
 /// A file to read at start, or text built into the binary (`--dev`).
@@ -307,6 +315,9 @@ pub struct Settings {
     pub max_event_bytes: usize,
     pub budget: budget::Config,
     pub max_egress_bytes_per_second: u64,
+    /// Open watches at most, in all and per user.
+    pub max_watchers: usize,
+    pub max_watchers_per_user: usize,
     /// How long a client may take nothing before its connection (HTTP/1.1) or its watch
     /// (HTTP/2 stream) is closed. No flag: tests shorten it.
     pub stall_limit: Duration,
@@ -466,6 +477,8 @@ impl ServeArgs {
                 burst_bytes: self.stream.watcher_burst_bytes,
             },
             max_egress_bytes_per_second: self.stream.max_egress_bytes_per_second,
+            max_watchers: self.stream.max_watchers,
+            max_watchers_per_user: self.stream.max_watchers_per_user,
             stall_limit: DEFAULT_STALL_LIMIT,
             dev,
         })
@@ -554,6 +567,8 @@ impl Stream {
             ("--window-events", self.window_events),
             ("--window-bytes", self.window_bytes),
             ("--max-event-bytes", self.max_event_bytes),
+            ("--max-watchers", self.max_watchers),
+            ("--max-watchers-per-user", self.max_watchers_per_user),
         ] {
             if value == 0 {
                 return Err(err(flag, "must be > 0"));
@@ -624,6 +639,10 @@ mod tests {
             (
                 vec!["--dev", "--watcher-burst-bytes", "0"],
                 "--watcher-burst-bytes:",
+            ),
+            (
+                vec!["--dev", "--max-watchers-per-user", "0"],
+                "--max-watchers-per-user: must be > 0",
             ),
             (
                 vec!["--dev", "--ingest-client-ca-file", "ca"],

@@ -34,5 +34,13 @@ pub fn json(code: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 
 /// The `Status` response for an error.
 pub fn error(e: &ApiError) -> Response<Body> {
-    json(e.code_reason().0, e.to_json())
+    let code = e.code_reason().0;
+    let mut resp = json(code, e.to_json());
+    if code == StatusCode::TOO_MANY_REQUESTS {
+        resp.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            HeaderValue::from(crate::status::RETRY_AFTER_SECONDS),
+        );
+    }
+    resp
 }

@@ -11,6 +11,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 use crate::authz::Attributes;
 
 /// An error answered to a client. One variant per Kubernetes `reason`.
+/// What a 429 asks the client to wait, in its `Retry-After` header and its Status.
+pub const RETRY_AFTER_SECONDS: i32 = 1;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("Unauthorized")]
@@ -115,6 +118,11 @@ impl ApiError {
                     field: None,
                 }]),
                 retry_after_seconds: Some(1),
+                ..Default::default()
+            }),
+            // As kube-apiserver's max-in-flight filter answers: come back in a second.
+            ApiError::TooManyRequests(_) => Some(StatusDetails {
+                retry_after_seconds: Some(RETRY_AFTER_SECONDS),
                 ..Default::default()
             }),
             ApiError::Invalid { kind, .. } => Some(StatusDetails {

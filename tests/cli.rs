@@ -41,6 +41,8 @@ const CONTRACT_FLAGS: &[&str] = &[
     "--watcher-bytes-per-second",
     "--watcher-burst-bytes",
     "--max-event-bytes",
+    "--max-watchers",
+    "--max-watchers-per-user",
     "--dev",
 ];
 

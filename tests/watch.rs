@@ -341,3 +341,51 @@ async fn read_added(
     progress.send_replace(added);
     (added, bookmarks)
 }
+
+/// Open watches are limited in all and per user, with kube-apiserver's answer to a client
+/// over its share: 429, `Retry-After`, and a Status that says so.
+#[tokio::test]
+async fn watch_slots_are_limited_per_user_and_in_all() {
+    let srv = TestServer::start(&["--max-watchers", "3", "--max-watchers-per-user", "2"]).await;
+    let alice = srv.client(Some(ALICE_TOKEN));
+    let bob = srv.client(Some(BOB_TOKEN));
+    let path = format!("{TEAM_A}?watch=1");
+    let refused = |resp: http::Response<hyper::body::Incoming>, what: &'static str| async move {
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS, "{what}");
+        assert_eq!(resp.headers()[http::header::RETRY_AFTER], "1", "{what}");
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(status["reason"], "TooManyRequests", "{what}");
+        assert_eq!(status["details"]["retryAfterSeconds"], 1, "{what}");
+        status["message"].as_str().unwrap().to_owned()
+    };
+
+    let first = alice.watch(&path).await;
+    let _second = alice.watch(&path).await;
+    let message = refused(
+        alice.send(Method::GET, &path, &[], "").await,
+        "alice's third",
+    )
+    .await;
+    assert!(message.contains(r#"user "alice""#), "{message}");
+    // Another user still gets a slot, up to the server's limit.
+    let _bob = bob.watch(&format!("{TEAM_B}?watch=1")).await;
+    let message = refused(
+        bob.send(Method::GET, &format!("{TEAM_B}?watch=1"), &[], "")
+            .await,
+        "the fourth in all",
+    )
+    .await;
+    assert!(message.contains("limit 3"), "{message}");
+
+    // A watch that ends gives its slot back.
+    drop(first);
+    support::eventually("alice's slot is released", || async {
+        let resp = alice.send(Method::GET, &path, &[], "").await;
+        resp.status() == StatusCode::OK
+    })
+    .await;
+}

@@ -479,6 +479,10 @@ fn server_argv(
         &ca_file,
         "--ingest-allowed-names",
         &names.join(","),
+        // Every watcher is the one loadgen user: the per-user limit would refuse the
+        // scenarios' thousand watches.
+        "--max-watchers-per-user",
+        "5000",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -22,10 +22,6 @@ use crate::metrics::Metrics;
 use crate::tls;
 use crate::watch::Watches;
 
-/// Open watches at most; one more gets 429. Each costs a queue and a few KiB of memory,
-/// and a runaway client should not be able to take them all.
-const MAX_WATCHES: usize = 5_000;
-
 /// Start-up failures after flag validation: files that do not load, a kube-apiserver that
 /// cannot be reached. Each keeps its cause; the message names the flag or file.
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +118,11 @@ impl App {
         };
         let bus = Bus::new(settings.bus.clone());
         let metrics = Arc::new(Metrics::new());
-        let watches = Watches::new(MAX_WATCHES, settings.stall_limit);
+        let watches = Watches::new(
+            settings.max_watchers,
+            settings.max_watchers_per_user,
+            settings.stall_limit,
+        );
         watches.spawn_sweeper(shutdown.clone());
         Ok(App {
             inner: Arc::new(Inner {

@@ -202,6 +202,7 @@ impl App {
             lag_bytes: app.lag_bytes,
             guard: app.metrics.watch_started(resource),
             format,
+            user: attrs.user.name.as_str().into(),
         };
         watch::serve(&app.bus, &app.watches, scope, query, ctx)
     }

@@ -241,6 +241,8 @@ pub struct WatchCtx {
     pub guard: WatchGuard,
     /// `Some` for a Table watch (`Accept: …;as=Table;…`).
     pub format: Option<Format>,
+    /// Who watches, for the per-user limit on open watches.
+    pub user: std::sync::Arc<str>,
 }
 
 /// Start a watch of `scope`, taking one of the server's watch slots. Errors found before
@@ -276,7 +278,7 @@ pub fn serve(
             return Ok(stream_response(crate::reply::full(e.to_watch_event())));
         }
     };
-    let registration = watches.register(sub.closer(), ctx.guard.stalled_counter())?;
+    let registration = watches.register(&ctx.user, sub.closer(), ctx.guard.stalled_counter())?;
     let body = body::WatchBody::new(sub, registration, query, ctx);
     Ok(stream_response(body.boxed_unsync()))
 }

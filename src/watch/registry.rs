@@ -1,5 +1,6 @@
-//! The server's open watches: their slots (one more than the limit gets 429), the one
-//! sweeper that ends watches whose client stopped reading, and shutdown.
+//! The server's open watches: their slots, in all and per user (one more than either
+//! limit gets 429), the one sweeper that ends watches whose client stopped reading, and
+//! shutdown.
 //!
 //! Hyper polls a response body only when the connection can take more, and an HTTP/2
 //! stream whose client stopped reading (its flow-control window shut) is never polled
@@ -22,10 +23,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::Closer;
 
-/// Every watch slot is taken.
+/// No slot for another watch.
 #[derive(Debug, thiserror::Error)]
-#[error("too many open watches (limit {0}), please try again later")]
-pub struct Full(pub usize);
+pub enum Full {
+    #[error("too many open watches (limit {0}), please try again later")]
+    Server(usize),
+    #[error("too many open watches for user {user:?} (limit {limit}), please try again later")]
+    User { user: String, limit: usize },
+}
 
 /// The open watches. Cheap to clone.
 #[derive(Clone)]
@@ -35,6 +40,7 @@ pub struct Watches {
 
 struct Inner {
     max: usize,
+    max_per_user: usize,
     stall_limit: Duration,
     /// Poll stamps are milliseconds since this.
     epoch: Instant,
@@ -45,7 +51,29 @@ struct Inner {
 struct Open {
     next_id: u64,
     entries: HashMap<u64, Arc<Entry>>,
+    /// Open watches by user.
+    per_user: HashMap<Arc<str>, usize>,
     shut_down: bool,
+}
+
+impl Open {
+    /// Forget a watch; `true` if it was still here.
+    fn remove(&mut self, id: u64) -> bool {
+        let Some(entry) = self.entries.remove(&id) else {
+            return false;
+        };
+        self.release(&entry.user);
+        true
+    }
+
+    fn release(&mut self, user: &Arc<str>) {
+        if let Some(n) = self.per_user.get_mut(user) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_user.remove(user);
+            }
+        }
+    }
 }
 
 /// What the sweeper knows of one watch, shared with its body.
@@ -61,13 +89,15 @@ struct Entry {
     suspect: AtomicU64,
     closer: Closer,
     stalled: IntCounter,
+    user: Arc<str>,
 }
 
 impl Watches {
-    pub fn new(max: usize, stall_limit: Duration) -> Self {
+    pub fn new(max: usize, max_per_user: usize, stall_limit: Duration) -> Self {
         Watches {
             inner: Arc::new(Inner {
                 max,
+                max_per_user,
                 stall_limit,
                 epoch: Instant::now(),
                 open: Mutex::default(),
@@ -82,13 +112,30 @@ impl Watches {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Take a slot for a watch; `closer` ends its subscription, `stalled` counts it if
-    /// the sweeper ends it.
-    pub fn register(&self, closer: Closer, stalled: IntCounter) -> Result<Registration, Full> {
+    /// Take a slot for `user`'s watch; `closer` ends its subscription, `stalled` counts
+    /// it if the sweeper ends it.
+    pub fn register(
+        &self,
+        user: &str,
+        closer: Closer,
+        stalled: IntCounter,
+    ) -> Result<Registration, Full> {
         let mut open = self.lock();
         if open.entries.len() >= self.inner.max {
-            return Err(Full(self.inner.max));
+            return Err(Full::Server(self.inner.max));
         }
+        let limit = self.inner.max_per_user;
+        let user: Arc<str> = match open.per_user.get_key_value(user) {
+            Some((_, n)) if *n >= limit => {
+                return Err(Full::User {
+                    user: user.to_owned(),
+                    limit,
+                });
+            }
+            Some((key, _)) => key.clone(),
+            None => user.into(),
+        };
+        *open.per_user.entry(user.clone()).or_default() += 1;
         let entry = Arc::new(Entry {
             last_poll: AtomicU64::new(self.millis(Instant::now())),
             backlog: AtomicBool::new(false),
@@ -96,6 +143,7 @@ impl Watches {
             suspect: AtomicU64::new(u64::MAX),
             closer,
             stalled,
+            user,
         });
         open.next_id += 1;
         let id = open.next_id;
@@ -154,6 +202,7 @@ impl Watches {
         let mut stalled = Vec::new();
         {
             let mut open = self.lock();
+            let open = &mut *open;
             open.entries.retain(|_, e| {
                 let last = e.last_poll.load(Ordering::Relaxed);
                 let waiting = e.backlog.load(Ordering::Relaxed) || e.closer.has_pending();
@@ -166,6 +215,9 @@ impl Watches {
                 stalled.push(e.clone());
                 false
             });
+            for e in &stalled {
+                open.release(&e.user);
+            }
         }
         for e in stalled {
             tracing::info!(
@@ -208,7 +260,7 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.watches.lock().entries.remove(&self.id);
+        self.watches.lock().remove(self.id);
     }
 }
 
@@ -237,39 +289,68 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn slots_are_limited_and_released() {
-        let (bus, watches) = (bus(), Watches::new(2, Duration::from_secs(60)));
+        let (bus, watches) = (bus(), Watches::new(2, 10, Duration::from_secs(60)));
         let sub = || bus.subscribe(Filter::scope(Scope::All), None).unwrap();
         let (s1, s2, s3) = (sub(), sub(), sub());
-        let a = watches.register(s1.closer(), IntCounter::new("a", "a").unwrap());
-        let b = watches.register(s2.closer(), IntCounter::new("b", "b").unwrap());
+        let a = watches.register("u", s1.closer(), IntCounter::new("a", "a").unwrap());
+        let b = watches.register("u", s2.closer(), IntCounter::new("b", "b").unwrap());
         assert!(a.is_ok() && b.is_ok());
         assert!(
             watches
-                .register(s3.closer(), IntCounter::new("c", "c").unwrap())
+                .register("u", s3.closer(), IntCounter::new("c", "c").unwrap())
                 .is_err()
         );
         drop(a);
         assert_eq!(watches.len(), 1);
         assert!(
             watches
-                .register(s3.closer(), IntCounter::new("c", "c").unwrap())
+                .register("u", s3.closer(), IntCounter::new("c", "c").unwrap())
                 .is_ok()
         );
     }
 
     #[tokio::test(start_paused = true)]
+    async fn one_user_cannot_take_every_slot() {
+        let (bus, watches) = (bus(), Watches::new(10, 2, Duration::from_secs(60)));
+        let stalled = IntCounter::new("s", "s").unwrap();
+        let sub = || bus.subscribe(Filter::scope(Scope::All), None).unwrap();
+        let subs: Vec<_> = (0..4).map(|_| sub()).collect();
+        let a1 = watches
+            .register("alice", subs[0].closer(), stalled.clone())
+            .unwrap();
+        let _a2 = watches
+            .register("alice", subs[1].closer(), stalled.clone())
+            .unwrap();
+        let refused = watches.register("alice", subs[2].closer(), stalled.clone());
+        assert!(matches!(refused, Err(Full::User { limit: 2, .. })));
+        assert!(
+            watches
+                .register("bob", subs[2].closer(), stalled.clone())
+                .is_ok()
+        );
+        drop(a1);
+        assert!(watches.register("alice", subs[3].closer(), stalled).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn only_a_watch_with_something_to_send_and_unpolled_is_ended() {
         let limit = Duration::from_secs(60);
-        let (bus, watches) = (bus(), Watches::new(10, limit));
+        let (bus, watches) = (bus(), Watches::new(10, 10, limit));
         let stalled = IntCounter::new("s", "s").unwrap();
         let mut idle = bus
             .subscribe(Filter::scope(Scope::Namespace("x".into())), None)
             .unwrap();
         let stuck = bus.subscribe(Filter::scope(Scope::All), None).unwrap();
         let busy = bus.subscribe(Filter::scope(Scope::All), None).unwrap();
-        let r_idle = watches.register(idle.closer(), stalled.clone()).unwrap();
-        let r_stuck = watches.register(stuck.closer(), stalled.clone()).unwrap();
-        let r_busy = watches.register(busy.closer(), stalled.clone()).unwrap();
+        let r_idle = watches
+            .register("u", idle.closer(), stalled.clone())
+            .unwrap();
+        let r_stuck = watches
+            .register("u", stuck.closer(), stalled.clone())
+            .unwrap();
+        let r_busy = watches
+            .register("u", busy.closer(), stalled.clone())
+            .unwrap();
         bus.publish(events(2));
         for _ in 0..3 {
             tokio::time::advance(limit).await;
@@ -284,21 +365,22 @@ mod tests {
         );
         assert!(!stuck.closer().has_pending(), "its queue was freed");
         assert_eq!(watches.len(), 2, "its slot was released");
+        assert_eq!(watches.lock().per_user["u"], 2, "and its user's");
         assert!(idle.take(&mut Default::default()) == 0);
     }
 
     #[tokio::test(start_paused = true)]
     async fn shutdown_ends_every_watch_and_later_ones() {
-        let (bus, watches) = (bus(), Watches::new(10, Duration::from_secs(60)));
+        let (bus, watches) = (bus(), Watches::new(10, 10, Duration::from_secs(60)));
         let sub = bus.subscribe(Filter::scope(Scope::All), None).unwrap();
         let r = watches
-            .register(sub.closer(), IntCounter::new("s", "s").unwrap())
+            .register("u", sub.closer(), IntCounter::new("s", "s").unwrap())
             .unwrap();
         watches.shut_down();
         assert!(!r.polled(Instant::now(), false));
         let late = bus.subscribe(Filter::scope(Scope::All), None).unwrap();
         let r = watches
-            .register(late.closer(), IntCounter::new("s", "s").unwrap())
+            .register("u", late.closer(), IntCounter::new("s", "s").unwrap())
             .unwrap();
         assert!(!r.polled(Instant::now(), false));
     }
