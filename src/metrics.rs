@@ -25,6 +25,7 @@ pub struct Metrics {
     watch_truncated: IntCounterVec,
     watch_dropped: IntCounterVec,
     watch_stalled: IntCounterVec,
+    panics: IntCounterVec,
     bus_published: IntCounter,
     bus_dropped: IntCounter,
     bus_window_events: IntGauge,
@@ -110,6 +111,14 @@ impl Metrics {
                 ),
                 &["resource"]
             )),
+            panics: reg!(IntCounterVec::new(
+                opts(
+                    "server",
+                    "panics_total",
+                    "Panics caught, by where: handler (the request answered 500), watch (the stream ended)."
+                ),
+                &["where"]
+            )),
             bus_published: reg!(IntCounter::with_opts(opts(
                 "bus",
                 "published_events_total",
@@ -133,6 +142,11 @@ impl Metrics {
             registry,
             scrape: Mutex::new(()),
         }
+    }
+
+    /// Counts the panics caught at `place` (`handler` or `watch`).
+    pub fn panic_counter(&self, place: &'static str) -> IntCounter {
+        self.panics.with_label_values(&[place])
     }
 
     pub fn ingest_request(&self, code: u16) {
@@ -160,6 +174,7 @@ impl Metrics {
         let gauge = self.watchers.with_label_values(&[resource]);
         gauge.inc();
         WatchGuard {
+            panics: self.panic_counter("watch"),
             gauge,
             sent: self.watch_events_sent.with_label_values(&[resource]),
             sent_bytes: self.watch_bytes_sent.with_label_values(&[resource]),
@@ -203,6 +218,7 @@ impl Default for Metrics {
 
 /// Held by a watch for its lifetime.
 pub struct WatchGuard {
+    panics: IntCounter,
     gauge: IntGauge,
     sent: IntCounter,
     sent_bytes: IntCounter,
@@ -256,6 +272,11 @@ impl WatchGuard {
     /// Counts the watch if it is ended because its client stopped reading.
     pub fn stalled_counter(&self) -> IntCounter {
         self.stalled.clone()
+    }
+
+    /// Counts a panic of the watch's stream.
+    pub fn panic_counter(&self) -> IntCounter {
+        self.panics.clone()
     }
 }
 

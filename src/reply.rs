@@ -1,13 +1,23 @@
 //! The response body type every handler returns, and the few ways of building a response.
-//! Errors go through `status::ApiError`; this is for everything else.
+//! Errors go through `status::ApiError`; this is for everything else. Also where a panic
+//! stops: in a handler it becomes a 500 Status, in a streaming body the end of the stream,
+//! logged and counted either way, so one bad request never takes its connection or the
+//! process down.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
+use http_body::Frame;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
+use prometheus::IntCounter;
 
 use crate::status::ApiError;
 
@@ -43,4 +53,138 @@ pub fn error(e: &ApiError) -> Response<Body> {
         );
     }
     resp
+}
+
+/// Await a handler; a panic in it is logged, counted in `panics`, and answered 500.
+pub async fn answer_panics<F>(handler: F, panics: &IntCounter, what: &str) -> Response<Body>
+where
+    F: Future<Output = Response<Body>>,
+{
+    match AssertUnwindSafe(handler).catch_unwind().await {
+        Ok(resp) => resp,
+        Err(panic) => {
+            panics.inc();
+            tracing::error!(
+                request = what,
+                panic = panic_message(&*panic),
+                "request handler panicked"
+            );
+            error(&ApiError::Internal(
+                "the server could not handle the request".into(),
+            ))
+        }
+    }
+}
+
+/// A streaming body whose panic ends the stream (logged and counted) instead of its
+/// connection's task.
+pub struct Guarded<B> {
+    inner: B,
+    panics: IntCounter,
+    ended: bool,
+}
+
+impl<B> Guarded<B> {
+    pub fn new(inner: B, panics: IntCounter) -> Self {
+        Guarded {
+            inner,
+            panics,
+            ended: false,
+        }
+    }
+}
+
+impl<B> http_body::Body for Guarded<B>
+where
+    B: http_body::Body<Data = Bytes, Error = Infallible> + Unpin,
+{
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        match std::panic::catch_unwind(AssertUnwindSafe(|| {
+            Pin::new(&mut this.inner).poll_frame(cx)
+        })) {
+            Ok(poll) => poll,
+            Err(panic) => {
+                this.ended = true;
+                this.panics.inc();
+                tracing::error!(
+                    panic = panic_message(&*panic),
+                    "watch stream panicked; ending it"
+                );
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counter() -> IntCounter {
+        IntCounter::new("p", "p").unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_answered_500() {
+        let panics = counter();
+        let resp = answer_panics(async { panic!("boom") }, &panics, "GET /x").await;
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(status["kind"], "Status");
+        assert_eq!(status["code"], 500);
+        assert_eq!(panics.get(), 1);
+        let fine = answer_panics(async { json(StatusCode::OK, "{}") }, &panics, "GET /y").await;
+        assert_eq!(fine.status(), StatusCode::OK);
+        assert_eq!(panics.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_stream_ends_and_is_counted() {
+        struct Boom(u8);
+        impl http_body::Body for Boom {
+            type Data = Bytes;
+            type Error = Infallible;
+            fn poll_frame(
+                mut self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+                self.0 += 1;
+                assert!(self.0 < 2, "the second frame panics");
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"line\n")))))
+            }
+        }
+        let panics = counter();
+        let mut body = Guarded::new(Boom(0), panics.clone());
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "line\n"
+        );
+        assert!(body.frame().await.is_none(), "the panic ends the stream");
+        assert!(http_body::Body::is_end_stream(&body));
+        assert!(body.frame().await.is_none());
+        assert_eq!(panics.get(), 1);
+    }
 }

@@ -21,8 +21,15 @@ use crate::tls::Peer;
 use crate::watch;
 
 impl App {
-    /// Serve one request; every failure becomes a `Status` response.
+    /// Serve one request; every failure becomes a `Status` response, a panic too (a 500,
+    /// logged and counted in `kube_audit_stream_server_panics_total`).
     pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
+        let what = format!("{} {}", req.method(), req.uri().path());
+        let panics = self.inner.metrics.panic_counter("handler");
+        reply::answer_panics(self.answer(req, peer), &panics, &what).await
+    }
+
+    async fn answer(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
         let resp = self.route(req, peer).await.unwrap_or_else(|e| {
             match e {

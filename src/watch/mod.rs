@@ -279,8 +279,11 @@ pub fn serve(
         }
     };
     let registration = watches.register(&ctx.user, sub.closer(), ctx.guard.stalled_counter())?;
+    let panics = ctx.guard.panic_counter();
     let body = body::WatchBody::new(sub, registration, query, ctx);
-    Ok(stream_response(body.boxed_unsync()))
+    Ok(stream_response(
+        crate::reply::Guarded::new(body, panics).boxed_unsync(),
+    ))
 }
 
 fn stream_response(body: Body) -> Response<Body> {
