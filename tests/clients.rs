@@ -19,19 +19,15 @@ use tokio::io::AsyncBufReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use support::fixtures::{event, event_list};
-use support::server::{ADMIN_TOKEN, ALICE_TOKEN, PUSH_TOKEN, TestServer};
+use support::fixtures::event;
+use support::server::{ADMIN_TOKEN, ALICE_TOKEN, TestServer};
 
 async fn push(srv: &TestServer, ids: &[&str]) {
     let items: Vec<String> = ids
         .iter()
         .map(|id| event(id, Some("team-a"), "get"))
         .collect();
-    let (code, status) = srv
-        .client(Some(PUSH_TOKEN))
-        .push("", event_list("audit.k8s.io/v1", &items))
-        .await;
-    assert_eq!(code, 200, "{status}");
+    srv.push_events(&items).await;
 }
 
 /// The number of open watches on `namespacedevents`, from the metrics page.

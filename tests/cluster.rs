@@ -12,7 +12,7 @@ use support::aggregator::FakeAggregator;
 use support::fake_apiserver::{FakeApiServer, Rule};
 use support::fixtures::{event, event_list};
 use support::pki::Ca;
-use support::server::{PUSH_TOKEN, TestServer};
+use support::server::TestServer;
 
 const TEAM_A: &str = "/apis/audit.k8s.io/v1alpha1/namespaces/team-a/namespacedevents?watch=1";
 const TEAM_B: &str = "/apis/audit.k8s.io/v1alpha1/namespaces/team-b/namespacedevents?watch=1";
@@ -95,16 +95,12 @@ impl Cluster {
 }
 
 async fn push(srv: &TestServer) {
-    let items = [
+    let items = vec![
         event("a-1", Some("team-a"), "delete"),
         event("b-1", Some("team-b"), "delete"),
         event("a-2", Some("team-a"), "get"),
     ];
-    let (code, _) = srv
-        .client(Some(PUSH_TOKEN))
-        .push("", event_list("audit.k8s.io/v1", &items))
-        .await;
-    assert_eq!(code, StatusCode::OK);
+    srv.push_events(&items).await;
 }
 
 fn ids(objs: &[serde_json::Value]) -> Vec<&str> {

@@ -9,21 +9,13 @@ mod support;
 use std::collections::BTreeSet;
 
 use http::StatusCode;
-use support::fixtures::{event, event_list};
-use support::server::{ADMIN_TOKEN, ALICE_TOKEN, PUSH_TOKEN, TestServer};
+use support::fixtures::event;
+use support::server::{ADMIN_TOKEN, ALICE_TOKEN, TestServer};
 
 const EVENTS: &str = "/apis/audit.k8s.io/v1alpha1/events";
 const TEAM_A: &str = "/apis/audit.k8s.io/v1alpha1/namespaces/team-a/namespacedevents";
 const TEAM_B: &str = "/apis/audit.k8s.io/v1alpha1/namespaces/team-b/namespacedevents";
 const TABLE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
-
-async fn push(srv: &TestServer, items: &[String]) {
-    let (code, status) = srv
-        .client(Some(PUSH_TOKEN))
-        .push("", event_list("audit.k8s.io/v1", items))
-        .await;
-    assert_eq!(code, StatusCode::OK, "{status}");
-}
 
 fn ids(list: &serde_json::Value) -> Vec<String> {
     list["items"]
@@ -73,7 +65,7 @@ async fn list_returns_the_window_in_pages_each_event_once() {
             event(&format!("e-{i:02}"), Some(ns), "get")
         })
         .collect();
-    push(&srv, &items).await;
+    srv.push_events(&items).await;
 
     // The window (the last 20), not history: e-00..e-04 are gone.
     let want: Vec<String> = (5..25).map(|i| format!("e-{i:02}")).collect();
@@ -99,7 +91,8 @@ async fn list_returns_the_window_in_pages_each_event_once() {
     let admin = srv.client(Some(ADMIN_TOKEN));
     let (_, page) = admin.get_json(&format!("{TEAM_A}?limit=4")).await;
     let token = page["metadata"]["continue"].as_str().unwrap().to_owned();
-    push(&srv, &[event("late", Some("team-a"), "get")]).await;
+    srv.push_events(&[event("late", Some("team-a"), "get")])
+        .await;
     let (_, rest) = admin
         .get_json(&format!("{TEAM_A}?limit=100&continue={token}"))
         .await;
@@ -129,8 +122,7 @@ async fn list_returns_the_window_in_pages_each_event_once() {
 async fn expired_continue_and_resource_versions_get_kube_apiserver_errors() {
     let srv = TestServer::start(&["--window-events", "4"]).await;
     let admin = srv.client(Some(ADMIN_TOKEN));
-    push(
-        &srv,
+    srv.push_events(
         &(0..4)
             .map(|i| event(&format!("x-{i}"), None, "get"))
             .collect::<Vec<_>>(),
@@ -140,8 +132,7 @@ async fn expired_continue_and_resource_versions_get_kube_apiserver_errors() {
     assert_eq!(ids(&page), ["x-0"]);
     let token = page["metadata"]["continue"].as_str().unwrap().to_owned();
     // Four more: the window moved past the page's end.
-    push(
-        &srv,
+    srv.push_events(
         &(4..8)
             .map(|i| event(&format!("x-{i}"), None, "get"))
             .collect::<Vec<_>>(),
@@ -219,13 +210,10 @@ async fn expired_continue_and_resource_versions_get_kube_apiserver_errors() {
 #[tokio::test]
 async fn get_by_name_while_in_the_window() {
     let srv = TestServer::start(&["--window-events", "3"]).await;
-    push(
-        &srv,
-        &[
-            event("g-1", Some("team-a"), "get"),
-            event("g-2", Some("team-b"), "get"),
-        ],
-    )
+    srv.push_events(&[
+        event("g-1", Some("team-a"), "get"),
+        event("g-2", Some("team-b"), "get"),
+    ])
     .await;
     let alice = srv.client(Some(ALICE_TOKEN));
     let (code, ev) = alice
@@ -257,8 +245,7 @@ async fn get_by_name_while_in_the_window() {
         r#"namespacedevents.audit.k8s.io "g-2-responsecomplete" is forbidden: User "alice" cannot get resource "namespacedevents" in API group "audit.k8s.io" in the namespace "team-b": No policy matched."#
     );
     // Once it leaves the window: 404, in kube-apiserver's words.
-    push(
-        &srv,
+    srv.push_events(
         &(0..3)
             .map(|i| event(&format!("later-{i}"), None, "get"))
             .collect::<Vec<_>>(),
@@ -282,13 +269,10 @@ async fn get_by_name_while_in_the_window() {
 #[tokio::test]
 async fn tables_on_list_get_and_watch() {
     let srv = TestServer::start(&[]).await;
-    push(
-        &srv,
-        &[
-            event("t-1", Some("team-a"), "get"),
-            event("t-2", Some("team-a"), "delete"),
-        ],
-    )
+    srv.push_events(&[
+        event("t-1", Some("team-a"), "get"),
+        event("t-2", Some("team-a"), "delete"),
+    ])
     .await;
     let alice = srv.client(Some(ALICE_TOKEN));
     let (code, table) = alice.get_json_with(TEAM_A, &[("accept", TABLE)]).await;
@@ -383,7 +367,8 @@ async fn tables_on_list_get_and_watch() {
             &[("accept", TABLE)],
         )
         .await;
-    push(&srv, &[event("t-3", Some("team-a"), "get")]).await;
+    srv.push_events(&[event("t-3", Some("team-a"), "get")])
+        .await;
     let mut names = vec![];
     for i in 0..3 {
         let line = watch.next().await.unwrap();
@@ -406,8 +391,7 @@ async fn tables_on_list_get_and_watch() {
 #[tokio::test]
 async fn watch_list_sends_the_window_then_the_annotated_bookmark() {
     let srv = TestServer::start(&["--window-events", "3"]).await;
-    push(
-        &srv,
+    srv.push_events(
         &(0..5)
             .map(|i| event(&format!("w-{i}"), Some("team-a"), "get"))
             .collect::<Vec<_>>(),
@@ -436,7 +420,8 @@ async fn watch_list_sends_the_window_then_the_annotated_bookmark() {
         bookmark["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
         "true"
     );
-    push(&srv, &[event("w-live", Some("team-a"), "get")]).await;
+    srv.push_events(&[event("w-live", Some("team-a"), "get")])
+        .await;
     let live = watch.added(1).await;
     assert_eq!(live[0]["auditID"], "w-live");
     assert_eq!(live[0]["metadata"]["resourceVersion"], "6");

@@ -12,14 +12,6 @@ const TEAM_A: &str = "/apis/audit.k8s.io/v1alpha1/namespaces/team-a/namespacedev
 const TEAM_B: &str = "/apis/audit.k8s.io/v1alpha1/namespaces/team-b/namespacedevents";
 const ALL_NS: &str = "/apis/audit.k8s.io/v1alpha1/namespacedevents";
 
-async fn push(srv: &TestServer, items: &[String]) {
-    let (code, status) = srv
-        .client(Some(PUSH_TOKEN))
-        .push("", event_list("audit.k8s.io/v1", items))
-        .await;
-    assert_eq!(code, StatusCode::OK, "{status}");
-}
-
 fn mixed() -> Vec<String> {
     vec![
         event("a-1", Some("team-a"), "get"),
@@ -55,15 +47,12 @@ async fn each_user_sees_only_what_they_may() {
         .client(Some(ADMIN_TOKEN))
         .watch(&format!("{EVENTS}?watch=1"))
         .await;
-    push(&srv, &mixed()).await;
+    srv.push_events(&mixed()).await;
     // A marker in each namespace: once it arrives, nothing else can still be on its way.
-    push(
-        &srv,
-        &[
-            event("end-a", Some("team-a"), "get"),
-            event("end-b", Some("team-b"), "get"),
-        ],
-    )
+    srv.push_events(&[
+        event("end-a", Some("team-a"), "get"),
+        event("end-b", Some("team-b"), "get"),
+    ])
     .await;
 
     assert_eq!(ids(&alice.added(3).await), ["a-1", "a-2", "end-a"]);
@@ -199,7 +188,7 @@ async fn unsupported_verbs_and_paths() {
 #[tokio::test]
 async fn resume_from_a_resource_version_and_expire() {
     let srv = TestServer::start(&["--window-events", "4"]).await;
-    push(&srv, &mixed()).await; // rv 1..=5; the window keeps 2..=5
+    srv.push_events(&mixed()).await; // rv 1..=5; the window keeps 2..=5
     let admin = srv.client(Some(ADMIN_TOKEN));
     let mut from3 = admin
         .watch(&format!("{EVENTS}?watch=1&resourceVersion=3"))
@@ -215,7 +204,8 @@ async fn resume_from_a_resource_version_and_expire() {
         "team-a's events still in the window"
     );
     // Replay then live, no gap.
-    push(&srv, &[event("a-3", Some("team-a"), "get")]).await;
+    srv.push_events(&[event("a-3", Some("team-a"), "get")])
+        .await;
     assert_eq!(ids(&from3.added(1).await), ["a-3"]);
     assert_eq!(ids(&alice_from0.added(1).await), ["a-3"]);
 
@@ -246,7 +236,7 @@ async fn field_selector_filters_and_timeout_ends_the_stream() {
         .watch(&format!("{EVENTS}?watch=1&timeoutSeconds=2"))
         .await;
     let opened = std::time::Instant::now();
-    push(&srv, &mixed()).await;
+    srv.push_events(&mixed()).await;
     assert_eq!(ids(&deletes.added(2).await), ["b-1", "a-2"]);
     // Every pushed event, then the end of the stream: the deadline ended it, not an error.
     let mut seen = vec![];
@@ -269,7 +259,7 @@ async fn http2_watch_works() {
         .http2()
         .watch(&format!("{TEAM_A}?watch=1"))
         .await;
-    push(&srv, &mixed()).await;
+    srv.push_events(&mixed()).await;
     assert_eq!(ids(&w.added(2).await), ["a-1", "a-2"]);
 }
 

@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::client::Client;
+use super::fixtures::event_list;
 use super::pki::Ca;
 
 pub const ADMIN_TOKEN: &str = "admin-token";
@@ -139,6 +140,16 @@ impl TestServer {
     /// An HTTP/1.1 client trusting the serving CA, with a bearer token.
     pub fn client(&self, token: Option<&str>) -> Client {
         Client::new(self.addr, &self.ca.pem(), token)
+    }
+
+    /// Push `items` (audit Event JSON) as one `audit.k8s.io/v1` EventList with the ingest
+    /// token, and check it was accepted.
+    pub async fn push_events(&self, items: &[String]) {
+        let (code, status) = self
+            .client(Some(PUSH_TOKEN))
+            .push("", event_list("audit.k8s.io/v1", items))
+            .await;
+        assert_eq!(code, http::StatusCode::OK, "{status}");
     }
 
     /// Ask the server to stop and wait until `run` returns.
