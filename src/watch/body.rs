@@ -332,7 +332,7 @@ impl http_body::Body for WatchBody {
             }
             let now = Instant::now();
             // Ended from outside (stalled, shutdown) or by its deadline: no more lines.
-            if !this.registration.polled(now, !this.taken.is_empty()) || now >= this.deadline {
+            if !this.registration.polled(now) || now >= this.deadline {
                 this.flush_counts();
                 this.state = State::Done;
                 continue;
@@ -370,6 +370,9 @@ impl http_body::Body for WatchBody {
                 continue;
             }
             this.flush_counts();
+            // Nothing held: an idle watch is never taken for a stalled one (the flag was
+            // left set if the last events taken were all dropped or skipped).
+            this.registration.set_backlog(!this.taken.is_empty());
             return Poll::Pending;
         }
     }

@@ -244,15 +244,15 @@ pub struct Registration {
 
 impl Registration {
     /// Stamp a poll; `false` once the watch was ended from outside.
-    pub fn polled(&self, now: Instant, backlog: bool) -> bool {
+    pub fn polled(&self, now: Instant) -> bool {
         self.entry
             .last_poll
             .store(self.watches.millis(now), Ordering::Relaxed);
-        self.entry.backlog.store(backlog, Ordering::Relaxed);
         !self.entry.ended.load(Ordering::Relaxed)
     }
 
-    /// Whether the body still holds events it has not handed over.
+    /// Whether the body still holds events it has not handed over; set as each poll
+    /// returns.
     pub fn set_backlog(&self, backlog: bool) {
         self.entry.backlog.store(backlog, Ordering::Relaxed);
     }
@@ -354,13 +354,14 @@ mod tests {
         bus.publish(events(2));
         for _ in 0..3 {
             tokio::time::advance(limit).await;
-            assert!(r_busy.polled(Instant::now(), true));
+            r_busy.set_backlog(true);
+            assert!(r_busy.polled(Instant::now()));
             watches.sweep(Instant::now());
         }
         assert_eq!(stalled.get(), 1);
-        assert!(!r_stuck.polled(Instant::now(), false), "ended");
+        assert!(!r_stuck.polled(Instant::now()), "ended");
         assert!(
-            r_idle.polled(Instant::now(), false),
+            r_idle.polled(Instant::now()),
             "nothing to send: not stalled"
         );
         assert!(!stuck.closer().has_pending(), "its queue was freed");
@@ -377,11 +378,11 @@ mod tests {
             .register("u", sub.closer(), IntCounter::new("s", "s").unwrap())
             .unwrap();
         watches.shut_down();
-        assert!(!r.polled(Instant::now(), false));
+        assert!(!r.polled(Instant::now()));
         let late = bus.subscribe(Filter::scope(Scope::All), None).unwrap();
         let r = watches
             .register("u", late.closer(), IntCounter::new("s", "s").unwrap())
             .unwrap();
-        assert!(!r.polled(Instant::now(), false));
+        assert!(!r.polled(Instant::now()));
     }
 }
