@@ -701,20 +701,18 @@ fn decode_event<'a>(
             if i > 0 {
                 out.push(b',');
             }
-            if edit.is_none() && key >= TRUNCATED_ANNOTATION {
+            if edit.is_none() && key > TRUNCATED_ANNOTATION {
                 let at = out.len();
-                edit = Some(if key == TRUNCATED_ANNOTATION {
-                    let value_at = at + TRUNCATED_ANNOTATION.len() + 3;
-                    let mut probe = Vec::new();
-                    write_str(&mut probe, value);
-                    (value_at..value_at + probe.len(), &br#""true""#[..])
-                } else {
-                    (at..at, &br#""audit.k8s.io/truncated":"true","#[..])
-                });
+                edit = Some((at..at, &br#""audit.k8s.io/truncated":"true","#[..]));
             }
             write_str(out, key);
             out.push(b':');
+            let value_at = out.len();
             write_str(out, value);
+            if key == TRUNCATED_ANNOTATION {
+                // Pushed with a value of its own: the truncated form says "true".
+                edit = Some((value_at..out.len(), &br#""true""#[..]));
+            }
         }
         if edit.is_none() {
             let at = out.len();
