@@ -38,13 +38,7 @@ pub fn child_main(args: Vec<String>) -> anyhow::Result<()> {
         "the load generator only runs the server on loopback, not {}",
         settings.listen
     );
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    super::init_tracing();
 
     // Stdin is read on a plain thread: a tokio stdin read would keep the runtime from
     // shutting down after a SIGTERM.
