@@ -68,10 +68,6 @@ impl<IO> Coalesce<IO> {
             yielded: false,
         }
     }
-
-    pub fn get_ref(&self) -> &IO {
-        &self.io
-    }
 }
 
 impl<IO: AsyncWrite + Unpin> Coalesce<IO> {

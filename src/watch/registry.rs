@@ -156,12 +156,9 @@ impl Watches {
     }
 
     /// Open watches now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// End every watch (their streams end at their next poll) and refuse none later but
