@@ -578,12 +578,6 @@ impl Subscription {
         self.closer.clone()
     }
 
-    /// Take no more events and free the queued ones now.
-    pub fn close(&mut self) {
-        self.replay.clear();
-        self.closer.close();
-    }
-
     /// The bus's resourceVersion when this subscription started.
     pub fn start_resource_version(&self) -> u64 {
         self.start_rv
