@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
@@ -103,6 +103,16 @@ impl Filter {
     }
 }
 
+/// Why a watch cannot start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error(transparent)]
+    Expired(#[from] Expired),
+    /// The bus is down (NATS unreachable); the reason says why.
+    #[error("{0}")]
+    Unavailable(Arc<str>),
+}
+
 /// A `resourceVersion` older than the window: the events after it are gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("too old resource version: {requested} ({oldest})")]
@@ -140,13 +150,15 @@ pub enum At {
 }
 
 /// A LIST that cannot be answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ListError {
     #[error(transparent)]
     Expired(#[from] Expired),
     /// `at` is newer than the newest event.
     #[error("too large resource version: {requested}, current: {current}")]
     TooLarge { requested: u64, current: u64 },
+    #[error("{0}")]
+    Unavailable(Arc<str>),
 }
 
 /// One page of the window, taken under the bus lock.
@@ -185,6 +197,12 @@ struct Shared {
 #[derive(Default)]
 struct State {
     last_rv: u64,
+    /// The newest resourceVersion no longer held: a watch or LIST from before it has
+    /// lost events. resourceVersions need not be consecutive (see `nats`), so this is
+    /// kept rather than inferred from the oldest event held.
+    evicted_through: u64,
+    /// Why the bus is down, while it is (set by the NATS follower; never in memory mode).
+    down: Option<Arc<str>>,
     window: VecDeque<Arc<Published>>,
     window_bytes: usize,
     index: Index,
@@ -233,6 +251,8 @@ struct Queue {
     state: Mutex<QueueState>,
     waker: AtomicWaker,
     closed: AtomicBool,
+    /// Why the bus ended this subscription, when it did (its watch ends with an error).
+    failure: OnceLock<Arc<str>>,
     scope: Scope,
 }
 
@@ -290,19 +310,41 @@ impl Bus {
     /// Publish a batch, in order, as one step: a watcher sees all of it or (if it
     /// subscribes later) none of it. Returns the resourceVersion of the last event.
     pub fn publish(&self, events: Vec<Event>) -> u64 {
+        self.publish_with(events, |last_rv, _| Some(last_rv + 1))
+    }
+
+    /// Publish a batch whose resourceVersions were given elsewhere (the shared stream):
+    /// `first_rv + i` for the i-th event. An event at or below the newest already
+    /// published was seen before (a re-read after a reconnect) and is skipped.
+    pub fn publish_at(&self, first_rv: u64, events: Vec<Event>) -> u64 {
+        self.publish_with(events, |last_rv, i| {
+            let rv = first_rv + i;
+            (rv > last_rv).then_some(rv)
+        })
+    }
+
+    /// `next(last_rv, i)`: the i-th event's resourceVersion, or `None` to skip it.
+    fn publish_with(
+        &self,
+        events: Vec<Event>,
+        mut next: impl FnMut(u64, u64) -> Option<u64>,
+    ) -> u64 {
         let cfg = &self.shared.config;
         let stats = &self.shared.stats;
-        let (mut bytes, mut dropped) = (0u64, 0u64);
-        let count = events.len() as u64;
+        let (mut bytes, mut count, mut dropped) = (0u64, 0u64, 0u64);
         let mut wake: Vec<Arc<Queue>> = Vec::new();
         let last_rv = {
             let mut guard = self.lock();
             let st = &mut *guard;
             st.batch += 1;
             let batch = st.batch;
-            for event in events {
-                st.last_rv += 1;
-                let published = Arc::new(Published::new(st.last_rv, event));
+            for (i, event) in events.into_iter().enumerate() {
+                let Some(rv) = next(st.last_rv, i as u64) else {
+                    continue;
+                };
+                st.last_rv = rv;
+                count += 1;
+                let published = Arc::new(Published::new(rv, event));
                 let size = published.wire_len(false);
                 bytes += size as u64;
                 let ev = &published.event;
@@ -332,6 +374,7 @@ impl Bus {
                         break;
                     };
                     st.window_bytes -= old.event.memory_len();
+                    st.evicted_through = old.resource_version;
                 }
             }
             stats
@@ -351,29 +394,81 @@ impl Bus {
         last_rv
     }
 
+    /// Mark the bus down: every subscription ends with `reason` (its watch sends it as
+    /// an `ERROR`), and new watches and LISTs are refused with it until `set_up`.
+    pub fn set_down(&self, reason: &str) {
+        let reason: Arc<str> = reason.into();
+        let closers: Vec<Arc<Queue>> = {
+            let mut st = self.lock();
+            st.down = Some(reason.clone());
+            let index = std::mem::take(&mut st.index);
+            index
+                .all
+                .into_iter()
+                .chain(index.all_namespaces)
+                .chain(index.namespaces.into_values().flatten())
+                .map(|s| s.queue)
+                .collect()
+        };
+        for queue in closers {
+            let _ = queue.failure.set(reason.clone());
+            // Off the index already: close without taking the bus lock again.
+            Closer {
+                bus: Weak::new(),
+                queue,
+            }
+            .close();
+        }
+    }
+
+    /// Mark the bus up again.
+    pub fn set_up(&self) {
+        self.lock().down = None;
+    }
+
+    /// Why the bus is down, if it is.
+    pub fn down(&self) -> Option<Arc<str>> {
+        self.lock().down.clone()
+    }
+
+    /// Forget the window: what the stream held is gone (a new stream), and everything up
+    /// to `through` is reported lost to a watch or LIST that asks for it.
+    pub fn reset(&self, through: u64) {
+        let mut st = self.lock();
+        let freed = std::mem::take(&mut st.window);
+        st.window_bytes = 0;
+        st.evicted_through = st.evicted_through.max(through);
+        st.last_rv = st.last_rv.max(through);
+        self.shared.stats.window_events.store(0, Ordering::Relaxed);
+        self.shared.stats.window_bytes.store(0, Ordering::Relaxed);
+        drop(st);
+        drop(freed);
+    }
+
     /// Subscribe to what `filter` selects. With `since = Some(n)`, the events after `n`
     /// still in the window come first (`n = 0`: the whole window), then the live ones,
     /// with no gap between them because both are taken under the same lock.
-    pub fn subscribe(&self, filter: Filter, since: Option<u64>) -> Result<Subscription, Expired> {
+    pub fn subscribe(&self, filter: Filter, since: Option<u64>) -> Result<Subscription, Refused> {
         let queue = Arc::new(Queue {
             state: Mutex::default(),
             waker: AtomicWaker::new(),
             closed: AtomicBool::new(false),
+            failure: OnceLock::new(),
             scope: filter.scope.clone(),
         });
         let mut st = self.lock();
+        if let Some(reason) = &st.down {
+            return Err(Refused::Unavailable(reason.clone()));
+        }
         let replay = match since {
             None => VecDeque::new(),
             Some(n) => {
-                let first_kept = st
-                    .window
-                    .front()
-                    .map_or(st.last_rv + 1, |p| p.resource_version);
-                if n != 0 && n + 1 < first_kept {
+                if n != 0 && n < st.evicted_through {
                     return Err(Expired {
                         requested: n,
-                        oldest: first_kept,
-                    });
+                        oldest: st.oldest(),
+                    }
+                    .into());
                 }
                 st.window
                     .iter()
@@ -403,10 +498,10 @@ impl Bus {
     /// comparing routing fields only; nothing is copied but `Arc`s.
     pub fn list(&self, filter: &Filter, range: ListRange) -> Result<Page, ListError> {
         let st = self.lock();
-        let first_kept = st
-            .window
-            .front()
-            .map_or(st.last_rv + 1, |p| p.resource_version);
+        if let Some(reason) = &st.down {
+            return Err(ListError::Unavailable(reason.clone()));
+        }
+        let lost = |n: u64| n < st.evicted_through;
         let at = match range.at {
             At::Now => st.last_rv,
             At::Exact(n) | At::NotOlderThan(n) if n > st.last_rv => {
@@ -415,20 +510,20 @@ impl Bus {
                     current: st.last_rv,
                 });
             }
-            At::Exact(n) | At::NotOlderThan(n) if n + 1 < first_kept => {
+            At::Exact(n) | At::NotOlderThan(n) if lost(n) => {
                 return Err(Expired {
                     requested: n,
-                    oldest: first_kept,
+                    oldest: st.oldest(),
                 }
                 .into());
             }
             At::Exact(n) => n,
             At::NotOlderThan(_) => st.last_rv,
         };
-        if range.after_must_be_kept && range.after + 1 < first_kept {
+        if range.after_must_be_kept && lost(range.after) {
             return Err(Expired {
                 requested: range.after,
-                oldest: first_kept,
+                oldest: st.oldest(),
             }
             .into());
         }
@@ -468,6 +563,15 @@ impl Bus {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.shared.lock()
+    }
+}
+
+impl State {
+    /// The oldest resourceVersion still held (one past the newest, when none is).
+    fn oldest(&self) -> u64 {
+        self.window
+            .front()
+            .map_or(self.last_rv + 1, |p| p.resource_version)
     }
 }
 
@@ -571,6 +675,12 @@ impl Subscription {
     /// Whether events were lost since the last `take_dropped`.
     pub fn has_dropped(&self) -> bool {
         self.dropped > 0 || self.closer.queue.lock().dropped > 0
+    }
+
+    /// Why the bus ended this subscription, if it did (rather than its watch or the
+    /// sweeper).
+    pub fn failure(&self) -> Option<&Arc<str>> {
+        self.closer.queue.failure.get()
     }
 
     /// A handle that ends this subscription from elsewhere.
@@ -776,10 +886,10 @@ mod tests {
         assert_eq!(drain(&mut from2), vec![3, 4, 5, 6, 7]);
         assert_eq!(
             bus.subscribe(scope(Scope::All), Some(1)).err(),
-            Some(Expired {
+            Some(Refused::Expired(Expired {
                 requested: 1,
                 oldest: 3
-            })
+            }))
         );
         let mut from0 = bus.subscribe(scope(Scope::All), Some(0)).unwrap();
         assert_eq!(drain(&mut from0), vec![3, 4, 5, 6, 7]);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{budget, bus, tls};
+use crate::{budget, bus, nats, tls};
 
 /// The `--dev` example token file (kube-apiserver's static token CSV).
 pub const DEV_TOKENS: &str = include_str!("../deploy/dev/tokens.csv");
@@ -67,6 +67,8 @@ pub struct ServeArgs {
     pub ingest: Ingest,
     #[command(flatten)]
     pub stream: Stream,
+    #[command(flatten)]
+    pub scale_out: ScaleOut,
     /// Stand-alone mode for trying it on one machine: loopback only, self-signed
     /// certificate, the example tokens and ABAC policy of deploy/dev, ingest open on
     /// loopback. Never needs a cluster.
@@ -321,6 +323,8 @@ pub struct Settings {
     /// How long a client may take nothing before its connection (HTTP/1.1) or its watch
     /// (HTTP/2 stream) is closed. No flag: tests shorten it.
     pub stall_limit: Duration,
+    /// `--bus=nats`: the shared stream; `None`: the bus is this process's memory.
+    pub nats: Option<nats::Settings>,
     pub dev: bool,
 }
 
@@ -334,6 +338,7 @@ impl ServeArgs {
         let dev = self.dev;
         let listen = self.serving.validate(dev)?;
         self.stream.validate()?;
+        let nats = self.scale_out.validate()?;
 
         let cert = match (
             &self.serving.tls_cert_file,
@@ -480,6 +485,7 @@ impl ServeArgs {
             max_watchers: self.stream.max_watchers,
             max_watchers_per_user: self.stream.max_watchers_per_user,
             stall_limit: DEFAULT_STALL_LIMIT,
+            nats,
             dev,
         })
     }
@@ -581,6 +587,96 @@ impl Stream {
             ));
         }
         Ok(())
+    }
+}
+
+/// Where events meet.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusKind {
+    /// This process's memory: one replica.
+    Memory,
+    /// A NATS JetStream stream shared by every replica.
+    Nats,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Scale-out")]
+pub struct ScaleOut {
+    /// Where events meet: this process's memory (one replica), or a NATS JetStream
+    /// stream that every replica publishes to and reads in one order (several replicas
+    /// act as one server).
+    #[arg(long, value_enum, default_value = "memory")]
+    pub bus: BusKind,
+    /// The NATS server(s) to use with --bus=nats, comma-separated (nats:// or tls://).
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// The JetStream stream every replica shares (created in memory if missing, sized by
+    /// --window-events and --window-bytes).
+    #[arg(long, default_value = "KUBE_AUDIT")]
+    pub nats_stream: String,
+    /// CA bundle to verify the NATS servers' certificates with (TLS to NATS).
+    #[arg(long)]
+    pub nats_ca_file: Option<PathBuf>,
+    /// NATS credentials file (JWT and NKey seed) to connect with.
+    #[arg(long)]
+    pub nats_creds_file: Option<PathBuf>,
+}
+
+impl ScaleOut {
+    fn validate(&self) -> Result<Option<nats::Settings>, Error> {
+        if self.bus == BusKind::Memory {
+            for (flag, set) in [
+                ("--nats-ca-file", self.nats_ca_file.is_some()),
+                ("--nats-creds-file", self.nats_creds_file.is_some()),
+            ] {
+                if set {
+                    return Err(err(flag, "only used with --bus=nats"));
+                }
+            }
+            return Ok(None);
+        }
+        // JetStream stream names: no whitespace, no subject tokens, no path separators.
+        let name = &self.nats_stream;
+        if name.is_empty()
+            || name.len() > 255
+            || name
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || ".*>/\\".contains(c))
+        {
+            return Err(err(
+                "--nats-stream",
+                format!(
+                    "{name:?} is not a JetStream stream name (no spaces, '.', '*', '>', '/' or '\\')"
+                ),
+            ));
+        }
+        let mut urls = Vec::new();
+        for url in self.nats_url.split(',').map(str::trim) {
+            let scheme = url.split_once("://").map(|(s, _)| s);
+            if !matches!(scheme, Some("nats" | "tls")) || url.parse::<http::Uri>().is_err() {
+                return Err(err(
+                    "--nats-url",
+                    format!("{url:?} is not a URL like nats://host:4222 or tls://host:4222"),
+                ));
+            }
+            urls.push(url.to_owned());
+        }
+        for (flag, path) in [
+            ("--nats-ca-file", &self.nats_ca_file),
+            ("--nats-creds-file", &self.nats_creds_file),
+        ] {
+            if let Some(path) = path
+                && !path.is_file()
+            {
+                return Err(err(flag, format!("{}: no such file", path.display())));
+            }
+        }
+        Ok(Some(nats::Settings {
+            urls,
+            stream: name.clone(),
+            ca_file: self.nats_ca_file.clone(),
+            creds_file: self.nats_creds_file.clone(),
+        }))
     }
 }
 

@@ -24,6 +24,9 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
+mod wire;
+pub use wire::WireError;
+
 /// The group/version we serve events as.
 pub const API_GROUP: &str = "audit.k8s.io";
 pub const API_VERSION: &str = "v1alpha1";
@@ -40,6 +43,16 @@ pub const DROPPED_ANNOTATION: &str = "audit.k8s.io/dropped";
 
 /// The audit API versions kube-apiserver's webhook backend sends.
 const ACCEPTED_LIST_VERSIONS: [&str; 2] = ["audit.k8s.io/v1", "audit.k8s.io/v1beta1"];
+/// The annotation edits a truncation makes, by where it falls (see `decode_event`): no
+/// annotations, before a key, a pushed value replaced, after the last key. Indexed, so
+/// that the shared stream carries a number rather than the bytes (`wire`).
+const EDITS: [&[u8]; 5] = [
+    b"",
+    br#","annotations":{"audit.k8s.io/truncated":"true"}"#,
+    br#""audit.k8s.io/truncated":"true","#,
+    br#""true""#,
+    br#","audit.k8s.io/truncated":"true""#,
+];
 /// Fields the truncated form leaves out (k8s.io/apiserver/plugin/pkg/audit/truncate).
 const BODY_FIELDS: [&str; 2] = ["requestObject", "responseObject"];
 const HEAD_PREFIX: &[u8] = br#"{"type":"ADDED","object":{"kind":"Event","apiVersion":"audit.k8s.io/v1alpha1","metadata":{"name":"#;
@@ -691,10 +704,7 @@ fn decode_event<'a>(
     let mut edit = None;
     if annotations.is_empty() && ours.is_none() {
         let at = out.len();
-        edit = Some((
-            at..at,
-            &br#","annotations":{"audit.k8s.io/truncated":"true"}"#[..],
-        ));
+        edit = Some((at..at, EDITS[1]));
     } else {
         out.extend_from_slice(br#","annotations":{"#);
         for (i, (key, value)) in merged.enumerate() {
@@ -703,7 +713,7 @@ fn decode_event<'a>(
             }
             if edit.is_none() && key > TRUNCATED_ANNOTATION {
                 let at = out.len();
-                edit = Some((at..at, &br#""audit.k8s.io/truncated":"true","#[..]));
+                edit = Some((at..at, EDITS[2]));
             }
             write_str(out, key);
             out.push(b':');
@@ -711,19 +721,19 @@ fn decode_event<'a>(
             write_str(out, value);
             if key == TRUNCATED_ANNOTATION {
                 // Pushed with a value of its own: the truncated form says "true".
-                edit = Some((value_at..out.len(), &br#""true""#[..]));
+                edit = Some((value_at..out.len(), EDITS[3]));
             }
         }
         if edit.is_none() {
             let at = out.len();
-            edit = Some((at..at, &br#","audit.k8s.io/truncated":"true""#[..]));
+            edit = Some((at..at, EDITS[4]));
         }
         out.push(b'}');
     }
     out.extend_from_slice(b"}}\n");
 
     let truncation = k.has_bodies.then(|| {
-        let (range, with) = edit.unwrap_or((out.len()..out.len(), b""));
+        let (range, with) = edit.unwrap_or((out.len()..out.len(), EDITS[0]));
         let cut_len: usize = cut.iter().map(|c| c.len()).sum();
         Box::new(Truncation {
             len: out.len() - cut_len - range.len() + with.len(),

@@ -14,6 +14,7 @@ pub use crate::authn::pusher::Gate;
 use crate::bus::Bus;
 use crate::event::{self, Event};
 use crate::metrics::Metrics;
+use crate::nats::Nats;
 use crate::reply::{self, Body};
 use crate::status::ApiError;
 use crate::tls::Peer;
@@ -31,6 +32,8 @@ const MAX_SOURCE_LEN: usize = 253;
 pub struct Ingest {
     pub gate: Gate,
     pub bus: Bus,
+    /// `--bus=nats`: events go to the shared stream, and reach `bus` from there.
+    pub nats: Option<Nats>,
     pub metrics: Arc<Metrics>,
     pub max_request_bytes: u64,
     pub max_event_bytes: usize,
@@ -82,7 +85,10 @@ impl Ingest {
 
         let size = body.len();
         let max_event_bytes = self.max_event_bytes;
-        let decode = move || decode(&body, &source, max_event_bytes);
+        let decode = {
+            let source = source.clone();
+            move || decode(&body, &source, max_event_bytes)
+        };
         let decoded = if size > BLOCKING_DECODE_BYTES {
             tokio::task::spawn_blocking(decode)
                 .await
@@ -93,7 +99,12 @@ impl Ingest {
         self.metrics
             .ingest_oversized(decoded.truncated, decoded.dropped);
         let count = decoded.events.len();
-        self.bus.publish(decoded.events);
+        match &self.nats {
+            None => {
+                self.bus.publish(decoded.events);
+            }
+            Some(nats) => nats.publish(&source, decoded.events).await?,
+        }
         self.metrics.ingest_accepted(count, size);
 
         let status = Status {

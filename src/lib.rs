@@ -20,6 +20,8 @@
 //! * [`event`]: decoding an `EventList` in one pass and serialising each event once.
 //! * [`bus`]: resourceVersions, the replay window, fan-out indexed by scope to bounded
 //!   per-subscriber queues.
+//! * [`nats`]: `--bus=nats`: the JetStream stream every replica publishes to and
+//!   follows into its bus, so that several replicas serve one stream.
 //! * [`selector`]: `fieldSelector` parsing and matching, applied by the bus.
 //! * [`watch`]: the read endpoints: the query and its validation, WATCH and WatchList,
 //!   LIST (pages of the window) and GET, the streaming body that batches ready events into
@@ -42,6 +44,7 @@ pub mod discovery;
 pub mod event;
 pub mod ingest;
 pub mod metrics;
+pub mod nats;
 pub mod reply;
 pub mod selector;
 pub mod server;

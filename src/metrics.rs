@@ -187,6 +187,14 @@ impl Metrics {
         }
     }
 
+    /// Register metrics defined elsewhere, next to what they count (`nats`).
+    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) {
+        // Only fails on a name registered twice: a programming error, caught by tests.
+        if let Err(e) = self.registry.register(collector) {
+            tracing::error!(error = %e, "metric not registered");
+        }
+    }
+
     /// The text exposition, with the bus's counters brought up to date.
     pub fn render(&self, bus: &Stats) -> String {
         let _serial = self.scrape.lock().unwrap_or_else(|e| e.into_inner());

@@ -46,7 +46,7 @@ pub fn json(code: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 pub fn error(e: &ApiError) -> Response<Body> {
     let code = e.code_reason().0;
     let mut resp = json(code, e.to_json());
-    if code == StatusCode::TOO_MANY_REQUESTS {
+    if code == StatusCode::TOO_MANY_REQUESTS || code == StatusCode::SERVICE_UNAVAILABLE {
         resp.headers_mut().insert(
             http::header::RETRY_AFTER,
             HeaderValue::from(crate::status::RETRY_AFTER_SECONDS),

@@ -63,6 +63,9 @@ pub enum ApiError {
     TooManyRequests(String),
     #[error("Internal error occurred: {0}")]
     Internal(String),
+    /// This replica cannot serve now (its bus is down); another one can.
+    #[error("{0}")]
+    ServiceUnavailable(String),
 }
 
 impl ApiError {
@@ -89,6 +92,9 @@ impl ApiError {
             }
             ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+            ApiError::ServiceUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
+            }
         }
     }
 
@@ -121,7 +127,7 @@ impl ApiError {
                 ..Default::default()
             }),
             // As kube-apiserver's max-in-flight filter answers: come back in a second.
-            ApiError::TooManyRequests(_) => Some(StatusDetails {
+            ApiError::TooManyRequests(_) | ApiError::ServiceUnavailable(_) => Some(StatusDetails {
                 retry_after_seconds: Some(RETRY_AFTER_SECONDS),
                 ..Default::default()
             }),
@@ -163,6 +169,17 @@ impl ApiError {
         let mut out = serde_json::to_vec(&line).unwrap_or_default();
         out.push(b'\n');
         Bytes::from(out)
+    }
+}
+
+impl From<crate::bus::Refused> for ApiError {
+    fn from(e: crate::bus::Refused) -> Self {
+        match e {
+            crate::bus::Refused::Expired(e) => e.into(),
+            crate::bus::Refused::Unavailable(reason) => {
+                ApiError::ServiceUnavailable(reason.to_string())
+            }
+        }
     }
 }
 

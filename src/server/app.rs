@@ -19,6 +19,7 @@ use crate::config::{AuthzSettings, ReadError, Settings};
 use crate::discovery::Discovery;
 use crate::ingest::{self, Ingest};
 use crate::metrics::Metrics;
+use crate::nats::Nats;
 use crate::tls;
 use crate::watch::Watches;
 
@@ -57,6 +58,8 @@ pub enum Error {
     AuthConfig(#[from] delegated::ConfigError),
     #[error(transparent)]
     Pushers(#[from] authn::pusher::GateError),
+    #[error(transparent)]
+    Nats(#[from] crate::nats::Error),
 }
 
 /// The shared handles, cheap to clone into every connection.
@@ -118,6 +121,14 @@ impl App {
         };
         let bus = Bus::new(settings.bus.clone());
         let metrics = Arc::new(Metrics::new());
+        let nats = match &settings.nats {
+            None => None,
+            Some(nats) => {
+                let window = (settings.bus.window_events, settings.bus.window_bytes);
+                let started = Nats::start(nats, bus.clone(), window, &metrics, shutdown.clone());
+                Some(started.await?)
+            }
+        };
         let watches = Watches::new(
             settings.max_watchers,
             settings.max_watchers_per_user,
@@ -134,6 +145,7 @@ impl App {
                 ingest: Ingest {
                     gate: ingest::Gate::new(&settings.ingest, shutdown.clone())?,
                     bus,
+                    nats,
                     metrics: metrics.clone(),
                     max_request_bytes: settings.ingest.max_request_bytes,
                     max_event_bytes: settings.max_event_bytes,

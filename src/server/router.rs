@@ -114,9 +114,12 @@ impl App {
 
         if !attrs.resource_request {
             let resp = match attrs.path.as_str() {
-                "/healthz" | "/livez" | "/readyz" => {
+                // Alive while the bus is down: the replica recovers by itself, and a
+                // restart would not bring NATS back.
+                "/healthz" | "/livez" => {
                     reply::bytes(StatusCode::OK, "text/plain; charset=utf-8", "ok")
                 }
+                "/readyz" => readyz(app.bus.down().as_deref(), req.uri().query()),
                 "/metrics" => reply::bytes(
                     StatusCode::OK,
                     "text/plain; version=0.0.4",
@@ -221,3 +224,30 @@ fn not_found() -> ApiError {
 
 /// Members are allowed everything without asking the authorizer.
 const PRIVILEGED_GROUP: &str = "system:masters";
+
+/// `/readyz` as k8s.io/apiserver words it: `ok`, or with `?verbose` (and always on
+/// failure, with 500) one line per check. The `bus` check fails while NATS is out of
+/// reach or the stream is not read up to date, so that the Service and the aggregator
+/// send requests to another replica.
+fn readyz(bus_down: Option<&str>, query: Option<&str>) -> Response<Body> {
+    let verbose = query.is_some_and(|q| {
+        form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "verbose" && v != "false")
+    });
+    let text = "text/plain; charset=utf-8";
+    match bus_down {
+        None if !verbose => reply::bytes(StatusCode::OK, text, "ok"),
+        None => reply::bytes(
+            StatusCode::OK,
+            text,
+            "[+]ping ok\n[+]bus ok\nreadyz check passed\n",
+        ),
+        Some(reason) => {
+            tracing::debug!(%reason, "readyz: bus check failed");
+            reply::bytes(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                text,
+                "[+]ping ok\n[-]bus failed: reason withheld\nreadyz check failed\n",
+            )
+        }
+    }
+}

@@ -355,6 +355,13 @@ impl http_body::Body for WatchBody {
                 }
                 Poll::Ready(None) => {
                     this.state = State::Done;
+                    // Ended by the bus going down: say so, so the client re-watches
+                    // elsewhere from its last resourceVersion.
+                    if let Some(reason) = this.sub.failure() {
+                        let e = ApiError::ServiceUnavailable(reason.to_string());
+                        frame.extend_from_slice(&e.to_watch_event());
+                        return this.ready(frame);
+                    }
                     continue;
                 }
                 Poll::Pending => {}

@@ -98,6 +98,7 @@ pub fn list(
             inconsistent_continue: Continue::encode(0, range.after),
         },
         ListError::Expired(_) => ApiError::ListExpired,
+        ListError::Unavailable(reason) => ApiError::ServiceUnavailable(reason.to_string()),
     })?;
     let continue_token = page
         .more

@@ -273,7 +273,11 @@ pub fn serve(
     };
     let sub = match bus.subscribe(filter, since) {
         Ok(sub) => sub,
-        Err(expired) => {
+        // Down: a plain 503, so that the client (or the aggregator) tries elsewhere.
+        Err(crate::bus::Refused::Unavailable(reason)) => {
+            return Err(ApiError::ServiceUnavailable(reason.to_string()));
+        }
+        Err(crate::bus::Refused::Expired(expired)) => {
             let e = ApiError::from(expired);
             return Ok(stream_response(crate::reply::full(e.to_watch_event())));
         }

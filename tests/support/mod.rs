@@ -6,6 +6,7 @@ pub mod aggregator;
 pub mod client;
 pub mod fake_apiserver;
 pub mod fixtures;
+pub mod nats;
 pub mod pki;
 pub mod process;
 pub mod server;

@@ -61,6 +61,12 @@ impl ServerProcess {
         }
     }
 
+    /// Kill it at once, as a node failure would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// What it has logged so far.
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()

@@ -1,0 +1,610 @@
+//! `--bus=nats`: several replicas act as one stream through a NATS JetStream stream.
+//!
+//! The replica that takes a push publishes its events to the stream, already decoded
+//! and serialised (`event::wire`), and answers the webhook only once JetStream has
+//! stored them. Every replica (that one included) reads the stream in order with an
+//! ordered consumer and feeds its local `bus`, which does the fan-out, the replay window
+//! and LIST exactly as in memory mode. So every replica holds the same events in the
+//! same order, and gives each the same resourceVersion:
+//!
+//! ```text
+//! resourceVersion = (created + sequence) << 12 | index
+//! ```
+//!
+//! `sequence` is the JetStream sequence of the message that carried the event, `index`
+//! its place in that message (a message carries at most 4096 events: one publish per
+//! batch, not per event), and `created` the stream's creation time in microseconds. The
+//! last term is what keeps resourceVersions from going backwards when the stream is lost
+//! (NATS restarted with its memory store) and made again: sequences start over at 1, but
+//! `created` has grown by more than the old stream's sequences could (that would take
+//! a million messages a second since it was made). Every replica reads `created` from
+//! the stream's own info, so none has to agree with another on anything else.
+//!
+//! A webhook retry of a batch is published with the same message ids and stored once:
+//! each message's id is a hash of its bytes (the events as serialised, source annotation
+//! included) and the source, never an `auditID`, which a client can choose.
+//!
+//! While NATS cannot be reached, or the stream not read, the bus is down: watches end
+//! with an `ERROR`, ingest, WATCH and LIST answer 503, `/readyz` fails its `bus` check.
+//! When it returns, the replica reads on from where it was and is ready again.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use base64::Engine;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::Bus;
+use crate::event::{Event, Limited};
+use crate::metrics::Metrics;
+use crate::status::ApiError;
+
+/// `--bus=nats` settings, validated by `config`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub urls: Vec<String>,
+    pub stream: String,
+    pub ca_file: Option<PathBuf>,
+    pub creds_file: Option<PathBuf>,
+}
+
+/// Bits of the resourceVersion that number an event within its message.
+const INDEX_BITS: u32 = 12;
+/// Events per message at most, so that `index` fits its bits.
+const MAX_EVENTS_PER_MESSAGE: usize = 1 << INDEX_BITS;
+/// The first byte of every message: the record format (`event::wire`).
+const WIRE_VERSION: u8 = 1;
+/// A message's size at most, below the server's `max_payload`: large enough that a
+/// webhook batch (400 events of a few KiB) is a handful of messages.
+const MAX_MESSAGE_BYTES: usize = 1 << 20;
+/// Room for the headers (the message id) beside the payload.
+const HEADERS_ROOM: usize = 1024;
+/// How long a webhook retry is recognised as one (JetStream's duplicate window). The
+/// webhook backend retries within seconds.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// How long a publish waits for JetStream to confirm it before the push gets a 503.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Between attempts to reach the stream again.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// The resourceVersion of the `index`-th event of message `sequence` of the stream made
+/// at `created` (microseconds since the epoch).
+pub fn resource_version(created: u64, sequence: u64, index: u64) -> u64 {
+    created
+        .saturating_add(sequence)
+        .saturating_mul(1 << INDEX_BITS)
+        | index
+}
+
+/// The shared stream: publish (ingest) and follow (into the local bus).
+#[derive(Clone)]
+pub struct Nats {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: String,
+    subject: String,
+    /// For messages: where NATS is.
+    url: String,
+    bus: Bus,
+    window: (usize, usize),
+    /// Whether the bus is down now (to log and count each change once).
+    down: AtomicBool,
+    metrics: NatsMetrics,
+}
+
+/// Why `--bus=nats` could not start (an unreadable credentials file).
+#[derive(Debug, thiserror::Error)]
+#[error("--nats-creds-file: {0}")]
+pub struct Error(#[from] std::io::Error);
+
+impl Nats {
+    /// Connect and follow the stream into `bus`, in the background: NATS out of reach is
+    /// not a start-up failure, the replica runs not ready until it is reached.
+    pub async fn start(
+        settings: &Settings,
+        bus: Bus,
+        window: (usize, usize),
+        metrics: &Metrics,
+        shutdown: CancellationToken,
+    ) -> Result<Nats, Error> {
+        let url = settings.urls.join(",");
+        let (connected_tx, connected) = watch::channel(false);
+        let mut options = async_nats::ConnectOptions::new()
+            .name("kube-audit-stream")
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(2))
+            // Come back quickly: every second down is a second of refused pushes.
+            .reconnect_delay_callback(|attempt| Duration::from_millis(100 * attempt.min(20) as u64))
+            .event_callback(move |event| {
+                let connected_tx = connected_tx.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            connected_tx.send_replace(true);
+                        }
+                        async_nats::Event::Disconnected | async_nats::Event::Closed => {
+                            connected_tx.send_replace(false);
+                        }
+                        other => tracing::info!(event = %other, "NATS"),
+                    }
+                }
+            });
+        if let Some(ca) = &settings.ca_file {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let Some(creds) = &settings.creds_file {
+            options = options.credentials_file(creds).await?;
+        }
+        // With retry_on_initial_connect, connecting happens in the background: this
+        // returns at once, whatever the state of NATS.
+        let client = options
+            .connect(url.as_str())
+            .await
+            .map_err(|e| Error(std::io::Error::other(e)))?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(ACK_TIMEOUT);
+        let metrics_ = NatsMetrics::new(metrics);
+        let inner = Arc::new(Inner {
+            client,
+            js,
+            subject: format!("{}.events", settings.stream),
+            stream: settings.stream.clone(),
+            url,
+            bus,
+            window,
+            down: AtomicBool::new(false),
+            metrics: metrics_,
+        });
+        inner.set_down(format!("connecting to NATS at {}", inner.url));
+        tokio::spawn(inner.clone().follow(connected, shutdown));
+        Ok(Nats { inner })
+    }
+
+    /// Publish a decoded batch and wait until JetStream has stored all of it. The events
+    /// reach the local bus, as every other replica's, by the stream.
+    pub async fn publish(&self, source: &str, events: Vec<Event>) -> Result<(), ApiError> {
+        let inner = &*self.inner;
+        if let Some(reason) = inner.bus.down() {
+            return Err(unavailable(&reason));
+        }
+        let limit = match inner.client.server_info().max_payload {
+            0 => MAX_MESSAGE_BYTES,
+            n => n.min(MAX_MESSAGE_BYTES),
+        }
+        .saturating_sub(HEADERS_ROOM);
+        let mut acks = Vec::new();
+        let mut payload = Vec::new();
+        let mut count = 0;
+        for event in events {
+            let Some(event) = inner.fit(event, limit) else {
+                continue;
+            };
+            if count == MAX_EVENTS_PER_MESSAGE
+                || (count > 0 && payload.len() + event.record_len() > limit)
+            {
+                acks.push(inner.send(source, std::mem::take(&mut payload)).await?);
+                count = 0;
+            }
+            if payload.is_empty() {
+                payload.push(WIRE_VERSION);
+            }
+            event.encode_wire(&mut payload);
+            count += 1;
+        }
+        if count > 0 {
+            acks.push(inner.send(source, payload).await?);
+        }
+        for ack in acks {
+            match ack.await {
+                Ok(ack) => inner.metrics.published(ack.duplicate),
+                Err(e) => {
+                    inner.metrics.publish_errors.inc();
+                    return Err(unavailable(&format!(
+                        "NATS did not confirm the events: {e}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn unavailable(reason: &str) -> ApiError {
+    ApiError::ServiceUnavailable(format!(
+        "{reason}; this replica cannot serve now, another one may"
+    ))
+}
+
+impl Inner {
+    /// An event whose record would not fit in one message: truncated, or dropped (and
+    /// counted) if even that is too large, as `--max-event-bytes` does.
+    fn fit(&self, event: Event, limit: usize) -> Option<Event> {
+        let overhead = event.record_len() - event.wire_len(false);
+        match event.limit_size(limit.saturating_sub(overhead)) {
+            Limited::Fits(e) => Some(e),
+            Limited::Truncated(e) => {
+                self.metrics
+                    .oversized
+                    .with_label_values(&["truncated"])
+                    .inc();
+                Some(e)
+            }
+            Limited::TooLarge { audit_id } => {
+                tracing::warn!(%audit_id, limit, "event too large for a NATS message even truncated; dropped");
+                self.metrics.oversized.with_label_values(&["dropped"]).inc();
+                None
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        source: &str,
+        payload: Vec<u8>,
+    ) -> Result<jetstream::context::PublishAckFuture, ApiError> {
+        let id = message_id(source, &payload);
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(Bytes::from(payload))
+            .message_id(id);
+        self.js
+            .send_publish(self.subject.clone(), publish)
+            .await
+            .map_err(|e| {
+                self.metrics.publish_errors.inc();
+                unavailable(&format!("publishing to NATS: {e}"))
+            })
+    }
+
+    fn set_down(&self, reason: String) {
+        self.bus.set_down(&reason);
+        self.metrics.up.set(0);
+        if !self.down.swap(true, Ordering::Relaxed) {
+            tracing::warn!(%reason, "bus down: not ready; open watches ended, pushes refused");
+            self.metrics.outages.inc();
+        }
+    }
+
+    fn set_up(&self) {
+        self.bus.set_up();
+        self.metrics.up.set(1);
+        if self.down.swap(false, Ordering::Relaxed) {
+            tracing::info!(stream = %self.stream, "bus up: following the NATS stream; ready");
+        }
+    }
+
+    /// Follow the stream into the bus until shutdown, through every outage.
+    async fn follow(
+        self: Arc<Self>,
+        mut connected: watch::Receiver<bool>,
+        shutdown: CancellationToken,
+    ) {
+        let mut position = None;
+        loop {
+            if !*connected.borrow_and_update() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    changed = connected.changed() => if changed.is_err() { return },
+                }
+                continue;
+            }
+            match self
+                .follow_once(&mut position, &mut connected, &shutdown)
+                .await
+            {
+                Ok(()) => return,
+                Err(reason) => self.set_down(reason),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(RETRY) => {}
+            }
+        }
+    }
+
+    /// Find (or make) the stream, and read it from `position` on until the connection
+    /// is lost (`Err`, why) or the server shuts down (`Ok`).
+    async fn follow_once(
+        &self,
+        position: &mut Option<Position>,
+        connected: &mut watch::Receiver<bool>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), String> {
+        let mut stream = self.stream().await.map_err(|e| {
+            format!(
+                "the JetStream stream {:?} on {}: {e}",
+                self.stream, self.url
+            )
+        })?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| format!("the JetStream stream {:?}: {e}", self.stream))?;
+        let created = u64::try_from(info.created.unix_timestamp_nanos() / 1000).unwrap_or(0);
+        let (first, last) = (info.state.first_sequence.max(1), info.state.last_sequence);
+        let pos = match position {
+            Some(p) if p.created == created && p.next >= first => p,
+            _ => {
+                // A new stream (first start, or NATS lost the old one), or one that moved
+                // past what this replica read: what came before is gone here too.
+                if position.is_some() {
+                    tracing::warn!(
+                        stream = %self.stream,
+                        "the stream was made anew or moved on while away; the window starts over"
+                    );
+                }
+                self.bus.reset(resource_version(created, first, 0) - 1);
+                position.insert(Position {
+                    created,
+                    next: first,
+                })
+            }
+        };
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: pos.next,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("reading the stream {:?}: {e}", self.stream))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| format!("reading the stream {:?}: {e}", self.stream))?;
+        if pos.next > last {
+            self.set_up();
+        }
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                changed = connected.changed() => {
+                    if changed.is_err() || !*connected.borrow_and_update() {
+                        return Err(format!("lost the connection to NATS at {}", self.url));
+                    }
+                    continue;
+                }
+                message = messages.next() => message,
+            };
+            let message = match message {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => return Err(format!("reading the stream {:?}: {e}", self.stream)),
+                None => return Err(format!("the stream {:?} ended", self.stream)),
+            };
+            let seq = message
+                .info()
+                .map_err(|e| format!("a message without its stream sequence: {e}"))?
+                .stream_sequence;
+            if seq > pos.next {
+                // Messages left the stream before this replica read them: a watch from
+                // before them must be told it lost events, so the window starts over.
+                tracing::warn!(
+                    missed = seq - pos.next,
+                    "this replica fell behind the whole stream; the window starts over"
+                );
+                self.metrics.gaps.inc();
+                self.bus.reset(resource_version(created, seq, 0) - 1);
+            }
+            pos.next = pos.next.max(seq + 1);
+            self.apply(created, seq, &message.payload);
+            if seq >= last && self.down.load(Ordering::Relaxed) {
+                self.set_up();
+            }
+        }
+    }
+
+    /// The stream, made if missing: in memory, sized like the window, with the retry
+    /// window for duplicates.
+    async fn stream(&self) -> Result<stream::Stream, String> {
+        match self.js.get_stream(&self.stream).await {
+            Ok(s) => {
+                if s.cached_info().config.storage != stream::StorageType::Memory {
+                    tracing::warn!(stream = %self.stream, "the stream is not in memory storage: events reach NATS's disk");
+                }
+                return Ok(s);
+            }
+            Err(e)
+                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        let (events, bytes) = self.window;
+        let config = |replicas| stream::Config {
+            name: self.stream.clone(),
+            subjects: vec![self.subject.clone()],
+            storage: stream::StorageType::Memory,
+            max_messages: i64::try_from(events).unwrap_or(i64::MAX),
+            max_bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
+            discard: stream::DiscardPolicy::Old,
+            duplicate_window: DUPLICATE_WINDOW,
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        // Replicas follow the NATS deployment: three on a cluster (one if it has fewer
+        // JetStream servers), one on a single server.
+        let clustered = self.client.server_info().cluster.is_some();
+        let made = match clustered {
+            true => match self.js.create_stream(config(3)).await {
+                Ok(s) => Ok(s),
+                Err(_) => self.js.create_stream(config(1)).await,
+            },
+            false => self.js.create_stream(config(1)).await,
+        };
+        match made {
+            Ok(s) => {
+                tracing::info!(stream = %self.stream, "made the JetStream stream");
+                Ok(s)
+            }
+            // Another replica made it first.
+            Err(_) => self
+                .js
+                .get_stream(&self.stream)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Put one message's events on the local bus at their resourceVersions.
+    fn apply(&self, created: u64, seq: u64, payload: &Bytes) {
+        match decode_message(payload) {
+            Ok(events) => {
+                self.bus
+                    .publish_at(resource_version(created, seq, 0), events);
+            }
+            Err(e) => {
+                tracing::error!(seq, error = %e, "a message of the stream is not a batch of events; skipped");
+                self.metrics.malformed.inc();
+            }
+        }
+    }
+}
+
+/// Where a replica is in the stream.
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    created: u64,
+    next: u64,
+}
+
+/// A message's events, checked.
+fn decode_message(payload: &Bytes) -> Result<Vec<Event>, crate::event::WireError> {
+    let bad = crate::event::WireError::new;
+    if payload.first() != Some(&WIRE_VERSION) {
+        return Err(bad("unknown message format"));
+    }
+    let mut at = 1;
+    let mut events = Vec::new();
+    while at < payload.len() {
+        if events.len() == MAX_EVENTS_PER_MESSAGE {
+            return Err(bad("too many events in one message"));
+        }
+        events.push(Event::decode_wire(payload, &mut at)?);
+    }
+    Ok(events)
+}
+
+/// A message's id for JetStream's duplicate detection: its bytes and its source.
+fn message_id(source: &str, payload: &[u8]) -> String {
+    let digest = Sha256::new()
+        .chain_update(source.as_bytes())
+        .chain_update([0])
+        .chain_update(payload)
+        .finalize();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
+}
+
+/// The shared stream's metrics, registered in the app's registry.
+struct NatsMetrics {
+    up: IntGauge,
+    outages: IntCounter,
+    published: IntCounterVec,
+    publish_errors: IntCounter,
+    oversized: IntCounterVec,
+    malformed: IntCounter,
+    gaps: IntCounter,
+}
+
+impl NatsMetrics {
+    fn new(metrics: &Metrics) -> Self {
+        let opts = |name: &str, help: &str| Opts::new(name, help).namespace("kube_audit_stream");
+        // Constant names and labels: construction cannot fail.
+        let m = NatsMetrics {
+            up: IntGauge::with_opts(opts("bus_up", "1 while the bus serves (NATS reached, stream read up to date), else 0.")).expect("valid metric"),
+            outages: IntCounter::with_opts(opts("bus_outages_total", "Times the bus went down (NATS lost or the stream unreadable).")).expect("valid metric"),
+            published: IntCounterVec::new(opts("nats_published_messages_total", "Messages published to the stream, by whether JetStream stored them or recognised a duplicate (a webhook retry)."), &["result"]).expect("valid metric"),
+            publish_errors: IntCounter::with_opts(opts("nats_publish_errors_total", "Publishes NATS did not confirm (the push was answered 503).")).expect("valid metric"),
+            oversized: IntCounterVec::new(opts("nats_oversized_events_total", "Events too large for one NATS message, truncated or dropped."), &["action"]).expect("valid metric"),
+            malformed: IntCounter::with_opts(opts("nats_malformed_messages_total", "Messages of the stream that were not a batch of events (skipped).")).expect("valid metric"),
+            gaps: IntCounter::with_opts(opts("nats_gaps_total", "Times this replica fell behind the whole stream and started its window over.")).expect("valid metric"),
+        };
+        metrics.register(Box::new(m.up.clone()));
+        metrics.register(Box::new(m.outages.clone()));
+        metrics.register(Box::new(m.published.clone()));
+        metrics.register(Box::new(m.publish_errors.clone()));
+        metrics.register(Box::new(m.oversized.clone()));
+        metrics.register(Box::new(m.malformed.clone()));
+        metrics.register(Box::new(m.gaps.clone()));
+        m
+    }
+
+    fn published(&self, duplicate: bool) {
+        let result = if duplicate { "duplicate" } else { "stored" };
+        self.published.with_label_values(&[result]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::decode_event_list;
+
+    #[test]
+    fn resource_versions_grow_across_messages_and_a_new_stream() {
+        let created = 1_780_000_000_000_000; // 2026, in microseconds
+        let a = resource_version(created, 1, 0);
+        assert!(a < resource_version(created, 1, 4095));
+        assert!(resource_version(created, 1, 4095) < resource_version(created, 2, 0));
+        // A stream made one second later, its sequences started over: still above
+        // everything the old one could have numbered in that second.
+        assert!(
+            resource_version(created + 1_000_000, 1, 0) > resource_version(created, 999_999, 4095)
+        );
+        // Fits a u64 for this century.
+        assert!(resource_version(4_102_444_800_000_000, 1 << 40, 4095) < u64::MAX);
+    }
+
+    #[test]
+    fn a_message_reads_back_and_a_bad_one_is_refused() {
+        let body = r#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[
+            {"level":"Metadata","auditID":"x","stage":"ResponseComplete","verb":"get","objectRef":{"resource":"pods","namespace":"a"}},
+            {"level":"Metadata","auditID":"x","stage":"ResponseComplete","verb":"delete","objectRef":{"resource":"pods","namespace":"a"}}]}"#;
+        let events = decode_event_list(body.as_bytes(), "api-1", "now").unwrap();
+        let mut payload = vec![WIRE_VERSION];
+        for e in &events {
+            e.encode_wire(&mut payload);
+        }
+        let back = decode_message(&Bytes::from(payload.clone())).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[1].get(crate::event::Field::Verb), "delete");
+        assert!(decode_message(&Bytes::from_static(b"\x02")).is_err());
+        assert!(decode_message(&Bytes::from(payload[..payload.len() - 1].to_vec())).is_err());
+        assert!(decode_message(&Bytes::new()).is_err());
+    }
+
+    #[test]
+    fn message_ids_follow_bytes_and_source_never_the_audit_id() {
+        let one = |verb: &str, source: &str| {
+            let body = format!(
+                r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{{"level":"Metadata","auditID":"same","stage":"ResponseComplete","verb":"{verb}"}}]}}"#
+            );
+            let events = decode_event_list(body.as_bytes(), source, "now").unwrap();
+            let mut payload = vec![WIRE_VERSION];
+            events[0].encode_wire(&mut payload);
+            message_id(source, &payload)
+        };
+        assert_eq!(
+            one("get", "a"),
+            one("get", "a"),
+            "a retry is the same message"
+        );
+        assert_ne!(
+            one("get", "a"),
+            one("delete", "a"),
+            "same auditID, other event"
+        );
+        assert_ne!(one("get", "a"), one("get", "b"), "same event, other source");
+    }
+}
