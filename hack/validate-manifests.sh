@@ -5,7 +5,7 @@
 #    misspelt field is an error), with kubernetes-validate (PyPI; it bundles the schemas,
 #    so no network is needed), for the Kubernetes version the project builds against
 #    (k8s-openapi's v1_33) and the newest one kubernetes-validate knows;
-#  - every kustomization (manifests/, manifests/cert-manager/) built with kubectl's
+#  - every kustomization (manifests/, manifests/cert-manager/, manifests/nats/) built with kubectl's
 #    kustomize, and its output validated the same way;
 #  - the files kube-apiserver or kubeadm read, which no API serves (the audit Policy, the
 #    webhook kubeconfig, kubeadm's ClusterConfiguration), and cert-manager's objects,

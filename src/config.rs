@@ -862,4 +862,44 @@ mod tests {
         assert_eq!(s.always_allow_paths, vec!["/healthz", "/readyz", "/livez"]);
         assert!(parse_duration("ten").is_err());
     }
+
+    #[test]
+    fn the_bus_flags() {
+        assert!(
+            serve(&["--dev"]).unwrap().nats.is_none(),
+            "memory by default"
+        );
+        let s = serve(&["--dev", "--bus=nats"]).unwrap();
+        let nats = s.nats.unwrap();
+        assert_eq!(nats.urls, ["nats://127.0.0.1:4222"]);
+        assert_eq!(nats.stream, "KUBE_AUDIT");
+        let s = serve(&[
+            "--dev",
+            "--bus",
+            "nats",
+            "--nats-url",
+            "nats://a:4222, tls://b:4222",
+            "--nats-stream",
+            "AUDIT_2",
+        ])
+        .unwrap();
+        assert_eq!(s.nats.unwrap().urls, ["nats://a:4222", "tls://b:4222"]);
+        for (args, flag) in [
+            (&["--bus=kafka"][..], "--bus"),
+            (&["--bus=nats", "--nats-url=http://a:4222"], "--nats-url"),
+            (&["--bus=nats", "--nats-url=a:4222"], "--nats-url"),
+            (&["--bus=nats", "--nats-stream=a.b"], "--nats-stream"),
+            (&["--bus=nats", "--nats-stream="], "--nats-stream"),
+            (
+                &["--bus=nats", "--nats-creds-file=/nonexistent"],
+                "--nats-creds-file",
+            ),
+            (&["--nats-ca-file=ca.pem"], "--nats-ca-file"),
+        ] {
+            let mut all = vec!["--dev"];
+            all.extend_from_slice(args);
+            let e = serve(&all).unwrap_err();
+            assert!(e.contains(flag), "{args:?}: {e}");
+        }
+    }
 }

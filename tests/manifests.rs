@@ -4,7 +4,7 @@
 //! a grant nobody reviewed), the
 //! Deployment's flags are ones the binary accepts in cluster mode, its probes answer
 //! without credentials, and the objects point at each other by the right names, in both
-//! variants (`manifests/` and `manifests/cert-manager/`, built with kubectl's kustomize).
+//! variants (`manifests/`, `manifests/cert-manager/` and `manifests/nats/`, built with kubectl's kustomize).
 //!
 //! The YAML is read with PyYAML through `python3` (the crate has no YAML parser);
 //! `hack/validate-manifests.sh` checks the same files against the Kubernetes schemas.
@@ -454,4 +454,53 @@ fn the_cert_manager_variant_issues_what_the_deployment_mounts() {
         }
     }
     assert!(clients > 0, "an example apiserver client Certificate");
+}
+
+/// The scale-out variant: three replicas of the same server sharing one NATS stream, a
+/// disruption budget and spread, and a NATS that the `--nats-url` reaches.
+#[test]
+fn the_nats_variant_is_three_replicas_on_one_stream() {
+    let objects = kustomize("manifests/nats");
+    let deployment = find(&objects, "Deployment", "kube-audit-stream");
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    let args = strings(&container(deployment)["args"]);
+    let cli = Cli::try_parse_from(std::iter::once("kube-audit-stream".to_owned()).chain(args))
+        .unwrap_or_else(|e| panic!("the binary rejects the variant's args: {e}"));
+    let CliCommand::Serve(serve) = cli.command;
+    let settings = serve
+        .validate()
+        .unwrap_or_else(|e| panic!("the variant's args do not validate: {e}"));
+    let nats = settings.nats.expect("--bus=nats");
+    // nats://SERVICE.NAMESPACE.svc:PORT names the NATS client Service and its port.
+    let url = &nats.urls[0];
+    let host_port = url.strip_prefix("nats://").unwrap();
+    let (host, port) = host_port.split_once(':').unwrap();
+    let (service, namespace) = host.strip_suffix(".svc").unwrap().split_once('.').unwrap();
+    let svc = find(&objects, "Service", service);
+    assert_eq!(svc["metadata"]["namespace"], namespace);
+    let ports = svc["spec"]["ports"].as_array().unwrap();
+    assert!(ports.iter().any(|p| p["port"].to_string() == port), "{url}");
+    let nats_set = find(&objects, "StatefulSet", "nats");
+    assert_eq!(nats_set["spec"]["replicas"], 3);
+    assert_eq!(
+        svc["spec"]["selector"], nats_set["spec"]["template"]["metadata"]["labels"],
+        "the client Service selects the NATS pods"
+    );
+
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let pdb = find(&objects, "PodDisruptionBudget", "kube-audit-stream");
+    assert_eq!(pdb["spec"]["selector"]["matchLabels"], *pod_labels);
+    assert_eq!(pdb["spec"]["minAvailable"], 2);
+    let anti = &deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        [0]["podAffinityTerm"];
+    assert_eq!(anti["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(anti["labelSelector"]["matchLabels"], *pod_labels);
+    // The base stays one replica without NATS.
+    let base = find(&kustomize("manifests"), "Deployment", "kube-audit-stream").clone();
+    assert_eq!(base["spec"]["replicas"], 1);
+    assert!(
+        !strings(&container(&base)["args"])
+            .iter()
+            .any(|a| a.starts_with("--bus"))
+    );
 }
