@@ -479,7 +479,8 @@ fn the_nats_variant_is_three_replicas_on_one_stream() {
     let svc = find(&objects, "Service", service);
     assert_eq!(svc["metadata"]["namespace"], namespace);
     let ports = svc["spec"]["ports"].as_array().unwrap();
-    assert!(ports.iter().any(|p| p["port"].to_string() == port), "{url}");
+    let port: u64 = port.parse().unwrap();
+    assert!(ports.iter().any(|p| p["port"] == port), "{url}");
     let nats_set = find(&objects, "StatefulSet", "nats");
     assert_eq!(nats_set["spec"]["replicas"], 3);
     assert_eq!(
