@@ -38,7 +38,6 @@ use base64::Engine;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -496,14 +495,17 @@ fn decode_message(payload: &Bytes) -> Result<Vec<Event>, crate::event::WireError
     Ok(events)
 }
 
-/// A message's id for JetStream's duplicate detection: its bytes and its source.
+/// A message's id for JetStream's duplicate detection: its bytes and its source. A
+/// cryptographic hash, so that no one who can shape an audited request can make it
+/// collide with another's and hide it; BLAKE3 rather than SHA-256 because it is the
+/// largest per-byte cost of a publish (profiled: SHA-256 took 0.5 us of a 0.6 KB event).
 fn message_id(source: &str, payload: &[u8]) -> String {
-    let digest = Sha256::new()
-        .chain_update(source.as_bytes())
-        .chain_update([0])
-        .chain_update(payload)
+    let digest = blake3::Hasher::new()
+        .update(source.as_bytes())
+        .update(&[0])
+        .update(payload)
         .finalize();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_bytes())
 }
 
 /// The shared stream's metrics, registered in the app's registry.

@@ -100,6 +100,10 @@ struct Opts {
     /// HTTP/2 connections the watchers share.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
     connections: u64,
+    /// Run this many replicas on one NATS JetStream stream (`--bus=nats`; needs
+    /// `nats-server` on the PATH), pushers and watchers spread over them.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10))]
+    nats_replicas: Option<u64>,
     /// Extra flag for the server, repeatable, e.g. `--server-arg=--watcher-bytes-per-second=0`
     /// (the scenarios pass the table's `--watcher-bytes-per-second=0 --max-event-bytes=4194304`).
     #[arg(long = "server-arg", allow_hyphen_values = true)]
@@ -124,6 +128,10 @@ enum Scenario {
     H1VsH2,
     /// 1,000 idle HTTP/2 watchers: server RSS per watcher.
     Idle,
+    /// Three replicas on one NATS JetStream stream (`--bus=nats`, needs `nats-server`)
+    /// beside one replica with the memory bus: max ingest and server CPU per event, and
+    /// push->watcher latency with 30 HTTP/2 watchers spread over the replicas. Not in `all`.
+    ScaleOut,
     /// Every scenario in turn.
     All,
 }
@@ -276,6 +284,9 @@ struct Phase {
     idle: Option<Duration>,
     /// Flags for the server after the generated ones.
     server_args: Vec<String>,
+    /// `Some(n)`: n replicas sharing one NATS JetStream stream (`--bus=nats`), pushers
+    /// and watchers spread over them; `None`: one replica, memory bus.
+    nats_replicas: Option<usize>,
 }
 
 impl Phase {
@@ -291,6 +302,7 @@ impl Phase {
             groups: Vec::new(),
             idle: None,
             server_args: TABLE_SERVER_FLAGS.iter().map(|s| s.to_string()).collect(),
+            nats_replicas: None,
         }
     }
 
@@ -377,6 +389,8 @@ struct Outcome {
     rss_end: Option<u64>,
     rss_peak: Option<u64>,
     generator_rss_peak: Option<u64>,
+    /// CPU-seconds of each server-side process over the whole run, when there are several.
+    cpu_by_process: Vec<(String, f64)>,
     metrics: Vec<String>,
     baseline: Option<SplitRoute>,
 }
@@ -507,14 +521,28 @@ async fn run_phase(phase: Phase) -> anyhow::Result<Outcome> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let pki = client::Pki::generate(phase.pushers)?;
     let token = format!("{:032x}", fastrand::u128(..));
-    let argv = server_argv(dir.path(), &pki, &token, &phase.server_args)?;
-    let server = ServerProcess::start(&argv).await?;
-    let result = drive(&phase, &server, &pki, &token, templates).await;
-    let stopped = server.stop().await;
-    let mut outcome = result?;
-    if let Err(e) = stopped {
-        println!("   warning: {e:#}");
+    let mut argv = server_argv(dir.path(), &pki, &token, &phase.server_args)?;
+    let nats = match phase.nats_replicas {
+        Some(_) => {
+            let nats = server::NatsProcess::start().await?;
+            argv.extend(["--bus=nats".to_owned(), format!("--nats-url={}", nats.url)]);
+            Some(nats)
+        }
+        None => None,
+    };
+    let mut servers = Vec::new();
+    for _ in 0..phase.nats_replicas.unwrap_or(1) {
+        servers.push(ServerProcess::start(&argv).await?);
     }
+    let nats_pid: Vec<u32> = nats.iter().map(|n| n.pid).collect();
+    let result = drive(&phase, &servers, &nats_pid, &pki, &token, templates).await;
+    for server in servers {
+        if let Err(e) = server.stop().await {
+            println!("   warning: {e:#}");
+        }
+    }
+    drop(nats);
+    let mut outcome = result?;
     // The baseline runs with the server gone, on a thread of its own.
     let bodies = outcome.pushed.sample_bodies.clone();
     outcome.baseline = tokio::task::spawn_blocking(move || measure::split_route_baseline(&bodies))
@@ -527,26 +555,56 @@ async fn run_phase(phase: Phase) -> anyhow::Result<Outcome> {
 /// Everything between the server's start and stop.
 async fn drive(
     phase: &Phase,
-    server: &ServerProcess,
+    servers: &[ServerProcess],
+    nats_pid: &[u32],
     pki: &client::Pki,
     token: &str,
     templates: Arc<Templates>,
 ) -> anyhow::Result<Outcome> {
-    let addr = server.addr;
-    // A first request, so the start RSS is of a server that has served.
-    let _ = scrape_metrics(addr, token).await;
-    let (rss_start, _) = server.rss_kib();
+    let addr = servers[0].addr;
+    // A first request, so the start RSS is of a server that has served; with NATS, also
+    // the wait until every replica follows the stream.
+    for s in servers {
+        wait_ready(s.addr, token).await?;
+    }
+    // RSS of the server side: the replicas (and NATS) together.
+    let mut pids: Vec<u32> = servers.iter().map(|s| s.pid).collect();
+    pids.extend_from_slice(nats_pid);
+    let rss = |which: fn((Option<u64>, Option<u64>)) -> Option<u64>| {
+        pids.iter()
+            .map(|&pid| which(measure::rss_kib(Some(pid))))
+            .sum::<Option<u64>>()
+    };
+    let rss_start = rss(|r| r.0);
 
-    let opened = watch::open(&phase.groups, phase.namespaces, addr, token).await?;
+    // Each replica gets its share of every group of watchers.
+    let mut opened = Vec::new();
+    for (i, s) in servers.iter().enumerate() {
+        let groups: Vec<Group> = phase
+            .groups
+            .iter()
+            .map(|g| Group {
+                count: share(g.count, servers.len(), i),
+                ..g.clone()
+            })
+            .collect();
+        opened.extend(watch::open(&groups, phase.namespaces, s.addr, token).await?);
+    }
     let rss_idle = match phase.idle {
         Some(idle) => {
             tokio::time::sleep(idle).await;
-            server.rss_kib().0
+            rss(|r| r.0)
         }
         None => None,
     };
 
-    let sampler = CpuSampler::start(server.pid);
+    let cpu_of = |pids: &[u32]| -> Vec<f64> {
+        pids.iter()
+            .map(|&pid| measure::process_cpu(Some(pid)).unwrap_or(0.0))
+            .collect()
+    };
+    let cpu_before = cpu_of(&pids);
+    let sampler = CpuSampler::start(pids.clone());
     let start = Instant::now();
     let push_end = start + phase.duration;
     let clock = Clock {
@@ -569,7 +627,8 @@ async fn drive(
             let pusher = Pusher {
                 index: i,
                 count: phase.pushers,
-                addr,
+                // Each kube-apiserver's webhook lands on some replica.
+                addr: servers[i % servers.len()].addr,
                 tls: client::connector(b"http/1.1", Some(cert))?,
                 templates: templates.clone(),
                 batch: phase.batch,
@@ -611,8 +670,25 @@ async fn drive(
         .max()
         .unwrap_or(push_done)
         .max(push_done);
-    let samples = sampler.finish(server.pid).await;
-    let (rss_end, rss_peak) = server.rss_kib();
+    let samples = sampler.finish(&pids).await;
+    // With several processes on the server side, which one spent what.
+    let mut cpu_by_process: Vec<(String, f64)> = cpu_of(&pids)
+        .iter()
+        .zip(&cpu_before)
+        .enumerate()
+        .map(|(i, (after, before))| {
+            let name = if i < servers.len() {
+                format!("replica {}", i + 1)
+            } else {
+                "NATS".to_owned()
+            };
+            (name, after - before)
+        })
+        .collect();
+    if cpu_by_process.len() == 1 {
+        cpu_by_process.clear();
+    }
+    let (rss_end, rss_peak) = (rss(|r| r.0), rss(|r| r.1));
     let metrics = scrape_metrics(addr, token).await;
     Ok(Outcome {
         requested_rate: match phase.rate {
@@ -629,9 +705,35 @@ async fn drive(
         rss_end,
         rss_peak,
         generator_rss_peak: measure::rss_kib(None).1,
+        cpu_by_process,
         metrics,
         baseline: None,
     })
+}
+
+/// The `i`-th of `n` shares of `count`, the first ones larger by one.
+fn share(count: usize, n: usize, i: usize) -> usize {
+    count / n + usize::from(i < count % n)
+}
+
+/// Wait until the server answers `/readyz` (at once with the memory bus; with NATS, once
+/// it follows the stream).
+async fn wait_ready(addr: SocketAddr, token: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let tls = client::connector(b"http/1.1", None)?;
+        let mut conn = client::connect_h1(&tls, addr, None).await?;
+        let req = client::request(Method::GET, addr, "/readyz", Some(token), Bytes::new())?;
+        conn.ready().await?;
+        if conn.send_request(req).await?.status() == StatusCode::OK {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the server at {addr} did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The server's counters of interest, from `/metrics`.
@@ -684,6 +786,7 @@ fn custom_phase(opts: &Opts, duration: Duration) -> Phase {
     p.pushers = opts.pushers as usize;
     p.batch = opts.batch as usize;
     p.namespaces = opts.namespaces as usize;
+    p.nats_replicas = opts.nats_replicas.map(|n| n as usize);
     let proto = |label: &str| -> (String, Option<usize>) {
         if opts.http2 {
             let c = opts.connections as usize;
@@ -853,6 +956,7 @@ async fn run_scenario(
         Scenario::Fanout => fanout(watcher_fixture(opts), duration).await?,
         Scenario::H1VsH2 => h1_vs_h2(watcher_fixture(opts), duration).await?,
         Scenario::Idle => idle(watcher_fixture(opts)).await?,
+        Scenario::ScaleOut => scale_out(watcher_fixture(opts), duration).await?,
         Scenario::All => unreachable!("expanded by the caller"),
     })
 }
@@ -883,6 +987,96 @@ async fn ingest(
             limits: o.limits(),
         },
         o.passed(),
+    ))
+}
+
+/// One replica on the memory bus, then on NATS, then three on NATS: ingest cost per
+/// event (every server-side process counted, NATS included), and latency.
+async fn scale_out(fixture: Fixture, duration: Duration) -> anyhow::Result<(ScenarioResult, bool)> {
+    const REPLICAS: usize = 3;
+    let phase = |n: u8, what: &str, replicas: Option<usize>, watchers: bool| {
+        let rate = if watchers {
+            Rate::PerSecond(TABLE_RATE)
+        } else {
+            Rate::Max
+        };
+        let mut p = Phase::new(format!("scale-out {n}/5: {what}"), fixture, rate, duration);
+        p.nats_replicas = replicas;
+        if watchers {
+            p.groups = vec![h2_group("full-stream watchers", 30, false, 3)];
+        }
+        p
+    };
+    let mem = run_phase(phase(1, "max ingest, one replica, memory bus", None, false)).await?;
+    let one = run_phase(phase(2, "max ingest, one replica + NATS", Some(1), false)).await?;
+    let three = run_phase(phase(
+        3,
+        "max ingest, 3 replicas + NATS",
+        Some(REPLICAS),
+        false,
+    ))
+    .await?;
+    let lat_mem = run_phase(phase(
+        4,
+        "30 watchers at 10 k events/s, one replica",
+        None,
+        true,
+    ))
+    .await?;
+    let lat_three = run_phase(phase(
+        5,
+        "30 watchers at 10 k events/s spread over 3 replicas + NATS",
+        Some(REPLICAS),
+        true,
+    ))
+    .await?;
+    let per_event = |o: &Outcome| 1e6 * o.cpu_push.server / (o.pushed.events.max(1) as f64);
+    // The replica's own share: its CPU without NATS's.
+    let replica_per_event = |o: &Outcome| {
+        let cpu: f64 = o
+            .cpu_by_process
+            .iter()
+            .filter(|(n, _)| n != "NATS")
+            .map(|(_, c)| c)
+            .sum();
+        1e6 * cpu / (o.pushed.events.max(1) as f64)
+    };
+    let base = per_event(&mem).max(1e-9);
+    let cost = per_event(&one) / base;
+    let ms = |v: Option<f64>| v.map_or("?".into(), |v| format!("{v:.1} ms"));
+    let figures = format!(
+        "CPU-us per ingested event: memory bus {:.2}; one replica + NATS {:.2} = x{cost:.2} (target <= 2; the replica alone x{:.2}); {REPLICAS} replicas + NATS {:.2} = x{:.2}; max ingest {} / {} / {} events/s; p99 push->watcher {} on one replica vs {} across {REPLICAS} (10 per replica); {} of {} vs {} of {} delivered",
+        per_event(&mem),
+        per_event(&one),
+        replica_per_event(&one) / base,
+        per_event(&three),
+        per_event(&three) / base,
+        int(mem.ingest_rate()),
+        int(one.ingest_rate()),
+        int(three.ingest_rate()),
+        ms(lat_mem.p99_ms()),
+        ms(lat_three.p99_ms()),
+        lat_mem.delivered_events(),
+        lat_mem.expected_events(),
+        lat_three.delivered_events(),
+        lat_three.expected_events(),
+    );
+    let all = [&mem, &one, &three, &lat_mem, &lat_three];
+    let limits = labelled(&[
+        ("phase 1", &mem),
+        ("phase 2", &one),
+        ("phase 3", &three),
+        ("phase 4", &lat_mem),
+        ("phase 5", &lat_three),
+    ]);
+    Ok((
+        ScenarioResult {
+            name: "scale-out",
+            figures,
+            met: Some(cost <= 2.0),
+            limits,
+        },
+        all.iter().all(|o| o.passed()),
     ))
 }
 
@@ -1094,6 +1288,17 @@ fn ms(ns: u64) -> String {
 }
 
 fn report(o: &Outcome) {
+    if !o.cpu_by_process.is_empty() {
+        let parts: Vec<String> = o
+            .cpu_by_process
+            .iter()
+            .map(|(name, cpu)| format!("{name} {cpu:.2}"))
+            .collect();
+        println!(
+            "   cpu-s      by process, push and drain: {}",
+            parts.join(", ")
+        );
+    }
     let p = &o.pushed;
     let secs = o.push_secs;
     let wanted = o.requested_rate.map_or(String::new(), |r| {

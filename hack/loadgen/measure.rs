@@ -94,10 +94,14 @@ pub struct CpuSample {
 }
 
 impl CpuSample {
-    pub fn take(server_pid: u32) -> CpuSample {
+    /// `server_pids`: every process of the server side (replicas, and NATS with them).
+    pub fn take(server_pids: &[u32]) -> CpuSample {
         CpuSample {
             at: Instant::now(),
-            server: process_cpu(Some(server_pid)).unwrap_or(0.0),
+            server: server_pids
+                .iter()
+                .map(|&pid| process_cpu(Some(pid)).unwrap_or(0.0))
+                .sum(),
             generator: process_cpu(None).unwrap_or(0.0),
             machine: machine_busy().unwrap_or(0.0),
         }
@@ -175,8 +179,8 @@ pub struct CpuSampler {
 }
 
 impl CpuSampler {
-    pub fn start(server_pid: u32) -> CpuSampler {
-        let samples = Arc::new(Mutex::new(vec![CpuSample::take(server_pid)]));
+    pub fn start(server_pids: Vec<u32>) -> CpuSampler {
+        let samples = Arc::new(Mutex::new(vec![CpuSample::take(&server_pids)]));
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let shared = samples.clone();
         let task = tokio::spawn(async move {
@@ -186,7 +190,7 @@ impl CpuSampler {
                     _ = &mut stopped => break,
                     _ = tick.tick() => {}
                 }
-                let s = CpuSample::take(server_pid);
+                let s = CpuSample::take(&server_pids);
                 shared.lock().unwrap_or_else(|e| e.into_inner()).push(s);
             }
         });
@@ -197,12 +201,12 @@ impl CpuSampler {
         }
     }
 
-    pub async fn finish(self, server_pid: u32) -> Vec<CpuSample> {
+    pub async fn finish(self, server_pids: &[u32]) -> Vec<CpuSample> {
         let _ = self.stop.send(());
         let _ = self.task.await;
         let mut samples =
             std::mem::take(&mut *self.samples.lock().unwrap_or_else(|e| e.into_inner()));
-        samples.push(CpuSample::take(server_pid));
+        samples.push(CpuSample::take(server_pids));
         samples
     }
 }

@@ -117,11 +117,6 @@ impl ServerProcess {
         Ok(ServerProcess { addr, pid, child })
     }
 
-    /// Current and peak RSS, KiB.
-    pub fn rss_kib(&self) -> (Option<u64>, Option<u64>) {
-        crate::measure::rss_kib(Some(self.pid))
-    }
-
     /// Close its stdin (it ends its watches and drains), wait; kill it if it hangs.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         drop(self.child.stdin.take());
@@ -134,5 +129,50 @@ impl ServerProcess {
                 bail!("the server process did not stop within {STOP_TIMEOUT:?}; killed it")
             }
         }
+    }
+}
+
+/// A NATS server with JetStream on a free loopback port, for `--bus=nats` runs: the
+/// generator's child, killed with it.
+pub struct NatsProcess {
+    pub url: String,
+    pub pid: u32,
+    _child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsProcess {
+    pub async fn start() -> anyhow::Result<NatsProcess> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir = tempfile::tempdir()?;
+        let child = tokio::process::Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting nats-server (Debian's nats-server package)")?;
+        let pid = child.id().context("nats-server has no id")?;
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "nats-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(NatsProcess {
+            url: format!("nats://127.0.0.1:{port}"),
+            pid,
+            _child: child,
+            _dir: dir,
+        })
     }
 }
