@@ -570,12 +570,16 @@ async fn drive(
     // RSS of the server side: the replicas (and NATS) together.
     let mut pids: Vec<u32> = servers.iter().map(|s| s.pid).collect();
     pids.extend_from_slice(nats_pid);
-    let rss = |which: fn((Option<u64>, Option<u64>)) -> Option<u64>| {
+    // Now, or the peak.
+    let rss = |peak: bool| {
         pids.iter()
-            .map(|&pid| which(measure::rss_kib(Some(pid))))
+            .map(|&pid| {
+                let (now, max) = measure::rss_kib(Some(pid));
+                if peak { max } else { now }
+            })
             .sum::<Option<u64>>()
     };
-    let rss_start = rss(|r| r.0);
+    let rss_start = rss(false);
 
     // Each replica gets its share of every group of watchers.
     let mut opened = Vec::new();
@@ -593,7 +597,7 @@ async fn drive(
     let rss_idle = match phase.idle {
         Some(idle) => {
             tokio::time::sleep(idle).await;
-            rss(|r| r.0)
+            rss(false)
         }
         None => None,
     };
@@ -688,7 +692,7 @@ async fn drive(
     if cpu_by_process.len() == 1 {
         cpu_by_process.clear();
     }
-    let (rss_end, rss_peak) = (rss(|r| r.0), rss(|r| r.1));
+    let (rss_end, rss_peak) = (rss(false), rss(true));
     let metrics = scrape_metrics(addr, token).await;
     Ok(Outcome {
         requested_rate: match phase.rate {
