@@ -62,7 +62,8 @@ const MAX_EVENTS_PER_MESSAGE: usize = 1 << INDEX_BITS;
 /// The first byte of every message: the record format (`event::wire`).
 const WIRE_VERSION: u8 = 1;
 /// A message's size at most, below the server's `max_payload`: large enough that a
-/// webhook batch (400 events of a few KiB) is a handful of messages.
+/// webhook batch (400 events of a few KiB) is a handful of messages. Measured: 60 KiB
+/// messages cost NATS and the replica 16 % more CPU per event than 1 MiB ones.
 const MAX_MESSAGE_BYTES: usize = 1 << 20;
 /// Room for the headers (the message id) beside the payload.
 const HEADERS_ROOM: usize = 1024;
