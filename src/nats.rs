@@ -168,7 +168,12 @@ impl Nats {
             down: AtomicBool::new(false),
             metrics: metrics_,
         });
-        inner.set_down(format!("connecting to NATS at {}", inner.url));
+        // Not ready until the stream is read up to date; not an outage.
+        inner
+            .bus
+            .set_down(&format!("connecting to NATS at {}", inner.url));
+        inner.down.store(true, Ordering::Relaxed);
+        tracing::info!(url = %inner.url, stream = %inner.stream, "bus: following the NATS stream once reached");
         tokio::spawn(inner.clone().follow(connected, shutdown));
         Ok(Nats { inner })
     }
