@@ -263,3 +263,38 @@ async fn losing_nats_is_visible_and_survived() {
         (Some("ERROR"), Some(410))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_before_nats_waits_not_ready_then_serves() {
+    let mut nats = NatsServer::not_started();
+    let r = replica(&nats);
+    let admin = r.client(Some(ADMIN_TOKEN));
+    let (code, body) = admin.get("/readyz").await;
+    assert_eq!(code, StatusCode::INTERNAL_SERVER_ERROR, "{body:?}");
+    let (code, status) = r
+        .client(None)
+        .push(
+            "",
+            fixtures::event_list("audit.k8s.io/v1", &[fixtures::event("early", None, "get")]),
+        )
+        .await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{status}");
+    let (code, list) = admin.get_json(EVENTS).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{list}");
+
+    nats.restart();
+    eventually("the replica to be ready once NATS is up", || ready(&admin)).await;
+    push_ok(
+        &r,
+        fixtures::event_list("audit.k8s.io/v1", &[fixtures::event("late", None, "get")]),
+    )
+    .await;
+    let (_, list) = admin.get_json(EVENTS).await;
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(
+        items.len(),
+        1,
+        "the refused push left nothing behind: {list}"
+    );
+    assert_eq!(items[0]["auditID"], "late");
+}

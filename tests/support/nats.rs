@@ -16,17 +16,22 @@ impl NatsServer {
     /// Start `nats-server -js` on a free loopback port. Fails the test, saying what to
     /// install, when there is no `nats-server` on the PATH: these tests are never skipped.
     pub fn start() -> NatsServer {
+        let mut nats = NatsServer::not_started();
+        nats.restart();
+        nats
+    }
+
+    /// A free port where NATS will run once `restart` is called.
+    pub fn not_started() -> NatsServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .unwrap()
             .port();
-        let mut nats = NatsServer {
+        NatsServer {
             child: None,
             port,
             dir: tempfile::tempdir().unwrap(),
-        };
-        nats.restart();
-        nats
+        }
     }
 
     pub fn url(&self) -> String {
