@@ -147,7 +147,14 @@ impl NatsProcess {
             .local_addr()?
             .port();
         let dir = tempfile::tempdir()?;
-        let child = tokio::process::Command::new("nats-server")
+        // From the PATH, else where Debian's package puts it (a non-root PATH may lack it).
+        let debian = std::path::Path::new("/usr/sbin/nats-server");
+        let exe = if which_on_path("nats-server") || !debian.is_file() {
+            std::path::PathBuf::from("nats-server")
+        } else {
+            debian.to_owned()
+        };
+        let child = tokio::process::Command::new(exe)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(dir.path())
             .stdin(Stdio::null())
@@ -175,4 +182,9 @@ impl NatsProcess {
             _dir: dir,
         })
     }
+}
+
+fn which_on_path(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
 }

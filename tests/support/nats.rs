@@ -49,7 +49,7 @@ impl NatsServer {
     /// Start it (again) on the same port, and wait until it takes connections.
     pub fn restart(&mut self) {
         self.kill();
-        let child = Command::new("nats-server")
+        let child = Command::new(binary())
             .args([
                 "-js",
                 "-a",
@@ -81,5 +81,19 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// `nats-server` from the PATH, else where Debian's package puts it (`/usr/sbin`, which a
+/// non-root PATH may lack).
+fn binary() -> std::path::PathBuf {
+    let debian = std::path::Path::new("/usr/sbin/nats-server");
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| dir.join("nats-server").is_file())
+    });
+    if !on_path && debian.is_file() {
+        debian.to_owned()
+    } else {
+        "nats-server".into()
     }
 }
