@@ -31,6 +31,9 @@
 //! * [`status`]: `ApiError` → `meta.k8s.io/v1` `Status`.
 //! * [`reply`]: the response body type and plain responses.
 //! * [`metrics`]: Prometheus metrics in the app's own registry.
+//! * [`plugin`]: `kubectl audit`, the kubectl plugin (the `kubectl-audit` binary): `tail`
+//!   and `who` through the user's kubeconfig, a client of the API like kubectl, never of
+//!   the server's internals (it shares only the API's names and annotations).
 
 pub mod authn;
 pub mod authz;
@@ -42,6 +45,7 @@ pub mod discovery;
 pub mod event;
 pub mod ingest;
 pub mod metrics;
+pub mod plugin;
 pub mod reply;
 pub mod selector;
 pub mod server;
