@@ -63,7 +63,7 @@ pub enum ApiFailure {
 /// One line of a watch.
 #[derive(Debug)]
 pub enum WatchEvent {
-    Added(Item),
+    Added(Box<Item>),
     /// A bookmark: where the stream is, and how many events this watcher lost since the
     /// last such count.
     Bookmark {
@@ -408,7 +408,7 @@ fn parse_line(line: &[u8]) -> Result<WatchEvent, serde_json::Error> {
         "ERROR" => WatchEvent::Error(Box::new(serde_json::from_str(line.object.get())?)),
         // ADDED: the only change an audit event has; MODIFIED or DELETED would be read
         // the same way.
-        _ => WatchEvent::Added(Item::new(line.object.get())?),
+        _ => WatchEvent::Added(Box::new(Item::new(line.object.get())?)),
     })
 }
 

@@ -88,26 +88,28 @@ async fn tail(api: &Api, printer: &mut Printer, args: &TailArgs) -> Result<(), E
     let mut rv = match args.since_rv {
         Some(rv) => rv,
         None => {
-            let rv = api
-                .list(selector, |page| {
-                    let page: Vec<_> = page
-                        .iter()
-                        .filter(|e| cutoff.is_none_or(|c| e.view.time().is_none_or(|t| t >= c)))
-                        .cloned()
-                        .collect();
-                    state.seen(&page);
-                    printer.batch(&page)
-                })
-                .await?;
-            printer.start_live()?;
-            rv
+            api.list(selector, |page| {
+                let page: Vec<_> = page
+                    .iter()
+                    .filter(|e| cutoff.is_none_or(|c| e.view.time().is_none_or(|t| t >= c)))
+                    .cloned()
+                    .collect();
+                state.seen(&page);
+                printer.batch(&page)
+            })
+            .await?
         }
     };
+    printer.start_live()?;
     let mut backoff = Backoff::default();
+    // Whether the server ever answered: until it has, an unreachable one is an error, as
+    // for kubectl, not an outage to wait out.
+    let mut answered = args.since_rv.is_none();
     loop {
         let mut watch = match api.watch(selector, rv, args.watch_timeout_seconds()).await {
             Ok(w) => w,
             Err(ApiFailure::Refused(status)) => return Err(api.refused(&status)),
+            Err(ApiFailure::Transport(e)) if !answered => return Err(Error::Connect(e)),
             Err(ApiFailure::Transport(e)) => {
                 state.lost(&e, rv);
                 tokio::time::sleep(backoff.next()).await;
@@ -118,13 +120,14 @@ async fn tail(api: &Api, printer: &mut Printer, args: &TailArgs) -> Result<(), E
             eprintln!("Watch resumed from resourceVersion {rv}.");
             state.outage = false;
         }
+        answered = true;
         backoff.reset();
         loop {
             match watch.next().await {
                 Ok(Some(api::WatchEvent::Added(ev))) => {
                     rv = ev.resource_version().unwrap_or(rv);
-                    state.seen(std::slice::from_ref(&ev));
-                    printer.batch(std::slice::from_ref(&ev))?;
+                    state.seen(std::slice::from_ref(&*ev));
+                    printer.batch(std::slice::from_ref(&*ev))?;
                 }
                 Ok(Some(api::WatchEvent::Bookmark { rv: at, dropped })) => {
                     rv = at.unwrap_or(rv);
@@ -136,7 +139,15 @@ async fn tail(api: &Api, printer: &mut Printer, args: &TailArgs) -> Result<(), E
                     }
                 }
                 Ok(Some(api::WatchEvent::Error(status))) if status.code == Some(410) => {
-                    rv = resume_after_gone(api, printer, &mut state, selector, &status).await?;
+                    match resume_after_gone(api, printer, &mut state, selector, &status).await {
+                        Ok(now) => rv = now,
+                        // The next watch from the same place meets the same 410.
+                        Err(Error::Connect(e)) => {
+                            state.lost(&e, rv);
+                            tokio::time::sleep(backoff.next()).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
                     break;
                 }
                 // Revoked access, or a request the server will never take: the end.
@@ -174,14 +185,14 @@ async fn resume_after_gone(
     status: &api::Status,
 ) -> Result<u64, Error> {
     let oldest = api.oldest_kept().await?;
-    let oldest_at = oldest.as_ref().and_then(|e| e.view.taken_in());
-    let skipped = match (state.last_taken_in, oldest_at) {
+    let oldest_at = oldest.as_ref().and_then(|e| e.view.time());
+    let skipped = match (state.last_time, oldest_at) {
         (Some(last), Some(oldest)) => format!(
-            "{} seconds of history skipped (the last event seen was taken in at {last:.0}, the oldest the server still holds at {oldest:.0})",
+            "{} seconds of history skipped (the last event seen is from {last:.0}, the oldest the server still holds from {oldest:.0})",
             oldest.duration_since(last).as_secs().max(0)
         ),
         (Some(last), None) => format!(
-            "{} seconds of history skipped (the last event seen was taken in at {last:.0}, and the server holds none since)",
+            "{} seconds of history skipped (the last event seen is from {last:.0}, and the server holds none since)",
             Timestamp::now().duration_since(last).as_secs().max(0)
         ),
         (None, Some(oldest)) => {
@@ -205,16 +216,16 @@ async fn resume_after_gone(
 /// What the tail has seen, for the messages about outages and expired history.
 #[derive(Default)]
 struct Follow {
-    /// `metadata.creationTimestamp` (when the server took it in) of the last event seen.
-    last_taken_in: Option<Timestamp>,
+    /// The time of the last event seen.
+    last_time: Option<Timestamp>,
     /// Between a lost connection and the next watch that opens.
     outage: bool,
 }
 
 impl Follow {
     fn seen(&mut self, events: &[print::Item]) {
-        if let Some(t) = events.iter().rev().find_map(|e| e.view.taken_in()) {
-            self.last_taken_in = Some(t);
+        if let Some(t) = events.iter().rev().find_map(|e| e.view.time()) {
+            self.last_time = Some(t);
         }
     }
 

@@ -1,0 +1,729 @@
+//! `kubectl audit`, black-box: the real `kubectl-audit` binary (and once the real
+//! `kubectl audit`) against a real server, with a kubeconfig written by the test and a
+//! HOME of its own (never the user's ~/.kube): exactly the pushed events of its namespace
+//! and filters, JSON lines equal to the raw stream, resumption across cut connections
+//! without duplicates or gaps, a 410 reported and survived, drops and truncation shown,
+//! refusals with the server's message, `who`, plain tables in pipes, Ctrl-C.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout};
+
+use support::fake_apiserver::{FakeApiServer, Rule};
+use support::fixtures::{self, event};
+use support::server::{ADMIN_TOKEN, ALICE_TOKEN, TestServer};
+use support::{DEADLINE, eventually, metric};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kubectl-audit");
+
+/// A kubeconfig and a HOME for the plugin: one context per (name, token, namespace), the
+/// first current.
+struct Kubeconfig {
+    home: tempfile::TempDir,
+}
+
+impl Kubeconfig {
+    fn new(server: &str, ca: &Path, users: &[(&str, &str, Option<&str>)]) -> Kubeconfig {
+        let home = tempfile::tempdir().unwrap();
+        let mut text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: audit\n  cluster:\n    server: {server}\n    certificate-authority: {}\nusers:\n",
+            ca.display()
+        );
+        for (name, token, _) in users {
+            text.push_str(&format!("- name: {name}\n  user:\n    token: {token}\n"));
+        }
+        text.push_str("contexts:\n");
+        for (name, _, ns) in users {
+            text.push_str(&format!(
+                "- name: {name}\n  context:\n    cluster: audit\n    user: {name}\n"
+            ));
+            if let Some(ns) = ns {
+                text.push_str(&format!("    namespace: {ns}\n"));
+            }
+        }
+        text.push_str(&format!("current-context: {}\n", users[0].0));
+        std::fs::write(home.path().join("kubeconfig"), text).unwrap();
+        Kubeconfig { home }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.home.path().join("kubeconfig")
+    }
+
+    /// `program` (the plugin, or kubectl) with this kubeconfig, every stream piped.
+    fn command(&self, program: &Path, args: &[&str]) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(program);
+        c.args(args)
+            .env("KUBECONFIG", self.path())
+            .env("HOME", self.home.path())
+            .env_remove("NO_COLOR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        c
+    }
+
+    /// Run the plugin to its end: (exit code, stdout, stderr).
+    async fn run(&self, args: &[&str]) -> (i32, String, String) {
+        run(self.command(Path::new(BIN), args)).await
+    }
+
+    fn spawn(&self, args: &[&str]) -> Running {
+        Running::new(self.command(Path::new(BIN), args).spawn().unwrap())
+    }
+}
+
+async fn run(mut command: tokio::process::Command) -> (i32, String, String) {
+    let out = tokio::time::timeout(DEADLINE, command.output())
+        .await
+        .expect("the plugin did not finish")
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// A plugin process that keeps running (`tail`): its stdout read line by line, its
+/// stderr gathered as it comes.
+struct Running {
+    child: Child,
+    stdout: Lines<BufReader<ChildStdout>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Running {
+    fn new(mut child: Child) -> Running {
+        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut err_lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let sink = stderr.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = err_lines.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Running {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    async fn line(&mut self) -> String {
+        match tokio::time::timeout(DEADLINE, self.stdout.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            other => panic!(
+                "no line from the plugin ({other:?}); its stderr: {:?}",
+                self.stderr()
+            ),
+        }
+    }
+
+    /// The next `n` lines, each a JSON event.
+    async fn events(&mut self, n: usize) -> Vec<Value> {
+        let mut out = vec![];
+        while out.len() < n {
+            let line = self.line().await;
+            out.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")));
+        }
+        out
+    }
+
+    fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Wait until a stderr line contains `text`; that line.
+    async fn stderr_line(&self, text: &str) -> String {
+        let mut found = String::new();
+        eventually(&format!("stderr to say {text:?}"), || {
+            let hit = self.stderr().into_iter().find(|l| l.contains(text));
+            let done = hit.is_some();
+            found = hit.unwrap_or_default();
+            async move { done }
+        })
+        .await;
+        found
+    }
+}
+
+fn ids(events: &[Value]) -> Vec<&str> {
+    events
+        .iter()
+        .map(|e| e["auditID"].as_str().unwrap())
+        .collect()
+}
+
+/// An event of `user` doing `verb` to `resource` `name` in `ns` at second `second` of
+/// 10:00 (its stage 100 ms later).
+fn event_of(
+    id: &str,
+    ns: &str,
+    user: &str,
+    verb: &str,
+    resource: &str,
+    name: &str,
+    second: u32,
+) -> String {
+    let v: Value = serde_json::json!({
+        "kind": "Event",
+        "apiVersion": "audit.k8s.io/v1",
+        "level": "Metadata",
+        "auditID": id,
+        "stage": "ResponseComplete",
+        "requestURI": format!("/api/v1/namespaces/{ns}/{resource}/{name}"),
+        "verb": verb,
+        "user": {"username": user, "groups": ["system:authenticated"]},
+        "sourceIPs": ["10.0.0.7"],
+        "userAgent": "kubectl/v1.33.0",
+        "objectRef": {"resource": resource, "namespace": ns, "name": name, "apiVersion": "v1"},
+        "responseStatus": {"metadata": {}, "code": if verb == "create" { 201 } else { 200 }},
+        "requestReceivedTimestamp": format!("2026-01-01T10:00:{second:02}.000000Z"),
+        "stageTimestamp": format!("2026-01-01T10:00:{second:02}.100000Z"),
+    });
+    v.to_string()
+}
+
+/// Wait until the server has `n` open `namespacedevents` watches.
+async fn watchers(srv: &TestServer, n: usize) {
+    let series = r#"kube_audit_stream_watch_watchers{resource="namespacedevents"}"#;
+    eventually(&format!("{n} open watches"), || async {
+        let (_, body) = srv.client(Some(ADMIN_TOKEN)).get("/metrics").await;
+        metric(&body, series) == Some(n as f64)
+    })
+    .await;
+}
+
+fn alice(srv: &TestServer) -> Kubeconfig {
+    Kubeconfig::new(
+        &srv.url(),
+        &srv.ca_path(),
+        &[
+            ("alice", ALICE_TOKEN, Some("team-a")),
+            ("admin", ADMIN_TOKEN, None),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn tail_prints_exactly_the_events_of_its_namespace_and_filters() {
+    let srv = TestServer::start(&[]).await;
+    let kc = alice(&srv);
+    // In the window before the plugin starts: one of each kind of miss, and two hits.
+    srv.push_events(&[
+        event_of("w1", "team-a", "bob", "delete", "configmaps", "cm", 1),
+        event_of("w2", "team-b", "bob", "delete", "configmaps", "cm", 2),
+        event_of("w3", "team-a", "bob", "get", "configmaps", "cm", 3),
+        event_of("w4", "team-a", "carol", "update", "configmaps", "cm", 4),
+        event_of("w5", "team-a", "bob", "update", "secrets", "s", 5),
+        event_of("w6", "team-a", "bob", "update", "configmaps", "cm", 6),
+    ])
+    .await;
+    // The raw stream, to compare the plugin's JSON with.
+    let mut raw = srv
+        .client(Some(ALICE_TOKEN))
+        .watch("/apis/audit.k8s.io/v1alpha1/namespaces/team-a/namespacedevents?watch=1&resourceVersion=0")
+        .await;
+    let mut tail = kc.spawn(&[
+        "tail",
+        "--user",
+        "bob",
+        "--verb",
+        "delete",
+        "--verb",
+        "update",
+        "--resource",
+        "configmaps",
+        "-o",
+        "json",
+    ]);
+    let held = tail.events(2).await;
+    assert_eq!(ids(&held), ["w1", "w6"]);
+    watchers(&srv, 2).await;
+
+    srv.push_events(&[
+        event_of("l1", "team-a", "bob", "update", "configmaps", "x", 7),
+        event_of("l2", "team-b", "bob", "update", "configmaps", "x", 8),
+        event_of("l3", "team-a", "bob", "patch", "configmaps", "x", 9),
+        event_of("l4", "team-a", "alice", "delete", "configmaps", "x", 10),
+        event_of("l5", "team-a", "bob", "delete", "pods", "x", 11),
+        event_of("l6", "team-a", "bob", "delete", "configmaps", "x", 12),
+    ])
+    .await;
+    let live = tail.events(2).await;
+    assert_eq!(
+        ids(&live),
+        ["l1", "l6"],
+        "the live events that match, in order"
+    );
+
+    // Each line is the event exactly as the raw stream gave it.
+    let mut raw_events = vec![];
+    while raw_events.len() < 10 {
+        raw_events.extend(raw.added(1).await);
+    }
+    for ev in held.iter().chain(&live) {
+        let same = raw_events
+            .iter()
+            .find(|r| r["auditID"] == ev["auditID"])
+            .expect("in the raw stream");
+        assert_eq!(ev, same);
+    }
+    // Nothing else was printed: the next line is the next match.
+    srv.push_events(&[
+        event_of("l7", "team-a", "carol", "delete", "configmaps", "x", 13),
+        event_of("l8", "team-a", "bob", "update", "configmaps", "x", 14),
+    ])
+    .await;
+    assert_eq!(ids(&tail.events(1).await), ["l8"]);
+    assert!(tail.stderr().is_empty(), "{:?}", tail.stderr());
+}
+
+/// A TCP proxy that the test can cut (every open connection dropped) and hold shut
+/// (connections accepted and dropped at once) to force the plugin to reconnect.
+struct CutProxy {
+    addr: SocketAddr,
+    open: Arc<AtomicBool>,
+    accepted: Arc<AtomicUsize>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl CutProxy {
+    async fn start(upstream: SocketAddr) -> CutProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = CutProxy {
+            addr: listener.local_addr().unwrap(),
+            open: Arc::new(AtomicBool::new(true)),
+            accepted: Arc::new(AtomicUsize::new(0)),
+            conns: Arc::default(),
+        };
+        let (open, accepted, conns) = (
+            proxy.open.clone(),
+            proxy.accepted.clone(),
+            proxy.conns.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                if !open.load(Ordering::SeqCst) {
+                    continue;
+                }
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let task = tokio::spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                });
+                conns.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        proxy
+    }
+
+    fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// Drop every connection, and refuse new ones until `reopen`.
+    fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn reopen(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_cut_connection_resumes_without_duplicates_or_gaps() {
+    let srv = TestServer::start(&[]).await;
+    let proxy = CutProxy::start(srv.addr).await;
+    let kc = Kubeconfig::new(
+        &proxy.url(),
+        &srv.ca_path(),
+        &[("alice", ALICE_TOKEN, Some("team-a"))],
+    );
+    let batch = |round: u32| -> Vec<String> {
+        (0..3)
+            .map(|i| event(&format!("r{round}-{i}"), Some("team-a"), "get"))
+            .collect()
+    };
+    // Watches renewed every second as well: the server's timeout is a clean end, resumed
+    // the same way.
+    let mut tail = kc.spawn(&["tail", "-o", "json", "--watch-timeout", "1s"]);
+    watchers(&srv, 1).await;
+    let mut want = vec![];
+    let mut got = vec![];
+    for round in 0..3 {
+        srv.push_events(&batch(round)).await;
+        want.extend((0..3).map(|i| format!("r{round}-{i}")));
+        got.extend(tail.events(3).await);
+        // Cut while nothing is in flight, push while the plugin cannot connect, let it in.
+        proxy.cut();
+        watchers(&srv, 0).await;
+        srv.push_events(&batch(round + 10)).await;
+        want.extend((0..3).map(|i| format!("r{}-{i}", round + 10)));
+        proxy.reopen();
+        got.extend(tail.events(3).await);
+    }
+    assert_eq!(ids(&got), want);
+    // Nothing twice: the next line is the next event.
+    srv.push_events(&[event("last", Some("team-a"), "get")])
+        .await;
+    assert_eq!(ids(&tail.events(1).await), ["last"]);
+    assert!(proxy.accepted.load(Ordering::SeqCst) >= 4);
+    tail.stderr_line("Watch interrupted").await;
+    tail.stderr_line("Watch resumed from resourceVersion").await;
+}
+
+#[tokio::test]
+async fn expired_history_is_reported_and_the_tail_goes_on() {
+    let srv = TestServer::start(&["--window-events", "5"]).await;
+    let proxy = CutProxy::start(srv.addr).await;
+    let kc = Kubeconfig::new(
+        &proxy.url(),
+        &srv.ca_path(),
+        &[("alice", ALICE_TOKEN, Some("team-a"))],
+    );
+    let mut tail = kc.spawn(&["tail", "-o", "json"]);
+    watchers(&srv, 1).await;
+    srv.push_events(&[event_of(
+        "seen",
+        "team-a",
+        "bob",
+        "get",
+        "configmaps",
+        "cm",
+        0,
+    )])
+    .await;
+    assert_eq!(ids(&tail.events(1).await), ["seen"]);
+
+    // While the plugin cannot connect, ten more events: the window keeps the last five.
+    proxy.cut();
+    watchers(&srv, 0).await;
+    let pushed: Vec<String> = (1..=10)
+        .map(|i| {
+            event_of(
+                &format!("e{i}"),
+                "team-a",
+                "bob",
+                "get",
+                "configmaps",
+                "cm",
+                10 + i,
+            )
+        })
+        .collect();
+    srv.push_events(&pushed).await;
+    proxy.reopen();
+
+    // e1..e5 are gone: from the last seen (10:00:00.1) to the oldest held (e6, 10:00:16.1).
+    let line = tail.stderr_line("Watch expired (410 Gone").await;
+    assert!(line.contains("16 seconds of history skipped"), "{line}");
+    assert_eq!(ids(&tail.events(5).await), ["e6", "e7", "e8", "e9", "e10"]);
+    srv.push_events(&[event_of(
+        "after",
+        "team-a",
+        "bob",
+        "get",
+        "configmaps",
+        "cm",
+        30,
+    )])
+    .await;
+    assert_eq!(ids(&tail.events(1).await), ["after"]);
+}
+
+#[tokio::test]
+async fn dropped_events_are_counted_and_truncated_ones_marked() {
+    // 200 kB at once, then 20 kB/s: the 100 OpenShift events (810 kB, mostly bodies)
+    // come whole, then truncated, then dropped.
+    let srv = TestServer::start(&[
+        "--watcher-bytes-per-second",
+        "20000",
+        "--watcher-burst-bytes",
+        "200000",
+    ])
+    .await;
+    let kc = alice(&srv);
+    let lines = fixtures::lines("openshift-audit_in.log");
+    let namespaced = lines
+        .iter()
+        .filter(|l| serde_json::from_str::<Value>(l).unwrap()["objectRef"]["namespace"].is_string())
+        .count();
+    let mut tail = kc.spawn(&["--context", "admin", "tail", "-A", "-o", "json"]);
+    watchers(&srv, 1).await;
+    srv.push_events(&lines).await;
+
+    let dropped = |tail: &Running| -> usize {
+        tail.stderr()
+            .iter()
+            .map(|l| {
+                let n = l.strip_suffix(" dropped: over your bandwidth budget");
+                let n = n.unwrap_or_else(|| panic!("an unexpected message: {l}"));
+                n.split(' ').next().unwrap().parse::<usize>().unwrap()
+            })
+            .sum()
+    };
+    // Every event is printed or counted in a drop line, which the server sends before the
+    // next event it delivers, or when its budget allows once the stream is idle.
+    let (mut whole, mut truncated) = (0, 0);
+    let start = tokio::time::Instant::now();
+    while whole + truncated + dropped(&tail) < namespaced {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{whole} + {truncated} + {:?}",
+            tail.stderr()
+        );
+        tokio::select! {
+            line = tail.stdout.next_line() => {
+                let line = line.unwrap().expect("the plugin ended");
+                let ev: Value = serde_json::from_str(&line).unwrap();
+                if ev["annotations"]["audit.k8s.io/truncated"] == "true" {
+                    assert!(ev.get("responseObject").is_none() && ev.get("requestObject").is_none());
+                    truncated += 1;
+                } else {
+                    whole += 1;
+                }
+            }
+            _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+        }
+    }
+    assert!(
+        whole > 0 && truncated > 0,
+        "{whole} whole, {truncated} truncated"
+    );
+    assert_eq!(whole + truncated + dropped(&tail), namespaced);
+    let (_, metrics) = srv.client(Some(ADMIN_TOKEN)).get("/metrics").await;
+    let counted: f64 = ["budget", "queue_full"]
+        .iter()
+        .filter_map(|reason| {
+            metric(
+                &metrics,
+                &format!(
+                    r#"kube_audit_stream_watch_dropped_events_total{{reason="{reason}",resource="namespacedevents"}}"#
+                ),
+            )
+        })
+        .sum();
+    assert!(counted > 0.0);
+    assert_eq!(dropped(&tail) as f64, counted);
+}
+
+#[tokio::test]
+async fn who_finds_the_create_and_delete_of_an_object() {
+    let srv = TestServer::start(&[]).await;
+    let kc = alice(&srv);
+    let mut received = serde_json::from_str::<Value>(&event_of(
+        "c1",
+        "team-a",
+        "bob",
+        "create",
+        "configmaps",
+        "settings",
+        1,
+    ))
+    .unwrap();
+    received["stage"] = "RequestReceived".into();
+    srv.push_events(&[
+        received.to_string(),
+        event_of("c1", "team-a", "bob", "create", "configmaps", "settings", 1),
+        event_of("o1", "team-a", "bob", "delete", "configmaps", "other", 2),
+        event_of("g1", "team-a", "alice", "get", "configmaps", "settings", 3),
+        event_of("s1", "team-a", "carol", "delete", "secrets", "settings", 4),
+        event_of(
+            "b1",
+            "team-b",
+            "carol",
+            "delete",
+            "configmaps",
+            "settings",
+            5,
+        ),
+        event_of(
+            "d1",
+            "team-a",
+            "carol",
+            "delete",
+            "configmaps",
+            "settings",
+            6,
+        ),
+    ])
+    .await;
+    let (code, out, err) = kc
+        .run(&["who", "settings", "--resource", "configmaps"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        [
+            "TIME",
+            "SOURCE",
+            "USER",
+            "VERB",
+            "RESOURCE",
+            "NAMESPACE/NAME",
+            "CODE",
+            "LATENCY"
+        ]
+    );
+    let who_what: Vec<(&str, &str, &str)> = rows[1..].iter().map(|r| (r[2], r[3], r[5])).collect();
+    assert_eq!(
+        who_what,
+        [
+            ("bob", "create", "team-a/settings"),
+            ("alice", "get", "team-a/settings"),
+            ("carol", "delete", "team-a/settings"),
+        ],
+        "{out}"
+    );
+    assert_eq!(rows[1][6], "201");
+    assert_eq!(rows[1][7], "100ms");
+
+    let (code, out, err) = kc.run(&["who", "nothing-here", "-o", "json"]).await;
+    assert_eq!((code, out.as_str()), (0, ""));
+    assert!(
+        err.contains(r#"No audit events for "nothing-here" in namespace team-a"#),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_forbidden_namespace_prints_the_servers_message_and_fails() {
+    // Cluster mode: alice's token and permissions are the (fake) kube-apiserver's.
+    let fake = FakeApiServer::start().await;
+    fake.add_token("alice-cluster-token", "alice", "uid-alice", &[]);
+    fake.allow(Rule::namespaced(
+        "alice",
+        &["get", "list", "watch"],
+        "team-a",
+        "audit.k8s.io",
+        "namespacedevents",
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start_cluster(&fake.kubeconfig(dir.path()), &[]).await;
+    let kc = Kubeconfig::new(
+        &srv.url(),
+        &srv.ca_path(),
+        &[
+            ("alice", "alice-cluster-token", Some("team-a")),
+            ("nobody", "bad-token", None),
+        ],
+    );
+    srv.push_events(&[event("a-1", Some("team-a"), "delete")])
+        .await;
+    let (code, out, err) = kc.run(&["who", "cm"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("team-a/cm"), "{out}");
+
+    let (code, out, err) = kc.run(&["tail", "-n", "team-b"]).await;
+    assert_eq!(code, 1);
+    assert_eq!(out, "");
+    assert_eq!(
+        err,
+        "Error from server (Forbidden): namespacedevents.audit.k8s.io is forbidden: User \"alice\" cannot list resource \"namespacedevents\" in API group \"audit.k8s.io\" in the namespace \"team-b\"\n\
+         Check with: kubectl auth can-i watch namespacedevents.audit.k8s.io -n team-b\n"
+    );
+    let (code, _, err) = kc.run(&["--context", "nobody", "tail"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("Error from server (Unauthorized): Unauthorized\n"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "kubectl auth can-i watch namespacedevents.audit.k8s.io -n default --context nobody"
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn through_kubectl_a_piped_table_is_plain_and_ctrl_c_exits_zero() {
+    let srv = TestServer::start(&[]).await;
+    let kc = alice(&srv);
+    srv.push_events(&[
+        event_of("p1", "team-a", "bob", "create", "configmaps", "cm", 1),
+        event_of("p2", "team-a", "bob", "delete", "configmaps", "cm", 2),
+    ])
+    .await;
+    // kubectl finds kubectl-audit on PATH and runs it with the rest of the line.
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    let path = std::env::join_paths(std::iter::once(bin_dir.to_path_buf()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
+    .unwrap();
+    let kubectl = |args: &[&str]| {
+        let mut c = kc.command(Path::new("kubectl"), args);
+        c.env("PATH", &path);
+        c
+    };
+    let (code, out, err) = run(kubectl(&["audit", "who", "cm"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains('\x1b'), "no colour in a pipe: {out:?}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert_eq!(
+        out.lines()
+            .nth(2)
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        [
+            "2026-01-01T10:00:02Z",
+            "apiserver-1",
+            "bob",
+            "delete",
+            "configmaps",
+            "team-a/cm",
+            "200",
+            "100ms"
+        ],
+    );
+    let (code, out, _) = run(kubectl(&["audit", "--help"])).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("Usage: kubectl audit") && out.contains("Examples:"),
+        "{out}"
+    );
+    let (code, out, _) = run(kubectl(&["audit", "tail", "--help"])).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("kubectl audit tail -n team-a --user alice"),
+        "{out}"
+    );
+
+    // A tail runs until Ctrl-C, which is its normal end.
+    let mut tail = kc.spawn(&["tail"]);
+    assert!(tail.line().await.starts_with("TIME "));
+    watchers(&srv, 1).await;
+    let pid = tail.child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(DEADLINE, tail.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+}
