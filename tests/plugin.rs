@@ -563,6 +563,16 @@ async fn who_finds_the_create_and_delete_of_an_object() {
             "settings",
             6,
         ),
+        // Pushed late (another apiserver's batch), told in its place.
+        event_of(
+            "u1",
+            "team-a",
+            "dave",
+            "update",
+            "configmaps",
+            "settings",
+            2,
+        ),
     ])
     .await;
     let (code, out, err) = kc
@@ -591,6 +601,7 @@ async fn who_finds_the_create_and_delete_of_an_object() {
         who_what,
         [
             ("bob", "create", "team-a/settings"),
+            ("dave", "update", "team-a/settings"),
             ("alice", "get", "team-a/settings"),
             ("carol", "delete", "team-a/settings"),
         ],

@@ -60,13 +60,17 @@ async fn who(api: &Api, printer: &mut Printer, args: &WhoArgs) -> Result<(), Err
     // without the outcome: one row per request.
     selector.push("stage!=RequestReceived".to_owned());
     let selector = selector.join(",");
-    let mut found = 0usize;
+    let mut found: Vec<print::Item> = vec![];
     api.list(Some(&selector), |page| {
-        found += page.len();
-        printer.batch(page)
+        found.extend_from_slice(page);
+        Ok(())
     })
     .await?;
-    if found == 0 {
+    // The window is in arrival order; the story is told in the events' own time (several
+    // apiservers push, each a little late). Stable: same-time events keep arrival order.
+    found.sort_by_key(|e| e.view.time());
+    printer.batch(&found)?;
+    if found.is_empty() {
         eprintln!(
             "No audit events for {:?} {} in the server's window.",
             args.name,

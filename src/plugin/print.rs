@@ -174,6 +174,10 @@ const HEADERS: [&str; 8] = [
     "LATENCY",
 ];
 const WIDE_HEADERS: [&str; 4] = ["STAGE", "SOURCE IPS", "USER AGENT", "AUDIT ID"];
+/// Starting widths that fit common values (a timestamp, a verb, "ResponseComplete", a
+/// UUID): a tail that starts with nothing held prints its header before any row, and
+/// live rows should line up under it.
+const MIN_WIDTHS: [usize; 12] = [20, 11, 14, 6, 10, 20, 4, 7, 16, 12, 16, 36];
 /// Columns are kubectl's distance apart.
 const GAP: &str = "   ";
 /// Where the verb and the code are in a row.
@@ -200,7 +204,11 @@ impl Printer {
         Printer {
             output,
             colour,
-            widths: headers.iter().map(|h| h.len()).collect(),
+            widths: headers
+                .iter()
+                .zip(MIN_WIDTHS)
+                .map(|(h, min)| h.len().max(min))
+                .collect(),
             header_done: false,
         }
     }
@@ -388,8 +396,8 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "TIME                   SOURCE        USER                             VERB     RESOURCE     NAMESPACE/NAME   CODE   LATENCY",
-                "2026-01-01T10:00:00Z   apiserver-1   alice                            delete   configmaps   team-a/cm        200    12ms",
+                "TIME                   SOURCE        USER                             VERB     RESOURCE     NAMESPACE/NAME         CODE   LATENCY",
+                "2026-01-01T10:00:00Z   apiserver-1   alice                            delete   configmaps   team-a/cm              200    12ms",
                 "2026-01-01T10:00:01Z                 system:kube-controller-manager   list     /healthz",
             ]
         );
@@ -400,14 +408,14 @@ mod tests {
         let text = render(Output::Wide, false, &[EVENT]);
         let header = text.lines().next().unwrap();
         assert!(
-            header.ends_with("STAGE              SOURCE IPS     USER AGENT      AUDIT ID"),
+            header.ends_with("STAGE              SOURCE IPS     USER AGENT         AUDIT ID"),
             "{header}"
         );
         assert!(
             text.lines()
                 .nth(1)
                 .unwrap()
-                .ends_with("ResponseComplete   10.0.0.1,::1   kubectl/v1.33   a")
+                .ends_with("ResponseComplete   10.0.0.1,::1   kubectl/v1.33      a")
         );
     }
 
