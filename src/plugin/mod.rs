@@ -143,7 +143,7 @@ async fn tail(api: &Api, printer: &mut Printer, args: &TailArgs) -> Result<(), E
                     }
                 }
                 Ok(Some(api::WatchEvent::Error(status))) if status.code == Some(410) => {
-                    match resume_after_gone(api, printer, &mut state, selector, &status).await {
+                    match resume_after_gone(api, printer, &mut state, selector, &status, rv).await {
                         Ok(now) => rv = now,
                         // The next watch from the same place meets the same 410.
                         Err(Error::Connect(e)) => {
@@ -187,23 +187,15 @@ async fn resume_after_gone(
     state: &mut Follow,
     selector: Option<&str>,
     status: &api::Status,
+    rv: u64,
 ) -> Result<u64, Error> {
     let oldest = api.oldest_kept().await?;
-    let oldest_at = oldest.as_ref().and_then(|e| e.view.time());
-    let skipped = match (state.last_time, oldest_at) {
-        (Some(last), Some(oldest)) => format!(
-            "{} seconds of history skipped (the last event seen is from {last:.0}, the oldest the server still holds from {oldest:.0})",
-            oldest.duration_since(last).as_secs().max(0)
-        ),
-        (Some(last), None) => format!(
-            "{} seconds of history skipped (the last event seen is from {last:.0}, and the server holds none since)",
-            Timestamp::now().duration_since(last).as_secs().max(0)
-        ),
-        (None, Some(oldest)) => {
-            format!("history before {oldest:.0} skipped (the oldest event the server still holds)")
-        }
-        (None, None) => "history skipped (the server holds no event now)".to_owned(),
-    };
+    let skipped = skipped(
+        state.last_time,
+        oldest.as_ref().and_then(|e| e.view.time()),
+        rv,
+        Timestamp::now(),
+    );
     eprintln!(
         "Watch expired (410 Gone: {}): {skipped}; going on from there.",
         status.message.as_deref().unwrap_or("Expired")
@@ -215,6 +207,27 @@ async fn resume_after_gone(
         })
         .await?;
     Ok(rv)
+}
+
+/// How much history a 410 skipped: from the last event seen (else from resourceVersion
+/// `rv`) to the oldest event the server still holds in this scope (else to `now`).
+fn skipped(last: Option<Timestamp>, oldest: Option<Timestamp>, rv: u64, now: Timestamp) -> String {
+    match (last, oldest) {
+        (Some(last), Some(oldest)) => format!(
+            "{} seconds of history skipped (the last event seen is from {last:.0}, the oldest the server still holds from {oldest:.0})",
+            oldest.duration_since(last).as_secs().max(0)
+        ),
+        (Some(last), None) => format!(
+            "{} seconds of history skipped (the last event seen is from {last:.0}, and the server holds none since)",
+            now.duration_since(last).as_secs().max(0)
+        ),
+        (None, Some(oldest)) => format!(
+            "the events after resourceVersion {rv} and before {oldest:.0} (the oldest the server still holds) are skipped"
+        ),
+        (None, None) => {
+            format!("the events after resourceVersion {rv} are skipped (the server holds none now)")
+        }
+    }
 }
 
 /// What the tail has seen, for the messages about outages and expired history.
@@ -281,6 +294,26 @@ impl Scope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skipped_history() {
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        let (last, oldest, now) = (
+            t("2026-01-01T10:00:00.1Z"),
+            t("2026-01-01T10:00:16.1Z"),
+            t("2026-01-01T10:01:00Z"),
+        );
+        assert_eq!(
+            skipped(Some(last), Some(oldest), 3, now),
+            "16 seconds of history skipped (the last event seen is from 2026-01-01T10:00:00Z, the oldest the server still holds from 2026-01-01T10:00:16Z)"
+        );
+        assert!(skipped(Some(last), None, 3, now).starts_with("59 seconds of history skipped"));
+        assert_eq!(
+            skipped(None, Some(oldest), 3, now),
+            "the events after resourceVersion 3 and before 2026-01-01T10:00:16Z (the oldest the server still holds) are skipped"
+        );
+        assert!(skipped(None, None, 3, now).contains("after resourceVersion 3"));
+    }
 
     #[test]
     fn backoff_doubles_to_its_cap_and_resets() {
