@@ -7,8 +7,25 @@ use clap::Parser;
 use kube_audit_stream::plugin::{self, cli::Cli};
 
 fn main() -> ExitCode {
-    // clap prints --help, --version and usage errors itself (exit 0 and 2).
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version.
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        // `kubectl audit` alone: the help, as a usage error.
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
+        // One line, as kubectl's: clap's first names the bad flag, the rest is usage.
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            return fail(format!("{first} (see kubectl audit --help)"));
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

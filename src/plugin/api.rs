@@ -76,6 +76,8 @@ pub enum WatchEvent {
 /// The cluster, the scope, and the kubeconfig context (for the `can-i` line).
 pub struct Api {
     client: kube::Client,
+    /// The server's URL, for messages.
+    url: String,
     scope: Scope,
     context: Option<String>,
 }
@@ -88,7 +90,7 @@ impl Api {
             context: flags.context.clone(),
             ..Default::default()
         };
-        let bad = |e: &dyn std::fmt::Display| Error::Usage(format!("kubeconfig: {e}"));
+        let bad = |e: &dyn std::error::Error| Error::Usage(format!("kubeconfig: {}", chain(e)));
         let mut config = match &flags.kubeconfig {
             Some(path) => {
                 let kc = Kubeconfig::read_from(path)
@@ -118,12 +120,19 @@ impl Api {
             }
             Scope::Namespace(ns)
         };
+        let url = config.cluster_url.to_string();
+        let url = url.trim_end_matches('/').to_owned();
         let client = kube::Client::try_from(config).map_err(|e| bad(&e))?;
         Ok(Api {
             client,
+            url,
             scope,
             context: flags.context.clone(),
         })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     pub fn scope(&self) -> &Scope {
@@ -200,12 +209,14 @@ impl Api {
         let body = match self.send(request).await {
             Ok(body) => body,
             Err(ApiFailure::Refused(s)) => return Err(self.refused(&s)),
-            Err(ApiFailure::Transport(e)) => return Err(Error::Connect(e)),
+            Err(ApiFailure::Transport(e)) => {
+                return Err(Error::Connect(format!("{}: {e}", self.url)));
+            }
         };
         let bytes = body
             .collect()
             .await
-            .map_err(|e| Error::Connect(format!("reading the list: {e}")))?
+            .map_err(|e| Error::Connect(format!("{}: reading the list: {}", self.url, chain(&e))))?
             .to_bytes();
         Page::parse(&bytes).map_err(|e| Error::Server(format!("the server's list: {e}")))
     }
@@ -245,7 +256,7 @@ impl Api {
             .await
             .map_err(|e| match e {
                 kube::Error::Api(s) => ApiFailure::Refused(Box::new(status_of(*s))),
-                e => ApiFailure::Transport(e.to_string()),
+                e => ApiFailure::Transport(chain(&e)),
             })?;
         let code = response.status();
         if code.is_success() {
@@ -275,6 +286,22 @@ impl Api {
         }
         Err(ApiFailure::Refused(Box::new(status)))
     }
+}
+
+/// An error and its causes on one line: kube's own message ("client error (Connect)")
+/// says nothing of why.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 /// kube's error body as a k8s-openapi `Status`.

@@ -243,7 +243,7 @@ mod tests {
     fn values_the_grammar_cannot_carry_are_refused() {
         for bad in ["a,b", "", " a", "x=y", "in (a)"] {
             let e = tail(&["--user", bad]).field_selector().unwrap_err();
-            assert!(e.to_string().starts_with("--user: "), "{e}");
+            assert!(e.to_string().starts_with("error: --user: "), "{e}");
         }
     }
 

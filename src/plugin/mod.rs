@@ -24,12 +24,12 @@ pub enum Error {
     #[error("{0}")]
     Server(String),
     /// A bad flag value or a kubeconfig that cannot be used.
-    #[error("{0}")]
+    #[error("error: {0}")]
     Usage(String),
     /// The server could not be reached (before anything was read from it).
-    #[error("{0}")]
+    #[error("error: {0}")]
     Connect(String),
-    #[error("writing the output: {0}")]
+    #[error("error: writing the output: {0}")]
     Output(#[from] std::io::Error),
 }
 
@@ -104,7 +104,6 @@ async fn tail(api: &Api, printer: &mut Printer, args: &TailArgs) -> Result<(), E
             .await?
         }
     };
-    printer.start_live()?;
     let mut backoff = Backoff::default();
     // Whether the server ever answered: until it has, an unreachable one is an error, as
     // for kubectl, not an outage to wait out.
@@ -113,7 +112,9 @@ async fn tail(api: &Api, printer: &mut Printer, args: &TailArgs) -> Result<(), E
         let mut watch = match api.watch(selector, rv, args.watch_timeout_seconds()).await {
             Ok(w) => w,
             Err(ApiFailure::Refused(status)) => return Err(api.refused(&status)),
-            Err(ApiFailure::Transport(e)) if !answered => return Err(Error::Connect(e)),
+            Err(ApiFailure::Transport(e)) if !answered => {
+                return Err(Error::Connect(format!("{}: {e}", api.url())));
+            }
             Err(ApiFailure::Transport(e)) => {
                 state.lost(&e, rv);
                 tokio::time::sleep(backoff.next()).await;
@@ -126,6 +127,8 @@ async fn tail(api: &Api, printer: &mut Printer, args: &TailArgs) -> Result<(), E
         }
         answered = true;
         backoff.reset();
+        // A table's header, before any live row, even when nothing was held.
+        printer.start_live()?;
         loop {
             match watch.next().await {
                 Ok(Some(api::WatchEvent::Added(ev))) => {
