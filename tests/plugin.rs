@@ -738,3 +738,36 @@ async fn through_kubectl_a_piped_table_is_plain_and_ctrl_c_exits_zero() {
         .unwrap();
     assert_eq!(exit.code(), Some(0));
 }
+
+#[tokio::test]
+async fn bad_flags_and_an_unreachable_server_fail_with_one_line() {
+    // A port nothing listens on: bound, then closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("https://127.0.0.1:{port}");
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca.path(), support::pki::Ca::new("unused").pem()).unwrap();
+    let kc = Kubeconfig::new(&url, ca.path(), &[("alice", ALICE_TOKEN, Some("team-a"))]);
+    for (args, starts) in [
+        (
+            &["tail", "--bogus"][..],
+            "error: unexpected argument '--bogus' found",
+        ),
+        (
+            &["tail", "-n", "Team_A"],
+            "error: -n/--namespace: \"Team_A\"",
+        ),
+        (&["tail", "--user", "a,b"], "error: --user: \"a,b\""),
+        (&["who", "x", "--context", "nope"], "error: kubeconfig: "),
+        (&["tail"], &format!("error: {url}: ")),
+        (&["tail", "--since-rv", "3"], &format!("error: {url}: ")),
+    ] {
+        let (code, out, err) = kc.run(args).await;
+        assert_eq!((code, out.as_str()), (1, ""), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with(starts), "{args:?}: {err}");
+    }
+}
