@@ -771,3 +771,85 @@ async fn bad_flags_and_an_unreachable_server_fail_with_one_line() {
         assert!(err.starts_with(starts), "{args:?}: {err}");
     }
 }
+
+#[tokio::test]
+async fn revoked_access_ends_the_tail_with_the_servers_message() {
+    let fake = FakeApiServer::start().await;
+    fake.add_token("alice-cluster-token", "alice", "uid-alice", &[]);
+    // For the metrics (system:masters is allowed without a SubjectAccessReview).
+    fake.add_token(ADMIN_TOKEN, "admin", "uid-admin", &["system:masters"]);
+    fake.allow(Rule::namespaced(
+        "alice",
+        &["list", "watch"],
+        "team-a",
+        "audit.k8s.io",
+        "namespacedevents",
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    // Open watches are authorized again every second.
+    let srv = TestServer::start_cluster(
+        &fake.kubeconfig(dir.path()),
+        &["--authorization-webhook-cache-authorized-ttl", "1s"],
+    )
+    .await;
+    let kc = Kubeconfig::new(
+        &srv.url(),
+        &srv.ca_path(),
+        &[("alice", "alice-cluster-token", Some("team-a"))],
+    );
+    let mut tail = kc.spawn(&["tail", "-o", "json"]);
+    watchers(&srv, 1).await;
+    srv.push_events(&[event("before", Some("team-a"), "get")])
+        .await;
+    assert_eq!(ids(&tail.events(1).await), ["before"]);
+
+    fake.revoke_user("alice");
+    let exit = tokio::time::timeout(DEADLINE, tail.child.wait())
+        .await
+        .expect("the tail ends")
+        .unwrap();
+    assert_eq!(exit.code(), Some(1));
+    let err = tail.stderr_line("Error from server (Forbidden): ").await;
+    assert!(
+        err.contains(r#"User "alice" cannot watch resource "namespacedevents""#),
+        "{err}"
+    );
+    tail.stderr_line(
+        "Check with: kubectl auth can-i watch namespacedevents.audit.k8s.io -n team-a",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn since_starts_with_the_held_events_of_that_last_stretch() {
+    let srv = TestServer::start(&[]).await;
+    let kc = alice(&srv);
+    let at = |id: &str, t: String| {
+        let mut v: Value =
+            serde_json::from_str(&event_of(id, "team-a", "bob", "get", "configmaps", "cm", 0))
+                .unwrap();
+        v["requestReceivedTimestamp"] = t.clone().into();
+        v["stageTimestamp"] = t.into();
+        v.to_string()
+    };
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let ago = |minutes: i64| {
+        format!(
+            "{:.6}",
+            now - k8s_openapi::jiff::SignedDuration::from_mins(minutes)
+        )
+    };
+    srv.push_events(&[
+        at("old", ago(60)),
+        at("recent", ago(5)),
+        at("older", ago(20)),
+        at("now", ago(0)),
+    ])
+    .await;
+    let mut tail = kc.spawn(&["tail", "--since", "10m", "-o", "json"]);
+    assert_eq!(ids(&tail.events(2).await), ["recent", "now"]);
+    watchers(&srv, 1).await;
+    // Live events are not filtered by time.
+    srv.push_events(&[at("live-old", ago(90))]).await;
+    assert_eq!(ids(&tail.events(1).await), ["live-old"]);
+}
