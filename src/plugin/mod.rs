@@ -2,7 +2,8 @@
 //! this module): its flags (`cli`), the reads against the aggregated API through the
 //! user's kubeconfig (`api`: LIST in pages, WATCH resumed from the last resourceVersion),
 //! and the printers (`print`: aligned table, JSON lines, YAML). A client of the server
-//! like kubectl is: it knows the API and its annotations, never the server's internals.
+//! as kubectl is: it shares with the server only the API's names and annotations (and the
+//! latency format of its Table), never its internals.
 
 pub mod api;
 pub mod cli;
