@@ -294,6 +294,7 @@ async fn tail_prints_exactly_the_events_of_its_namespace_and_filters() {
 /// (connections accepted and dropped at once) to force the plugin to reconnect.
 struct CutProxy {
     addr: SocketAddr,
+    upstream: Arc<Mutex<SocketAddr>>,
     open: Arc<AtomicBool>,
     accepted: Arc<AtomicUsize>,
     conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
@@ -304,14 +305,16 @@ impl CutProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy = CutProxy {
             addr: listener.local_addr().unwrap(),
+            upstream: Arc::new(Mutex::new(upstream)),
             open: Arc::new(AtomicBool::new(true)),
             accepted: Arc::new(AtomicUsize::new(0)),
             conns: Arc::default(),
         };
-        let (open, accepted, conns) = (
+        let (open, accepted, conns, upstream) = (
             proxy.open.clone(),
             proxy.accepted.clone(),
             proxy.conns.clone(),
+            proxy.upstream.clone(),
         );
         tokio::spawn(async move {
             while let Ok((mut down, _)) = listener.accept().await {
@@ -319,6 +322,7 @@ impl CutProxy {
                     continue;
                 }
                 accepted.fetch_add(1, Ordering::SeqCst);
+                let upstream = *upstream.lock().unwrap();
                 let task = tokio::spawn(async move {
                     if let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await {
                         let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
@@ -344,6 +348,11 @@ impl CutProxy {
 
     fn reopen(&self) {
         self.open.store(true, Ordering::SeqCst);
+    }
+
+    /// From now on, connect to `upstream` (another server: a restart, as the client sees it).
+    fn point_at(&self, upstream: SocketAddr) {
+        *self.upstream.lock().unwrap() = upstream;
     }
 }
 
@@ -858,4 +867,46 @@ async fn since_starts_with_the_held_events_of_that_last_stretch() {
     // Live events are not filtered by time.
     srv.push_events(&[at("live-old", ago(90))]).await;
     assert_eq!(ids(&tail.events(1).await), ["live-old"]);
+}
+
+#[tokio::test]
+async fn a_restarted_server_is_noticed_and_read_from_its_start() {
+    // The second server is the first one restarted, as the plugin sees it: the same
+    // address (the proxy's), an empty window, resourceVersions counted from 1 again.
+    let first = TestServer::start(&[]).await;
+    let second = TestServer::start(&[]).await;
+    let proxy = CutProxy::start(first.addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cas = dir.path().join("cas.crt");
+    std::fs::write(&cas, format!("{}{}", first.ca.pem(), second.ca.pem())).unwrap();
+    let kc = Kubeconfig::new(
+        &proxy.url(),
+        &cas,
+        &[("alice", ALICE_TOKEN, Some("team-a"))],
+    );
+    let mut tail = kc.spawn(&["tail", "-o", "json"]);
+    watchers(&first, 1).await;
+    let batch: Vec<String> = (0..5)
+        .map(|i| event(&format!("a{i}"), Some("team-a"), "get"))
+        .collect();
+    first.push_events(&batch).await;
+    assert_eq!(ids(&tail.events(5).await), ["a0", "a1", "a2", "a3", "a4"]);
+
+    proxy.cut();
+    proxy.point_at(second.addr);
+    second
+        .push_events(&[
+            event("b0", Some("team-a"), "get"),
+            event("b1", Some("team-a"), "get"),
+        ])
+        .await;
+    proxy.reopen();
+    let line = tail.stderr_line("resourceVersion went back").await;
+    assert!(line.contains("from 5 to 2"), "{line}");
+    assert_eq!(ids(&tail.events(2).await), ["b0", "b1"]);
+    watchers(&second, 1).await;
+    second
+        .push_events(&[event("b2", Some("team-a"), "get")])
+        .await;
+    assert_eq!(ids(&tail.events(1).await), ["b2"]);
 }

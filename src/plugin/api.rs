@@ -191,6 +191,11 @@ impl Api {
             .next())
     }
 
+    /// The server's resourceVersion now (a LIST of one event).
+    pub async fn current_resource_version(&self) -> Result<u64, Error> {
+        Ok(self.list_page(None, 1, None).await?.resource_version)
+    }
+
     async fn list_page(
         &self,
         selector: Option<&str>,

@@ -109,7 +109,21 @@ async fn tail(api: &Api, printer: &mut Printer, args: &TailArgs) -> Result<(), E
     // Whether the server ever answered: until it has, an unreachable one is an error, as
     // for kubectl, not an outage to wait out.
     let mut answered = args.since_rv.is_none();
+    let mut renewing = false;
     loop {
+        if renewing {
+            match restarted(api, printer, &mut state, selector, rv).await {
+                Ok(Some(now)) => rv = now,
+                Ok(None) => {}
+                Err(Error::Connect(e)) => {
+                    state.lost(&e, rv);
+                    tokio::time::sleep(backoff.next()).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        renewing = true;
         let mut watch = match api.watch(selector, rv, args.watch_timeout_seconds()).await {
             Ok(w) => w,
             Err(ApiFailure::Refused(status)) => return Err(api.refused(&status)),
@@ -127,11 +141,16 @@ async fn tail(api: &Api, printer: &mut Printer, args: &TailArgs) -> Result<(), E
             state.outage = false;
         }
         answered = true;
-        backoff.reset();
         // A table's header, before any live row, even when nothing was held.
         printer.start_live()?;
+        let mut lines = 0usize;
         loop {
-            match watch.next().await {
+            let next = watch.next().await;
+            lines += 1;
+            if matches!(next, Ok(Some(_))) {
+                backoff.reset();
+            }
+            match next {
                 Ok(Some(api::WatchEvent::Added(ev))) => {
                     rv = ev.resource_version().unwrap_or(rv);
                     state.seen(std::slice::from_ref(&*ev));
@@ -171,8 +190,14 @@ async fn tail(api: &Api, printer: &mut Printer, args: &TailArgs) -> Result<(), E
                     tokio::time::sleep(backoff.next()).await;
                     break;
                 }
-                // The server ended the watch (its timeout, or it is shutting down).
-                Ok(None) => break,
+                // The server ended the watch (its timeout, or it is shutting down); one
+                // that ends at once, again and again, is not renewed at full speed.
+                Ok(None) => {
+                    if lines == 1 {
+                        tokio::time::sleep(backoff.next()).await;
+                    }
+                    break;
+                }
                 Err(e) => {
                     state.lost(&e, rv);
                     tokio::time::sleep(backoff.next()).await;
@@ -211,6 +236,32 @@ async fn resume_after_gone(
         })
         .await?;
     Ok(rv)
+}
+
+/// Before a watch is renewed: a server that restarted has lost its in-memory history
+/// and counts resourceVersions from the start again, so watching from ours would skip
+/// what it took in since. Then say so, print what it holds, and return where to watch from.
+async fn restarted(
+    api: &Api,
+    printer: &mut Printer,
+    state: &mut Follow,
+    selector: Option<&str>,
+    rv: u64,
+) -> Result<Option<u64>, Error> {
+    let current = api.current_resource_version().await?;
+    if current >= rv {
+        return Ok(None);
+    }
+    eprintln!(
+        "The server's resourceVersion went back from {rv} to {current}: it restarted, and its in-memory history with it; going on from the oldest event it holds."
+    );
+    let now = api
+        .list(selector, |page| {
+            state.seen(page);
+            printer.batch(page)
+        })
+        .await?;
+    Ok(Some(now))
 }
 
 /// How much history a 410 skipped: from the last event seen (else from resourceVersion
@@ -260,7 +311,7 @@ impl Follow {
 }
 
 /// Retry delays after a failed watch: 250 ms doubling to 8 s, back to the start once a
-/// watch opens. Short at first because the usual cause (a restart, a dropped connection)
+/// watch delivers something. Short at first because the usual cause (a restart, a dropped connection)
 /// is over at once; capped because a user is waiting at the terminal.
 struct Backoff(Duration);
 
