@@ -5,12 +5,15 @@
 
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
 use http_body_util::BodyExt;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube_core::params::{ListParams, WatchParams};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use tokio_util::codec::{FramedRead, LinesCodec};
+use tokio_util::io::StreamReader;
 
 use super::Error;
 use super::cli::KubeFlags;
@@ -242,11 +245,7 @@ impl Api {
         let request = kube_core::Request::new(self.scope.path())
             .watch(&params, &rv.to_string())
             .map_err(|e| ApiFailure::Transport(e.to_string()))?;
-        let body = self.send(request).await?;
-        Ok(Watch {
-            body,
-            buf: BytesMut::new(),
-        })
+        Ok(Watch::new(self.send(request).await?))
     }
 
     /// Send a request; a non-2xx answer is the server's `Status` (or one made from the
@@ -366,41 +365,40 @@ impl Page {
     }
 }
 
+/// The body of a watch as lines (tokio-util's codec, as kube's own watcher reads them).
+type Lines = FramedRead<
+    StreamReader<BoxStream<'static, std::io::Result<bytes::Bytes>>, bytes::Bytes>,
+    LinesCodec,
+>;
+
 /// An open watch, read a line at a time.
 pub struct Watch {
-    body: kube::client::Body,
-    buf: BytesMut,
+    lines: Lines,
 }
 
 impl Watch {
+    fn new(body: kube::client::Body) -> Watch {
+        let data = body
+            .into_data_stream()
+            .map_err(|e| std::io::Error::other(chain(&e)))
+            .boxed();
+        Watch {
+            lines: FramedRead::new(StreamReader::new(data), LinesCodec::new()),
+        }
+    }
+
     /// The next event; `None` when the server ended the stream, an error when the
     /// connection broke.
     pub async fn next(&mut self) -> Result<Option<WatchEvent>, String> {
         loop {
-            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
-                let line = self.buf.split_to(i + 1);
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                return parse_line(&line)
+            return match self.lines.next().await {
+                Some(Ok(line)) if line.trim().is_empty() => continue,
+                Some(Ok(line)) => parse_line(line.as_bytes())
                     .map(Some)
-                    .map_err(|e| format!("a watch line that is not an event: {e}"));
-            }
-            match self.body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Ok(mut data) = frame.into_data() {
-                        while data.has_remaining() {
-                            let chunk = data.chunk();
-                            self.buf.extend_from_slice(chunk);
-                            let n = chunk.len();
-                            data.advance(n);
-                        }
-                    }
-                }
-                Some(Err(e)) => return Err(e.to_string()),
-                None if self.buf.is_empty() => return Ok(None),
-                None => return Err("the stream ended inside a line".to_owned()),
-            }
+                    .map_err(|e| format!("a watch line that is not an event: {e}")),
+                Some(Err(e)) => Err(chain(&e)),
+                None => Ok(None),
+            };
         }
     }
 }
