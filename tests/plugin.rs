@@ -619,6 +619,20 @@ async fn who_finds_the_create_and_delete_of_an_object() {
     assert_eq!(rows[1][6], "201");
     assert_eq!(rows[1][7], "100ms");
 
+    // JSON lines and YAML documents: the same events, in the same order.
+    let (code, json, err) = kc.run(&["who", "settings", "-o", "json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let json: Vec<Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Without --resource, the Secret of the same name too.
+    assert_eq!(ids(&json), ["c1", "u1", "g1", "s1", "d1"]);
+    let (code, yaml, err) = kc.run(&["who", "settings", "-o", "yaml"]).await;
+    assert_eq!(code, 0, "{err}");
+    let yaml: Vec<Value> = serde_saphyr::from_str_multiple(&yaml).unwrap();
+    assert_eq!(yaml, json);
+
     let (code, out, err) = kc.run(&["who", "nothing-here", "-o", "json"]).await;
     assert_eq!((code, out.as_str()), (0, ""));
     assert!(
@@ -752,6 +766,29 @@ async fn through_kubectl_a_piped_table_is_plain_and_ctrl_c_exits_zero() {
         .unwrap()
         .unwrap();
     assert_eq!(exit.code(), Some(0));
+
+    // On a terminal (a pseudo-terminal from python3's pty module), verbs and codes are
+    // coloured: create green, delete red, 2xx green.
+    let mut on_tty = kc.command(
+        Path::new("python3"),
+        &[
+            "-c",
+            "import pty, sys; pty.spawn(sys.argv[1:])",
+            BIN,
+            "who",
+            "cm",
+        ],
+    );
+    on_tty.env("TERM", "xterm");
+    let (code, out, err) = run(on_tty).await;
+    assert_eq!(code, 0, "{err}");
+    let (green, red) = (
+        anstyle::AnsiColor::Green.on_default(),
+        anstyle::AnsiColor::Red.on_default(),
+    );
+    assert!(out.contains(&format!("{green}create{green:#}")), "{out:?}");
+    assert!(out.contains(&format!("{red}delete{red:#}")), "{out:?}");
+    assert!(out.contains(&format!("{green}201{green:#}")), "{out:?}");
 }
 
 #[tokio::test]
