@@ -1,9 +1,11 @@
-//! `kubectl audit`, black-box: the real `kubectl-audit` binary (and once the real
-//! `kubectl audit`) against a real server, with a kubeconfig written by the test and a
-//! HOME of its own (never the user's ~/.kube): exactly the pushed events of its namespace
-//! and filters, JSON lines equal to the raw stream, resumption across cut connections
-//! without duplicates or gaps, a 410 reported and survived, drops and truncation shown,
-//! refusals with the server's message, `who`, plain tables in pipes, Ctrl-C.
+//! `kubectl audit`, black-box: the real `kubectl-audit` binary (and through the real
+//! `kubectl audit`) against a real server, stand-alone and in cluster mode with the fake
+//! kube-apiserver, with a kubeconfig written by the test and a HOME of its own (never the
+//! user's ~/.kube): exactly the pushed events of its namespace and filters, JSON lines
+//! equal to the raw stream, resumption across cut connections without duplicates or gaps,
+//! a 410 reported and survived, a restarted server noticed, drops and truncation shown,
+//! refusals (and revocation) with the server's message, `who`, `--since`, plain tables in
+//! pipes and coloured ones on a terminal, one-line errors, Ctrl-C.
 
 mod support;
 

@@ -27,7 +27,8 @@ pub enum Error {
     /// A bad flag value or a kubeconfig that cannot be used.
     #[error("error: {0}")]
     Usage(String),
-    /// The server could not be reached (before anything was read from it).
+    /// The server could not be reached (fatal before it ever answered; afterwards an
+    /// outage the tail waits out).
     #[error("error: {0}")]
     Connect(String),
     #[error("error: writing the output: {0}")]
