@@ -949,3 +949,50 @@ async fn a_restarted_server_is_noticed_and_read_from_its_start() {
         .await;
     assert_eq!(ids(&tail.events(1).await), ["b2"]);
 }
+
+#[tokio::test]
+async fn all_events_reaches_cluster_scoped_requests_for_those_allowed() {
+    let srv = TestServer::start(&[]).await;
+    let kc = alice(&srv);
+    // `event` with no namespace: a cluster-scoped request on an object named cm.
+    srv.push_events(&[
+        event("cluster", None, "delete"),
+        event("ns", Some("team-a"), "delete"),
+    ])
+    .await;
+    let (code, out, err) = kc
+        .run(&[
+            "who",
+            "cm",
+            "--all-events",
+            "--context",
+            "admin",
+            "-o",
+            "json",
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let events: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(ids(&events), ["cluster", "ns"]);
+    let (code, out, _) = kc
+        .run(&["who", "cm", "-A", "--context", "admin", "-o", "json"])
+        .await;
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 1, "-A: namespaced events only: {out}");
+
+    let (code, _, err) = kc.run(&["who", "cm", "--all-events"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with(
+            "Error from server (Forbidden): events.audit.k8s.io is forbidden: User \"alice\""
+        ),
+        "{err}"
+    );
+    assert!(
+        err.ends_with("\nCheck with: kubectl auth can-i watch events.audit.k8s.io\n"),
+        "{err}"
+    );
+}

@@ -28,11 +28,13 @@ const LIST_PAGE_EVENTS: u32 = 500;
 /// bookmark a minute (the server's interval), so a live one is never this quiet.
 const READ_TIMEOUT: Duration = Duration::from_secs(150);
 
-/// Which events: one namespace's, or every namespace's.
+/// Which events: one namespace's, every namespace's, or every event (cluster-scoped
+/// requests too: the `events` resource).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
     Namespace(String),
     AllNamespaces,
+    AllEvents,
 }
 
 impl Scope {
@@ -42,17 +44,19 @@ impl Scope {
                 format!("/apis/{GROUP_VERSION}/namespaces/{ns}/namespacedevents")
             }
             Scope::AllNamespaces => format!("/apis/{GROUP_VERSION}/namespacedevents"),
+            Scope::AllEvents => format!("/apis/{GROUP_VERSION}/events"),
         }
     }
 
     /// The kubectl line that checks whether the user may watch this scope.
     fn can_i(&self, context: Option<&str>) -> String {
-        let scope = match self {
-            Scope::Namespace(ns) => format!("-n {ns}"),
-            Scope::AllNamespaces => "--all-namespaces".to_owned(),
+        let what = match self {
+            Scope::Namespace(ns) => format!("namespacedevents.audit.k8s.io -n {ns}"),
+            Scope::AllNamespaces => "namespacedevents.audit.k8s.io --all-namespaces".to_owned(),
+            Scope::AllEvents => "events.audit.k8s.io".to_owned(),
         };
         let context = context.map_or(String::new(), |c| format!(" --context {c}"));
-        format!("kubectl auth can-i watch namespacedevents.audit.k8s.io {scope}{context}")
+        format!("kubectl auth can-i watch {what}{context}")
     }
 }
 
@@ -109,7 +113,9 @@ impl Api {
             },
         };
         config.read_timeout = Some(READ_TIMEOUT);
-        let scope = if flags.all_namespaces {
+        let scope = if flags.all_events {
+            Scope::AllEvents
+        } else if flags.all_namespaces {
             Scope::AllNamespaces
         } else {
             let ns = flags
@@ -509,6 +515,14 @@ mod tests {
         assert_eq!(
             Scope::Namespace("team-b".into()).can_i(None),
             "kubectl auth can-i watch namespacedevents.audit.k8s.io -n team-b"
+        );
+        assert_eq!(
+            Scope::AllEvents.path(),
+            "/apis/audit.k8s.io/v1alpha1/events"
+        );
+        assert_eq!(
+            Scope::AllEvents.can_i(None),
+            "kubectl auth can-i watch events.audit.k8s.io"
         );
         assert_eq!(
             Scope::AllNamespaces.can_i(Some("prod")),

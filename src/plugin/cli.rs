@@ -49,6 +49,9 @@ Examples:
   # Anything named web, in any namespace, as YAML
   kubectl audit who web -A -o yaml
 
+  # Who changed a cluster-scoped object (needs watch on events.audit.k8s.io)
+  kubectl audit who cluster-admin --resource clusterrolebindings --all-events
+
 Only what the server's in-memory window still holds is searched: it is a debugging stream,
 not a durable audit log.";
 
@@ -82,6 +85,10 @@ pub struct KubeFlags {
     /// Every namespace's events (cluster-scoped requests have none and are left out).
     #[arg(short = 'A', long, global = true, conflicts_with = "namespace")]
     pub all_namespaces: bool,
+    /// Every event, cluster-scoped requests included (ClusterRoles, nodes, /healthz…):
+    /// the cluster-wide events.audit.k8s.io, an administrator's permission.
+    #[arg(long, global = true, conflicts_with_all = ["namespace", "all_namespaces"])]
+    pub all_events: bool,
     /// Output format: an aligned table, more columns, one JSON event per line, or YAML
     /// documents.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
@@ -254,6 +261,8 @@ mod tests {
         assert_eq!(cli.kube.namespace.as_deref(), Some("team-a"));
         assert_eq!(cli.kube.output, Output::Json);
         assert!(Cli::try_parse_from(["kubectl-audit", "tail", "-A", "-n", "x"]).is_err());
+        assert!(Cli::try_parse_from(["kubectl-audit", "tail", "-A", "--all-events"]).is_err());
+        assert!(Cli::try_parse_from(["kubectl-audit", "who", "x", "--all-events"]).is_ok());
         assert!(
             Cli::try_parse_from(["kubectl-audit", "tail", "--since", "1m", "--since-rv", "3"])
                 .is_err()

@@ -343,6 +343,7 @@ impl Scope {
         match self {
             Scope::Namespace(ns) => format!("in namespace {ns}"),
             Scope::AllNamespaces => "in any namespace".to_owned(),
+            Scope::AllEvents => "anywhere".to_owned(),
         }
     }
 }
