@@ -992,7 +992,7 @@ async fn all_events_reaches_cluster_scoped_requests_for_those_allowed() {
         "{err}"
     );
     assert!(
-        err.ends_with("\nCheck with: kubectl auth can-i watch events.audit.k8s.io\n"),
+        err.ends_with("\nCheck with: kubectl auth can-i list events.audit.k8s.io\n"),
         "{err}"
     );
 }

@@ -48,15 +48,15 @@ impl Scope {
         }
     }
 
-    /// The kubectl line that checks whether the user may watch this scope.
-    fn can_i(&self, context: Option<&str>) -> String {
+    /// The kubectl line that checks whether the user may `verb` this scope.
+    fn can_i(&self, verb: &str, context: Option<&str>) -> String {
         let what = match self {
             Scope::Namespace(ns) => format!("namespacedevents.audit.k8s.io -n {ns}"),
             Scope::AllNamespaces => "namespacedevents.audit.k8s.io --all-namespaces".to_owned(),
             Scope::AllEvents => "events.audit.k8s.io".to_owned(),
         };
         let context = context.map_or(String::new(), |c| format!(" --context {c}"));
-        format!("kubectl auth can-i watch {what}{context}")
+        format!("kubectl auth can-i {verb} {what}{context}")
     }
 }
 
@@ -80,19 +80,22 @@ pub enum WatchEvent {
     Error(Box<Status>),
 }
 
-/// The cluster, the scope, and the kubeconfig context (for the `can-i` line).
+/// The cluster, the scope, and the kubeconfig context and verb (for the `can-i` line).
 pub struct Api {
     client: kube::Client,
     /// The server's URL, for messages.
     url: String,
     scope: Scope,
     context: Option<String>,
+    verb: &'static str,
 }
 
 impl Api {
     /// A client from `--kubeconfig` (else `$KUBECONFIG`, else `~/.kube/config`, else the
     /// pod's service account) and `--context`, as kubectl picks them.
-    pub async fn connect(flags: &KubeFlags) -> Result<Api, Error> {
+    /// `verb` is what the command needs of the scope (`watch` for a tail, `list` for
+    /// `who`): what the `can-i` line of a refusal asks.
+    pub async fn connect(flags: &KubeFlags, verb: &'static str) -> Result<Api, Error> {
         let options = KubeConfigOptions {
             context: flags.context.clone(),
             ..Default::default()
@@ -137,6 +140,7 @@ impl Api {
             url,
             scope,
             context: flags.context.clone(),
+            verb,
         })
     }
 
@@ -160,7 +164,7 @@ impl Api {
         if matches!(status.code, Some(401 | 403)) {
             out.push_str(&format!(
                 "\nCheck with: {}",
-                self.scope.can_i(self.context.as_deref())
+                self.scope.can_i(self.verb, self.context.as_deref())
             ));
         }
         Error::Server(out)
@@ -513,7 +517,7 @@ mod tests {
             "/apis/audit.k8s.io/v1alpha1/namespacedevents"
         );
         assert_eq!(
-            Scope::Namespace("team-b".into()).can_i(None),
+            Scope::Namespace("team-b".into()).can_i("watch", None),
             "kubectl auth can-i watch namespacedevents.audit.k8s.io -n team-b"
         );
         assert_eq!(
@@ -521,11 +525,11 @@ mod tests {
             "/apis/audit.k8s.io/v1alpha1/events"
         );
         assert_eq!(
-            Scope::AllEvents.can_i(None),
-            "kubectl auth can-i watch events.audit.k8s.io"
+            Scope::AllEvents.can_i("list", None),
+            "kubectl auth can-i list events.audit.k8s.io"
         );
         assert_eq!(
-            Scope::AllNamespaces.can_i(Some("prod")),
+            Scope::AllNamespaces.can_i("watch", Some("prod")),
             "kubectl auth can-i watch namespacedevents.audit.k8s.io --all-namespaces --context prod"
         );
         for (ns, ok) in [

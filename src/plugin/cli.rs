@@ -49,7 +49,7 @@ Examples:
   # Anything named web, in any namespace, as YAML
   kubectl audit who web -A -o yaml
 
-  # Who changed a cluster-scoped object (needs watch on events.audit.k8s.io)
+  # Who changed a cluster-scoped object (needs list on events.audit.k8s.io)
   kubectl audit who cluster-admin --resource clusterrolebindings --all-events
 
 Only what the server's in-memory window still holds is searched: it is a debugging stream,

@@ -38,7 +38,11 @@ pub enum Error {
 /// Run one command to its end (`tail` only ends on an error).
 pub async fn run(cli: Cli) -> Result<(), Error> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let api = Api::connect(&cli.kube).await?;
+    let verb = match cli.command {
+        Command::Tail(_) => "watch",
+        Command::Who(_) => "list",
+    };
+    let api = Api::connect(&cli.kube, verb).await?;
     let mut printer = Printer::new(cli.kube.output);
     match &cli.command {
         Command::Tail(args) => tail(&api, &mut printer, args).await,
