@@ -33,7 +33,8 @@
 //! * [`metrics`]: Prometheus metrics in the app's own registry.
 //! * [`plugin`]: `kubectl audit`, the kubectl plugin (the `kubectl-audit` binary): `tail`
 //!   and `who` through the user's kubeconfig, a client of the API like kubectl, never of
-//!   the server's internals (it shares only the API's names and annotations).
+//!   the server's internals (it shares only the API's names and annotations, and the
+//!   latency format of its Table).
 
 pub mod authn;
 pub mod authz;
@@ -45,7 +46,6 @@ pub mod discovery;
 pub mod event;
 pub mod ingest;
 pub mod metrics;
-pub mod plugin;
 pub mod reply;
 pub mod selector;
 pub mod server;
@@ -54,3 +54,5 @@ pub mod status;
 pub mod table;
 pub mod tls;
 pub mod watch;
+// The kubectl plugin, last: not part of the server.
+pub mod plugin;
