@@ -33,6 +33,10 @@
 //! * [`status`]: `ApiError` → `meta.k8s.io/v1` `Status`.
 //! * [`reply`]: the response body type and plain responses.
 //! * [`metrics`]: Prometheus metrics in the app's own registry.
+//! * [`plugin`]: `kubectl audit`, the kubectl plugin (the `kubectl-audit` binary): `tail`
+//!   and `who` through the user's kubeconfig, a client of the API like kubectl, never of
+//!   the server's internals (it shares only the API's names and annotations, and the
+//!   latency format of its Table).
 
 pub mod authn;
 pub mod authz;
@@ -53,3 +57,5 @@ pub mod status;
 pub mod table;
 pub mod tls;
 pub mod watch;
+// The kubectl plugin, last: not part of the server.
+pub mod plugin;

@@ -2,6 +2,12 @@
 //! by commas (AND), on the fields the contract names and `metadata.name`. An unknown field is an error, as
 //! kube-apiserver answers for a field its resource does not index. The bus applies a
 //! watcher's selector before its queue, so unwanted events cost the watcher nothing.
+//!
+//! Beyond kube-apiserver's field selectors, a term may also name a set the way label
+//! selectors do, `verb in (get,list)` or `verb notin (watch)`: kube-apiserver's grammar has
+//! no OR, and without it a client following several verbs would need a watch per verb
+//! (each with its own resourceVersion to resume from) or the whole stream filtered on its
+//! side. `kubectl audit tail --verb get --verb list` sends the set form.
 
 use crate::event::{Event, Field};
 
@@ -28,7 +34,9 @@ pub const NAME_LABEL: &str = "metadata.name";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
-    #[error("invalid field selector {0:?}: expected field=value, field==value or field!=value")]
+    #[error(
+        "invalid field selector {0:?}: expected field=value, field==value, field!=value, field in (v1,v2) or field notin (v1,v2)"
+    )]
     Syntax(String),
     #[error("field label not supported: {0}")]
     UnknownField(String),
@@ -41,10 +49,11 @@ enum Subject {
     Name,
 }
 
+/// `subject` is one of `values` (`=`, `==`, `in`), or none of them (`!=`, `notin`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Requirement {
     subject: Subject,
-    value: Box<str>,
+    values: Box<[Box<str>]>,
     equal: bool,
 }
 
@@ -69,13 +78,15 @@ pub struct FieldSelector {
 impl FieldSelector {
     pub fn parse(s: &str) -> Result<Self, Error> {
         let mut requirements = vec![];
-        for term in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-            let (label, value, equal) = if let Some((f, v)) = term.split_once("!=") {
-                (f, v, false)
+        for term in terms(s).map(str::trim).filter(|t| !t.is_empty()) {
+            let (label, values, equal) = if let Some(set) = set_term(term) {
+                set?
+            } else if let Some((f, v)) = term.split_once("!=") {
+                (f, vec![v.trim().into()], false)
             } else if let Some((f, v)) = term.split_once("==") {
-                (f, v, true)
+                (f, vec![v.trim().into()], true)
             } else if let Some((f, v)) = term.split_once('=') {
-                (f, v, true)
+                (f, vec![v.trim().into()], true)
             } else {
                 return Err(Error::Syntax(term.to_owned()));
             };
@@ -87,7 +98,7 @@ impl FieldSelector {
             };
             requirements.push(Requirement {
                 subject,
-                value: value.trim().into(),
+                values: values.into(),
                 equal,
             });
         }
@@ -101,12 +112,62 @@ impl FieldSelector {
     pub fn matches(&self, ev: &Event) -> bool {
         self.requirements.iter().all(|r| {
             let matched = match r.subject {
-                Subject::Field(field) => ev.get(field) == &*r.value,
-                Subject::Name => is_name_of(ev, &r.value),
+                Subject::Field(field) => {
+                    let got = ev.get(field);
+                    r.values.iter().any(|v| got == &**v)
+                }
+                Subject::Name => r.values.iter().any(|v| is_name_of(ev, v)),
             };
             matched == r.equal
         })
     }
+}
+
+/// The terms of a selector: split at the commas outside parentheses.
+fn terms(s: &str) -> impl Iterator<Item = &str> {
+    let mut depth = 0usize;
+    s.split(move |c| {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        c == ',' && depth == 0
+    })
+}
+
+/// `label in (v1,v2)` or `label notin (v1,v2)`: `None` if `term` is not of that shape,
+/// an error if it is but its set is empty or unclosed.
+type SetTerm<'a> = (&'a str, Vec<Box<str>>, bool);
+fn set_term(term: &str) -> Option<Result<SetTerm<'_>, Error>> {
+    let (label, rest) = term.split_once(char::is_whitespace)?;
+    if label.contains(['=', '!', '(']) {
+        return None;
+    }
+    let rest = rest.trim_start();
+    let (rest, equal) = if let Some(r) = rest.strip_prefix("notin") {
+        (r, false)
+    } else {
+        (rest.strip_prefix("in")?, true)
+    };
+    let rest = rest.trim_start();
+    if !rest.starts_with('(') {
+        return None;
+    }
+    let syntax = || Error::Syntax(term.to_owned());
+    let Some(inner) = rest.strip_prefix('(').and_then(|r| r.strip_suffix(')')) else {
+        return Some(Err(syntax()));
+    };
+    let values: Vec<Box<str>> = inner
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(Into::into)
+        .collect();
+    if values.is_empty() || inner.contains(['(', ')']) {
+        return Some(Err(syntax()));
+    }
+    Some(Ok((label, values, equal)))
 }
 
 #[cfg(test)]
@@ -149,6 +210,17 @@ mod tests {
             ("metadata.name=a-ResponseComplete", false),
             ("metadata.name=a-responsecompletes", false),
             ("metadata.name=b-responsecomplete", false),
+            ("verb in (get,delete)", true),
+            ("verb in ( get , list )", false),
+            ("verb in (delete)", true),
+            ("verb notin (get,delete)", false),
+            ("verb notin (get, list)", true),
+            ("verb in (get,delete),user.username=bob", true),
+            ("user.username=bob,verb in (get,list),level=Metadata", false),
+            ("responseStatus.code in (200,404)", true),
+            ("metadata.name in (x-y,a-responsecomplete)", true),
+            ("metadata.name notin (x-y,a-responsecomplete)", false),
+            ("objectRef.name in (cm)", true),
         ] {
             assert_eq!(
                 FieldSelector::parse(sel).unwrap().matches(&ev),
@@ -172,5 +244,34 @@ mod tests {
             FieldSelector::parse("verb"),
             Err(Error::Syntax("verb".into()))
         );
+        for bad in [
+            "verb in ()",
+            "verb in ( , )",
+            "verb in (get",
+            "verb notin get)",
+            "verb in ((get))",
+        ] {
+            assert!(
+                matches!(FieldSelector::parse(bad), Err(Error::Syntax(_))),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            FieldSelector::parse("nope in (a,b)"),
+            Err(Error::UnknownField("nope".into()))
+        );
+    }
+
+    /// `in` and `notin` read as sets; a value that merely starts with them is a value.
+    #[test]
+    fn set_terms_parse_as_sets() {
+        let set = FieldSelector::parse("verb in (get,list), stage=ResponseComplete").unwrap();
+        assert_eq!(set.requirements.len(), 2);
+        assert_eq!(&*set.requirements[0].values, ["get".into(), "list".into()]);
+        assert!(set.requirements[0].equal);
+        let not = FieldSelector::parse("verb notin (watch)").unwrap();
+        assert!(!not.requirements[0].equal);
+        let plain = FieldSelector::parse("user.username=in (x)").unwrap();
+        assert_eq!(&*plain.requirements[0].values, ["in (x)".into()]);
     }
 }

@@ -269,7 +269,7 @@ fn build_cells(ev: &Event) -> Vec<u8> {
 }
 
 /// The time between two RFC 3339 timestamps, in the unit that reads best.
-fn latency(from: &str, to: &str) -> Option<String> {
+pub fn latency(from: &str, to: &str) -> Option<String> {
     let parse = |s: &str| humantime::parse_rfc3339_weak(s.trim_end_matches('Z')).ok();
     let (from, to): (SystemTime, SystemTime) = (parse(from)?, parse(to)?);
     let d = to.duration_since(from).ok()?;
