@@ -31,6 +31,7 @@
 //! * [`status`]: `ApiError` → `meta.k8s.io/v1` `Status`.
 //! * [`reply`]: the response body type and plain responses.
 //! * [`metrics`]: Prometheus metrics in the app's own registry.
+//! * [`logging`]: the log's format (text or component-base JSON) and `-v` verbosity.
 
 pub mod authn;
 pub mod authz;
@@ -41,6 +42,7 @@ pub mod config;
 pub mod discovery;
 pub mod event;
 pub mod ingest;
+pub mod logging;
 pub mod metrics;
 pub mod reply;
 pub mod selector;

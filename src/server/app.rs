@@ -74,6 +74,8 @@ pub(super) struct Inner {
     pub(super) ingest: Ingest,
     pub(super) discovery: Discovery,
     pub(super) metrics: Arc<Metrics>,
+    /// Requests, authentication and authorization decisions, counted by the router.
+    pub(super) requests: super::router::Meters,
     pub(super) watches: Watches,
     pub(super) budget: budget::Config,
     /// The server-wide egress cap, if any, shared by every watch's budget.
@@ -92,8 +94,9 @@ impl App {
     /// a tokio runtime: certificate reloading is a background task.
     pub async fn new(settings: &Settings) -> Result<App, Error> {
         let shutdown = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
         let tls = tls::server_config(&settings.cert, shutdown.clone())?;
-        let authn = authenticators(settings, &shutdown).await?;
+        let authn = authenticators(settings, &shutdown, &metrics).await?;
         let authz: Arc<dyn Authorizer> = match &settings.authorization {
             AuthzSettings::AlwaysAllow => Arc::new(authz::AlwaysAllow),
             AuthzSettings::Abac(source) => {
@@ -113,11 +116,11 @@ impl App {
                     client,
                     *authorized_ttl,
                     *unauthorized_ttl,
+                    &metrics,
                 ))
             }
         };
         let bus = Bus::new(settings.bus.clone());
-        let metrics = Arc::new(Metrics::new());
         let watches = Watches::new(
             settings.max_watchers,
             settings.max_watchers_per_user,
@@ -134,11 +137,13 @@ impl App {
                 ingest: Ingest {
                     gate: ingest::Gate::new(&settings.ingest, shutdown.clone())?,
                     bus,
+                    meters: ingest::Meters::new(&metrics),
                     metrics: metrics.clone(),
                     max_request_bytes: settings.ingest.max_request_bytes,
                     max_event_bytes: settings.max_event_bytes,
                 },
                 discovery: Discovery::new(),
+                requests: super::router::Meters::new(&metrics),
                 metrics,
                 watches,
                 budget: settings.budget,
@@ -198,6 +203,7 @@ async fn kube_client(kubeconfig: Option<&Path>, flag: &'static str) -> Result<ku
 async fn authenticators(
     settings: &Settings,
     shutdown: &CancellationToken,
+    metrics: &Metrics,
 ) -> Result<authn::Chain, Error> {
     let certs = &settings.client_certs;
     let read = |p: &Option<PathBuf>| -> Result<Option<(String, String)>, ReadError> {
@@ -225,7 +231,11 @@ async fn authenticators(
             let config = delegated::load(&client, &overrides).await?;
             let shared = SharedAuthConfig::new(config);
             delegated::spawn_refresh(client.clone(), overrides, shared.clone(), shutdown.clone());
-            token_review = Some(authn::TokenReviewer::new(client, cluster.token_cache_ttl));
+            token_review = Some(authn::TokenReviewer::new(
+                client,
+                cluster.token_cache_ttl,
+                metrics,
+            ));
             shared
         }
         None => SharedAuthConfig::new(overrides.resolve(None)?),
