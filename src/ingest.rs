@@ -145,12 +145,22 @@ impl Ingest {
             .map_or_else(|e| e.code_reason().0, |r| r.status());
         self.metrics.ingest_request(code.as_u16());
         if let Err(e) = &result {
+            // The gate answers a bare 401 (as kube-apiserver does); what it refused follows
+            // from what was presented, as `Gate::admit` checks a token first.
+            let reason = match (e, credential) {
+                (ApiError::Unauthorized, "none") => "no credentials".to_owned(),
+                (ApiError::Unauthorized, "client certificate") => {
+                    "client certificate not signed by --ingest-client-ca-file".to_owned()
+                }
+                (ApiError::Unauthorized, _) => "bearer token not in --ingest-token-file".to_owned(),
+                (e, _) => e.to_string(),
+            };
             // Who was turned away and why; never the credential nor the body.
             tracing::info!(
                 peer = %peer.remote_addr,
                 credential,
                 code = code.as_u16(),
-                reason = %e,
+                reason,
                 "push refused"
             );
         }

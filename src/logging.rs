@@ -26,7 +26,7 @@ pub fn parse_format(s: &str) -> Result<Format, String> {
     match s {
         "text" => Ok(Format::Text),
         "json" => Ok(Format::Json),
-        _ => Err(format!("{s:?}: must be text or json")),
+        _ => Err("must be text or json".to_owned()),
     }
 }
 
@@ -34,7 +34,7 @@ pub fn parse_format(s: &str) -> Result<Format, String> {
 /// `VerbosityLevel` is a uint32).
 pub fn parse_verbosity(s: &str) -> Result<u32, String> {
     s.parse()
-        .map_err(|_| format!("{s:?}: must be a non-negative integer, as klog's -v"))
+        .map_err(|_| "must be a non-negative integer, as klog's -v".to_owned())
 }
 
 /// The filter `-v=N` stands for, after the Kubernetes logging conventions: up to 3 the

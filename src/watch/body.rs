@@ -141,7 +141,7 @@ impl WatchBody {
         };
         tracing::info!(
             user = %body.user,
-            resource = body.resource,
+            resource = %body.resource,
             namespace = %body.namespace,
             resource_version = body.last_rv,
             "watch started"
@@ -438,7 +438,7 @@ impl Drop for WatchBody {
         let elapsed = self.started.elapsed();
         tracing::info!(
             user = %self.user,
-            resource = self.resource,
+            resource = %self.resource,
             namespace = %self.namespace,
             duration_seconds = elapsed.as_millis() as f64 / 1000.0,
             sent = t.sent,
@@ -447,7 +447,7 @@ impl Drop for WatchBody {
             dropped = t.dropped_budget + t.dropped_queue_full,
             dropped_budget = t.dropped_budget,
             dropped_queue_full = t.dropped_queue_full,
-            reason = self.end.unwrap_or("client_closed"),
+            reason = %self.end.unwrap_or("client_closed"),
             "watch ended"
         );
     }
