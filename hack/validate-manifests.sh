@@ -13,7 +13,8 @@
 #    kube-apiserver makes when it loads an audit policy;
 #  - prometheus-operator's PrometheusRule (manifests/monitoring/) against the fields of its
 #    CRD, strictly, and its rules with `promtool check rules` (Debian's prometheus
-#    package), every alert with a severity, a summary and a description;
+#    package), every alert with a severity, a summary and a description, and the alerts'
+#    unit tests (hack/monitoring-alerts.test.yaml) with `promtool test rules`;
 #  - the Grafana dashboards (manifests/**/*.json): they parse, and every panel queries
 #    Prometheus through the dashboard's data source variable.
 #
@@ -255,6 +256,10 @@ def kubeconfig_checks(doc):
                    "string of the server URL")
 
 
+# promtool unit tests of the alerts; their rule_files name the extracted spec, rules.yaml.
+ALERT_TESTS = "hack/monitoring-alerts.test.yaml"
+
+
 def prometheus_rule_checks(doc):
     """promtool's checks of the rules (PromQL, templates), and what every alert needs."""
     for group in doc["spec"]["groups"]:
@@ -266,13 +271,21 @@ def prometheus_rule_checks(doc):
             for key in ("summary", "description"):
                 if not rule.get("annotations", {}).get(key):
                     yield f"alert {rule['alert']}: no {key} annotation"
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
-        yaml.safe_dump({"groups": doc["spec"]["groups"]}, f)
-        f.flush()
-        checked = subprocess.run(["promtool", "check", "rules", f.name],
-                                 capture_output=True, text=True)
-    if checked.returncode != 0:
-        yield "promtool check rules: " + " ".join((checked.stdout + checked.stderr).split())
+    with tempfile.TemporaryDirectory() as tmp:
+        rules = os.path.join(tmp, "rules.yaml")
+        with open(rules, "w", encoding="utf-8") as f:
+            yaml.safe_dump({"groups": doc["spec"]["groups"]}, f)
+        commands = [["promtool", "check", "rules", rules]]
+        if os.path.exists(ALERT_TESTS):
+            test = os.path.join(tmp, "test.yaml")
+            with open(ALERT_TESTS, encoding="utf-8") as src, open(test, "w", encoding="utf-8") as dst:
+                dst.write(src.read())
+            commands.append(["promtool", "test", "rules", test])
+        for command in commands:
+            checked = subprocess.run(command, capture_output=True, text=True)
+            if checked.returncode != 0:
+                yield (" ".join(command[:3]) + ": " +
+                       " ".join((checked.stdout + checked.stderr).replace(tmp, "").split()))
 
 
 SEMANTIC = {("audit.k8s.io/v1", "Policy"): policy_checks, ("v1", "Config"): kubeconfig_checks,
