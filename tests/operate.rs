@@ -579,3 +579,51 @@ async fn the_dashboard_and_the_alerts_query_metrics_that_exist() {
         );
     }
 }
+
+/// The real binary's stderr until its `--dev` banner, with `env` set and `flags` added.
+fn stderr_until_banner(env: &[(&str, &str)], flags: &[&str]) -> Vec<String> {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kube-audit-stream"))
+        .args(["serve", "--dev", "--secure-port", "0", "--cert-dir"])
+        .arg(dir.path())
+        .args(flags)
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = vec![];
+    for line in std::io::BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+    {
+        let banner = line.contains("is serving on https://");
+        lines.push(line);
+        if banner {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    lines
+}
+
+/// `RUST_LOG` keeps working: when set it replaces the filter `-v` stands for, and one
+/// that does not parse is reported and ignored.
+#[test]
+fn rust_log_still_filters_the_log() {
+    let serving = |lines: &[String]| lines.iter().any(|l| l.contains("serving HTTPS"));
+    assert!(serving(&stderr_until_banner(&[], &[])), "info by default");
+    let quiet = stderr_until_banner(&[("RUST_LOG", "warn")], &["-v=4"]);
+    assert!(!serving(&quiet), "RUST_LOG=warn wins over -v: {quiet:?}");
+    let bad = stderr_until_banner(&[("RUST_LOG", "kube_audit_stream=loud")], &[]);
+    assert!(
+        bad.iter()
+            .any(|l| l.contains("WARN") && l.contains("RUST_LOG ignored")),
+        "{bad:?}"
+    );
+    assert!(serving(&bad), "-v applies instead: {bad:?}");
+}
