@@ -578,6 +578,53 @@ async fn the_dashboard_and_the_alerts_query_metrics_that_exist() {
             "the dashboard does not show {family}"
         );
     }
+
+    // kube-apiserver gone: a new token cannot be reviewed (401), a new question cannot be
+    // asked (500, fail closed); both are counted as errors, apart from refusals.
+    drop(fake);
+    let (code, _) = srv.client(Some("bob-token")).get(TEAM_A).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    let (code, _) = alice.get(TEAM_A).await;
+    assert_eq!(code, StatusCode::INTERNAL_SERVER_ERROR);
+    // alice's token and her /metrics permission are still cached.
+    let (code, m) = alice.get("/metrics").await;
+    assert_eq!(code, StatusCode::OK);
+    for (series, want) in [
+        (
+            "kube_audit_stream_authentication_decisions_total{result=\"error\"}",
+            1.0,
+        ),
+        (
+            "kube_audit_stream_authentication_token_review_duration_seconds_count{result=\"error\"}",
+            1.0,
+        ),
+        (
+            "kube_audit_stream_authentication_token_cache_requests_total{result=\"miss\"}",
+            2.0,
+        ),
+        (
+            "kube_audit_stream_authentication_token_cache_requests_total{result=\"hit\"}",
+            4.0,
+        ),
+        (
+            "kube_audit_stream_authorization_decisions_total{decision=\"error\"}",
+            1.0,
+        ),
+        (
+            "kube_audit_stream_authorization_subject_access_review_duration_seconds_count{result=\"error\"}",
+            1.0,
+        ),
+        (
+            "kube_audit_stream_http_requests_total{code=\"500\",resource=\"namespacedevents\",verb=\"list\"}",
+            1.0,
+        ),
+        (
+            "kube_audit_stream_http_requests_total{code=\"401\",resource=\"namespacedevents\",verb=\"list\"}",
+            1.0,
+        ),
+    ] {
+        assert_eq!(value(m.as_ref(), series), want, "{series}");
+    }
 }
 
 /// The real binary's stderr until its `--dev` banner, with `env` set and `flags` added.
