@@ -448,6 +448,20 @@ async fn workload_in(format: &str) {
             "{log:#?}"
         );
     }
+
+    // A watch that reaches its timeoutSeconds says so.
+    let mut short = alice
+        .watch(&format!("{TEAM_A}?watch=1&timeoutSeconds=1"))
+        .await;
+    assert!(short.next().await.is_none(), "nothing pushed: it just ends");
+    eventually("the timed-out watch's end line", || {
+        let n = lines(&srv.log(), json, "watch ended")
+            .iter()
+            .filter(|l| field(l, "reason") == "timeout" && field(l, "user") == "alice")
+            .count();
+        async move { n == 1 }
+    })
+    .await;
 }
 
 #[tokio::test]

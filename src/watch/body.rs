@@ -84,6 +84,8 @@ pub(super) struct WatchBody {
     user: Arc<str>,
     resource: &'static str,
     namespace: String,
+    /// Inside `poll_frame`; see there.
+    in_poll: bool,
     guard: WatchGuard,
     registration: Registration,
 }
@@ -136,6 +138,7 @@ impl WatchBody {
             user: ctx.user,
             resource: ctx.resource,
             namespace: ctx.namespace,
+            in_poll: false,
             guard: ctx.guard,
             registration,
         };
@@ -364,7 +367,25 @@ impl http_body::Body for WatchBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let this = &mut *self;
+        // Still set when the body is dropped: a panic left the poll (`reply::Guarded`
+        // caught it), which the end line says.
+        self.in_poll = true;
+        let poll = self.poll_next(cx);
+        self.in_poll = false;
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+}
+
+impl WatchBody {
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self;
         loop {
             if matches!(this.state, State::Done) {
                 return Poll::Ready(None);
@@ -422,10 +443,6 @@ impl http_body::Body for WatchBody {
             return Poll::Pending;
         }
     }
-
-    fn is_end_stream(&self) -> bool {
-        matches!(self.state, State::Done)
-    }
 }
 
 impl Drop for WatchBody {
@@ -447,7 +464,7 @@ impl Drop for WatchBody {
             dropped = t.dropped_budget + t.dropped_queue_full,
             dropped_budget = t.dropped_budget,
             dropped_queue_full = t.dropped_queue_full,
-            reason = %self.end.unwrap_or("client_closed"),
+            reason = %self.end.unwrap_or(if self.in_poll { "panic" } else { "client_closed" }),
             "watch ended"
         );
     }
