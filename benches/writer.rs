@@ -78,6 +78,8 @@ fn write(bencher: Bencher, fixture: &Fixture) {
         guard: metrics.watch_started("events"),
         format: None,
         user: "bench".into(),
+        resource: "events",
+        namespace: String::new(),
     };
     let resp = watch::serve(&bus, &watches, Scope::All, &query, ctx).expect("a watch");
     let mut body = std::pin::pin!(resp.into_body());

@@ -10,15 +10,26 @@
 #  - the files kube-apiserver or kubeadm read, which no API serves (the audit Policy, the
 #    webhook kubeconfig, kubeadm's ClusterConfiguration), and cert-manager's objects,
 #    against the schemas below: the fields of their Go types, strictly, plus the checks
-#    kube-apiserver makes when it loads an audit policy.
+#    kube-apiserver makes when it loads an audit policy;
+#  - prometheus-operator's PrometheusRule (manifests/monitoring/) against the fields of its
+#    CRD, strictly, and its rules with `promtool check rules` (Debian's prometheus
+#    package), every alert with a severity, a summary and a description, and the alerts'
+#    unit tests (hack/monitoring-alerts.test.yaml) with `promtool test rules`;
+#  - the Grafana dashboards (manifests/**/*.json): they parse, and every panel queries
+#    Prometheus through the dashboard's data source variable.
 #
 #   pip install kubernetes-validate==1.37.0   # once
+#   apt-get install prometheus                 # once, for promtool
 #   hack/validate-manifests.sh                # K8S_VERSION=1.31.0 to pick another version
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! python3 -c 'import kubernetes_validate, yaml, jsonschema' 2>/dev/null; then
   echo "validate-manifests.sh: needs kubernetes-validate: pip install kubernetes-validate==1.37.0" >&2
+  exit 1
+fi
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "validate-manifests.sh: needs promtool (Debian's prometheus package) to check the alert rules" >&2
   exit 1
 fi
 if ! command -v kubectl >/dev/null 2>&1; then
@@ -28,10 +39,12 @@ fi
 
 exec python3 - "${K8S_VERSION:-1.33.0}" <<'PY'
 import glob
+import json
 import os
 import re
 import subprocess
 import sys
+import tempfile
 
 import jsonschema
 import kubernetes_validate
@@ -177,6 +190,29 @@ CERTIFICATE = obj({
     }, required=["secretName", "issuerRef"]),
 }, required=["apiVersion", "kind", "metadata", "spec"])
 
+# monitoring.coreos.com/v1 PrometheusRule (prometheus-operator's CRD, the rule fields).
+PROM_DURATION = {"type": "string", "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"}
+STR_MAP = {"type": "object", "additionalProperties": STR}
+RULE = {**obj({
+    "alert": NONEMPTY, "record": NONEMPTY,
+    "expr": {"anyOf": [NONEMPTY, {"type": "integer"}]},
+    "for": PROM_DURATION, "keep_firing_for": PROM_DURATION,
+    "labels": STR_MAP, "annotations": STR_MAP,
+}, required=["expr"]), "oneOf": [{"required": ["alert"]}, {"required": ["record"]}]}
+PROMETHEUS_RULE = obj({
+    "apiVersion": {"const": "monitoring.coreos.com/v1"},
+    "kind": {"const": "PrometheusRule"},
+    "metadata": METADATA,
+    "spec": obj({
+        "groups": arr(obj({
+            "name": NONEMPTY, "interval": PROM_DURATION, "query_offset": PROM_DURATION,
+            "limit": {"type": "integer"}, "labels": STR_MAP,
+            "partial_response_strategy": {"enum": ["", "warn", "abort"]},
+            "rules": arr(RULE, minItems=1),
+        }, required=["name", "rules"]), minItems=1),
+    }, required=["groups"]),
+}, required=["apiVersion", "kind", "metadata", "spec"])
+
 OWN = {
     ("audit.k8s.io/v1", "Policy"): POLICY,
     ("v1", "Config"): KUBECONFIG,
@@ -184,6 +220,7 @@ OWN = {
     ("cert-manager.io/v1", "Issuer"): ISSUER,
     ("cert-manager.io/v1", "ClusterIssuer"): ISSUER,
     ("cert-manager.io/v1", "Certificate"): CERTIFICATE,
+    ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE,
 }
 
 
@@ -219,7 +256,67 @@ def kubeconfig_checks(doc):
                    "string of the server URL")
 
 
-SEMANTIC = {("audit.k8s.io/v1", "Policy"): policy_checks, ("v1", "Config"): kubeconfig_checks}
+# promtool unit tests of the alerts; their rule_files name the extracted spec, rules.yaml.
+ALERT_TESTS = "hack/monitoring-alerts.test.yaml"
+
+
+def prometheus_rule_checks(doc):
+    """promtool's checks of the rules (PromQL, templates), and what every alert needs."""
+    for group in doc["spec"]["groups"]:
+        for rule in group["rules"]:
+            if "alert" not in rule:
+                continue
+            if "severity" not in rule.get("labels", {}):
+                yield f"alert {rule['alert']}: no severity label"
+            for key in ("summary", "description"):
+                if not rule.get("annotations", {}).get(key):
+                    yield f"alert {rule['alert']}: no {key} annotation"
+    with tempfile.TemporaryDirectory() as tmp:
+        rules = os.path.join(tmp, "rules.yaml")
+        with open(rules, "w", encoding="utf-8") as f:
+            yaml.safe_dump({"groups": doc["spec"]["groups"]}, f)
+        commands = [["promtool", "check", "rules", rules]]
+        if os.path.exists(ALERT_TESTS):
+            test = os.path.join(tmp, "test.yaml")
+            with open(ALERT_TESTS, encoding="utf-8") as src, open(test, "w", encoding="utf-8") as dst:
+                dst.write(src.read())
+            commands.append(["promtool", "test", "rules", test])
+        for command in commands:
+            checked = subprocess.run(command, capture_output=True, text=True)
+            if checked.returncode != 0:
+                yield (" ".join(command[:3]) + ": " +
+                       " ".join((checked.stdout + checked.stderr).replace(tmp, "").split()))
+
+
+SEMANTIC = {("audit.k8s.io/v1", "Policy"): policy_checks, ("v1", "Config"): kubeconfig_checks,
+            ("monitoring.coreos.com/v1", "PrometheusRule"): prometheus_rule_checks}
+
+
+def dashboard_checks(path):
+    """A Grafana dashboard: parses, and every panel queries Prometheus through the
+    dashboard's data source variable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            dash = json.load(f)
+    except ValueError as e:
+        yield f"{path}: not JSON: {e}"
+        return
+    for key in ("title", "uid", "panels"):
+        if not dash.get(key):
+            yield f"{path}: no {key}"
+    variables = {v.get("name") for v in dash.get("templating", {}).get("list", [])}
+    ids = [p.get("id") for p in dash.get("panels", [])]
+    if len(set(ids)) != len(ids):
+        yield f"{path}: panel ids are not unique"
+    for p in dash.get("panels", []):
+        if p.get("type") == "row":
+            continue
+        where = f"{path}: panel {p.get('title')!r}"
+        uid = p.get("datasource", {}).get("uid", "")
+        if not uid.startswith("${") or uid[2:-1] not in variables:
+            yield f"{where}: data source {uid!r} is not a variable of the dashboard"
+        if not p.get("targets") or not all(t.get("expr") for t in p["targets"]):
+            yield f"{where}: a target without a query"
 
 
 def validate(doc, where):
@@ -281,6 +378,11 @@ for path in files:
     for n, doc in enumerate(docs):
         checked_objects += 1
         errors += validate(doc, path if len(docs) == 1 else f"{path}[{n}]")
+
+dashboards = sorted(glob.glob("manifests/**/*.json", recursive=True))
+for path in dashboards:
+    checked_files += 1
+    errors += list(dashboard_checks(path))
 
 for directory in kustomizations:
     built = subprocess.run(["kubectl", "kustomize", directory], capture_output=True, text=True)

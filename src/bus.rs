@@ -180,6 +180,9 @@ pub struct Stats {
     pub dropped_queue_full: AtomicU64,
     pub window_events: AtomicUsize,
     pub window_bytes: AtomicUsize,
+    /// The window's ends (0 while it is empty), as of the last publish.
+    pub window_oldest_resource_version: AtomicU64,
+    pub window_newest_resource_version: AtomicU64,
 }
 
 /// A cheap handle on the bus.
@@ -381,6 +384,13 @@ impl Bus {
                 .window_events
                 .store(st.window.len(), Ordering::Relaxed);
             stats.window_bytes.store(st.window_bytes, Ordering::Relaxed);
+            let oldest = st.window.front().map_or(0, |p| p.resource_version);
+            stats
+                .window_oldest_resource_version
+                .store(oldest, Ordering::Relaxed);
+            stats
+                .window_newest_resource_version
+                .store(st.last_rv, Ordering::Relaxed);
             st.last_rv
         };
         for queue in wake {

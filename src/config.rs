@@ -69,6 +69,8 @@ pub struct ServeArgs {
     pub stream: Stream,
     #[command(flatten)]
     pub scale_out: ScaleOut,
+    #[command(flatten)]
+    pub logging: Logging,
     /// Stand-alone mode for trying it on one machine: loopback only, self-signed
     /// certificate, the example tokens and ABAC policy of deploy/dev, ingest open on
     /// loopback. Never needs a cluster.
@@ -215,6 +217,35 @@ pub struct Stream {
     /// take every slot; one more gets 429 with Retry-After.
     #[arg(long, default_value_t = 100)]
     pub max_watchers_per_user: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Logging")]
+pub struct Logging {
+    /// Log format on stderr: text (one readable line per event) or json (one object per
+    /// line with k8s.io/component-base's keys: ts, caller, msg, v, then the fields; err
+    /// on error lines). --logging-format is component-base's name for it.
+    #[arg(
+        long,
+        visible_alias = "logging-format",
+        value_name = "FORMAT",
+        default_value = "text",
+        value_parser = crate::logging::parse_format
+    )]
+    pub log_format: crate::logging::Format,
+    /// Log verbosity, as klog's -v (also --v=N): 0 to 3 log what an operator needs (start,
+    /// each watch's start and end, refused requests and pushes); 4 adds debug lines (one
+    /// per request); 5 and above add trace. Warnings and errors are always logged. Only
+    /// this server's lines change: RUST_LOG, when set, replaces this filter with its own
+    /// directives (tracing-subscriber's syntax, e.g. info,hyper=debug).
+    #[arg(
+        short = 'v',
+        long = "v",
+        value_name = "LEVEL",
+        default_value = "0",
+        value_parser = crate::logging::parse_verbosity
+    )]
+    pub v: u32,
 }
 
 /// A file to read at start, or text built into the binary (`--dev`).

@@ -115,6 +115,9 @@ pub struct Event {
     /// The event's Table cells, built on first need (a Table watch or LIST) and then
     /// shared, as the truncated form is.
     cells: OnceLock<Box<[u8]>>,
+    /// `stageTimestamp` in microseconds since the epoch, if the event has a valid one:
+    /// ingest measures the audit delay from it.
+    stage_micros: Option<i64>,
 }
 
 /// How to make the truncated line from the full one, and the line once made.
@@ -186,6 +189,11 @@ impl Event {
     /// The Table cells of this event, built by `build` the first time they are asked for.
     pub fn cells(&self, build: impl FnOnce(&Event) -> Vec<u8>) -> &[u8] {
         self.cells.get_or_init(|| build(self).into_boxed_slice())
+    }
+
+    /// The event's `stageTimestamp`, in microseconds since the epoch.
+    pub fn stage_timestamp_micros(&self) -> Option<i64> {
+        self.stage_micros
     }
 
     /// Whether a truncated form smaller than the full one exists.
@@ -599,6 +607,10 @@ fn decode_event<'a>(
             .and_then(|()| de.end())
             .map_err(|e| format!("annotations: {e}"))?;
     }
+    let stage_micros = string("stageTimestamp", k.timestamps[0])
+        .ok()
+        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .map(|t| t.as_microsecond());
     let mut timestamp = Cow::Borrowed(ctx.now);
     for raw in k.timestamps {
         let t = string("timestamp", raw)?;
@@ -752,6 +764,7 @@ fn decode_event<'a>(
         meta_end,
         truncation,
         cells: OnceLock::new(),
+        stage_micros,
     })
 }
 
@@ -896,6 +909,18 @@ mod tests {
     }
 
     const EV: &str = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"RequestResponse","auditID":"a-1","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/team-a/configmaps/x","verb":"delete","user":{"username":"bob","groups":["g"]},"objectRef":{"resource":"configmaps","namespace":"team-a","name":"x","apiVersion":"v1"},"responseStatus":{"metadata":{},"code":200},"requestObject":{"kind":"DeleteOptions"},"responseObject":{"kind":"Status"},"requestReceivedTimestamp":"2026-01-01T10:00:00.123456Z","stageTimestamp":"2026-01-01T10:00:01.654321Z","annotations":{"authorization.k8s.io/decision":"allow"}}"#;
+
+    #[test]
+    fn stage_timestamp_is_read_to_the_microsecond() {
+        let ev = one(EV, "apiserver-1");
+        let want: k8s_openapi::jiff::Timestamp = "2026-01-01T10:00:01.654321Z".parse().unwrap();
+        assert_eq!(ev.stage_timestamp_micros(), Some(want.as_microsecond()));
+        let none = one(
+            r#"{"level":"Metadata","auditID":"b","stage":"ResponseComplete","stageTimestamp":"yesterday"}"#,
+            "",
+        );
+        assert_eq!(none.stage_timestamp_micros(), None);
+    }
 
     /// The object and its metadata are cut out of the line without re-encoding.
     #[test]

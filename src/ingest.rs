@@ -2,18 +2,20 @@
 //! bounds the body, decodes the `EventList` whole and only then publishes it, so a bad
 //! batch leaves nothing half-published. Never waits on a watcher: `Bus::publish` does not.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body as HttpBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
+use prometheus::{Histogram, IntGaugeVec};
 
 pub use crate::authn::pusher::Gate;
 use crate::bus::Bus;
 use crate::event::{self, Event};
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 use crate::nats::Nats;
 use crate::reply::{self, Body};
 use crate::status::ApiError;
@@ -26,6 +28,98 @@ const BLOCKING_DECODE_BYTES: usize = 256 * 1024;
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// A source name is a node or host name: DNS subdomain length.
 const MAX_SOURCE_LEN: usize = 253;
+/// Source names kept as metric labels: a cluster has a handful of apiservers, so this
+/// leaves room for replacements over a long run; later names are counted as `other`,
+/// which bounds the series a pusher can create.
+const MAX_SOURCE_LABELS: usize = 64;
+/// The label of every source past `MAX_SOURCE_LABELS`.
+const OTHER_SOURCE: &str = "other";
+/// Our own time from a push's start to its events on the bus: milliseconds normally,
+/// seconds for a 32 MiB batch on a busy node.
+const BATCH_SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+/// stageTimestamp to the bus: kube-apiserver's webhook batches for up to 30 s by default
+/// (--audit-webhook-batch-max-wait), and retries with backoff when a push fails.
+const AUDIT_DELAY_SECONDS_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// Ingest's own metrics; the accepted events and bytes by source are `Metrics`'.
+pub struct Meters {
+    batch_seconds: Histogram,
+    audit_delay_seconds: Histogram,
+    last_push: IntGaugeVec,
+    sources: SourceLabels,
+}
+
+impl Meters {
+    pub fn new(m: &Metrics) -> Self {
+        Meters {
+            batch_seconds: m.register(Histogram::with_opts(metrics::histogram_opts(
+                "ingest",
+                "batch_duration_seconds",
+                "Time from the start of an accepted push to its events on the bus (reading, decoding, publishing).",
+                BATCH_SECONDS_BUCKETS,
+            ))),
+            audit_delay_seconds: m.register(Histogram::with_opts(metrics::histogram_opts(
+                "ingest",
+                "audit_delay_seconds",
+                "Time from an event's stageTimestamp to the moment it is on the bus (the webhook's batching and retries, the network, ingest).",
+                AUDIT_DELAY_SECONDS_BUCKETS,
+            ))),
+            last_push: m.register(IntGaugeVec::new(
+                metrics::opts(
+                    "ingest",
+                    "last_push_timestamp_seconds",
+                    "When the source's last accepted push was, in seconds since the epoch.",
+                ),
+                &["source"],
+            )),
+            sources: SourceLabels::default(),
+        }
+    }
+
+    /// A batch from `source` is on the bus: its time since `started`, and each event's
+    /// delay since its stageTimestamp (observed locally, added to the shared histogram
+    /// once per batch).
+    fn accepted(&self, source: &str, started: tokio::time::Instant, stages: &[i64]) {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        self.batch_seconds.observe(started.elapsed().as_secs_f64());
+        let now_micros = now.as_microsecond();
+        let local = self.audit_delay_seconds.local();
+        for stage in stages {
+            // A clock ahead of ours is no delay, not a negative one.
+            local.observe(now_micros.saturating_sub(*stage).max(0) as f64 / 1e6);
+        }
+        local.flush();
+        self.last_push
+            .with_label_values(&[source])
+            .set(now.as_second());
+    }
+}
+
+/// Source names as metric labels, bounded: the first `MAX_SOURCE_LABELS` names seen keep
+/// their own label, any later one is `other`.
+#[derive(Default)]
+struct SourceLabels {
+    known: Mutex<HashSet<Arc<str>>>,
+}
+
+impl SourceLabels {
+    fn label(&self, source: &str) -> Arc<str> {
+        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(name) = known.get(source) {
+            return name.clone();
+        }
+        if known.len() >= MAX_SOURCE_LABELS {
+            return OTHER_SOURCE.into();
+        }
+        let name: Arc<str> = source.into();
+        known.insert(name.clone());
+        name
+    }
+}
 
 /// The ingest endpoint: who may push, where events go, the size limits. Built once at
 /// start.
@@ -35,6 +129,7 @@ pub struct Ingest {
     /// `--bus=nats`: events go to the shared stream, and reach `bus` from there.
     pub nats: Option<Nats>,
     pub metrics: Arc<Metrics>,
+    pub meters: Meters,
     pub max_request_bytes: u64,
     pub max_event_bytes: usize,
 }
@@ -46,11 +141,32 @@ impl Ingest {
         B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
+        let credential = crate::authn::presented(req.headers(), peer);
         let result = self.push(req, peer).await;
         let code = result
             .as_ref()
             .map_or_else(|e| e.code_reason().0, |r| r.status());
         self.metrics.ingest_request(code.as_u16());
+        if let Err(e) = &result {
+            // The gate answers a bare 401 (as kube-apiserver does); what it refused follows
+            // from what was presented, as `Gate::admit` checks a token first.
+            let reason = match (e, credential) {
+                (ApiError::Unauthorized, "none") => "no credentials".to_owned(),
+                (ApiError::Unauthorized, "client certificate") => {
+                    "client certificate not signed by --ingest-client-ca-file".to_owned()
+                }
+                (ApiError::Unauthorized, _) => "bearer token not in --ingest-token-file".to_owned(),
+                (e, _) => e.to_string(),
+            };
+            // Who was turned away and why; never the credential nor the body.
+            tracing::info!(
+                peer = %peer.remote_addr,
+                credential,
+                code = code.as_u16(),
+                reason,
+                "push refused"
+            );
+        }
         result
     }
 
@@ -59,6 +175,7 @@ impl Ingest {
         B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
+        let started = tokio::time::Instant::now();
         let max_request_bytes = self.max_request_bytes;
         let (parts, body) = req.into_parts();
         let source = match admit(&parts, peer, &self.gate, max_request_bytes) {
@@ -85,6 +202,7 @@ impl Ingest {
 
         let size = body.len();
         let max_event_bytes = self.max_event_bytes;
+        let label = self.meters.sources.label(&source);
         let decode = {
             let source = source.clone();
             move || decode(&body, &source, max_event_bytes)
@@ -99,13 +217,19 @@ impl Ingest {
         self.metrics
             .ingest_oversized(decoded.truncated, decoded.dropped);
         let count = decoded.events.len();
+        let stages: Vec<i64> = decoded
+            .events
+            .iter()
+            .filter_map(Event::stage_timestamp_micros)
+            .collect();
         match &self.nats {
             None => {
                 self.bus.publish(decoded.events);
             }
             Some(nats) => nats.publish(&source, decoded.events).await?,
         }
-        self.metrics.ingest_accepted(count, size);
+        self.meters.accepted(&label, started, &stages);
+        self.metrics.ingest_accepted(&label, count, size);
 
         let status = Status {
             status: Some("Success".into()),
@@ -224,6 +348,20 @@ fn query_source(query: Option<&str>) -> Result<Option<String>, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_labels_are_bounded() {
+        let labels = SourceLabels::default();
+        for i in 0..MAX_SOURCE_LABELS {
+            assert_eq!(
+                &*labels.label(&format!("apiserver-{i}")),
+                format!("apiserver-{i}")
+            );
+        }
+        assert_eq!(&*labels.label("one-too-many"), OTHER_SOURCE);
+        // Names already known keep their label.
+        assert_eq!(&*labels.label("apiserver-0"), "apiserver-0");
+    }
 
     #[test]
     fn source_from_query() {

@@ -33,6 +33,7 @@
 //! * [`status`]: `ApiError` → `meta.k8s.io/v1` `Status`.
 //! * [`reply`]: the response body type and plain responses.
 //! * [`metrics`]: Prometheus metrics in the app's own registry.
+//! * [`logging`]: the log's format (text or component-base JSON) and `-v` verbosity.
 //! * [`plugin`]: `kubectl audit`, the kubectl plugin (the `kubectl-audit` binary): `tail`
 //!   and `who` through the user's kubeconfig, a client of the API like kubectl, never of
 //!   the server's internals (it shares only the API's names and annotations, and the
@@ -47,6 +48,7 @@ pub mod config;
 pub mod discovery;
 pub mod event;
 pub mod ingest;
+pub mod logging;
 pub mod metrics;
 pub mod nats;
 pub mod reply;

@@ -1,11 +1,11 @@
 //! The `kube-audit-stream` binary: flags → tracing → bind → `server::run` → exit code.
 //! Everything else lives in the library.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
 use kube_audit_stream::config::{Cli, Command, Settings};
+use kube_audit_stream::logging;
 use kube_audit_stream::server::{self, App};
 
 /// Every event is a few allocations that live as long as the replay window holds it, and
@@ -39,15 +39,7 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour for a person at a terminal, never escape codes in a log file or pipe.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    logging::init(args.logging.log_format, args.logging.v);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return fail(format!("starting the async runtime: {e}")),

@@ -1,12 +1,16 @@
 //! Prometheus metrics, in a registry of our own (never the process-wide default: many
 //! servers run in one test process). Call sites use verbs (`ingest_accepted`, …) and never
-//! touch labels; the bus's own atomics are copied in when `/metrics` is scraped.
+//! touch labels; the bus's own atomics are copied in when `/metrics` is scraped. Newer
+//! families are defined next to what they count (`ingest::Meters`, `server::router::Meters`,
+//! the TokenReview and SubjectAccessReview clients) and registered here with `register`.
 
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
+use prometheus::core::Collector;
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::bus::Stats;
@@ -16,8 +20,8 @@ const NS: &str = "kube_audit_stream";
 pub struct Metrics {
     registry: Registry,
     ingest_requests: IntCounterVec,
-    ingest_events: IntCounter,
-    ingest_bytes: IntCounter,
+    ingest_events: IntCounterVec,
+    ingest_bytes: IntCounterVec,
     ingest_oversized: IntCounterVec,
     watchers: IntGaugeVec,
     watch_events_sent: IntCounterVec,
@@ -30,12 +34,23 @@ pub struct Metrics {
     bus_dropped: IntCounter,
     bus_window_events: IntGauge,
     bus_window_bytes: IntGauge,
+    bus_window_oldest: IntGauge,
+    bus_window_newest: IntGauge,
     /// Serialises scrapes so the copy of bus counters never adds the same delta twice.
     scrape: Mutex<()>,
 }
 
-fn opts(subsystem: &str, name: &str, help: &str) -> Opts {
+/// A family's name and help: `kube_audit_stream_<subsystem>_<name>`.
+pub fn opts(subsystem: &str, name: &str, help: &str) -> Opts {
     Opts::new(name, help).namespace(NS).subsystem(subsystem)
+}
+
+/// A histogram's name, help and buckets (in the unit its name ends with).
+pub fn histogram_opts(subsystem: &str, name: &str, help: &str, buckets: &[f64]) -> HistogramOpts {
+    HistogramOpts::new(name, help)
+        .namespace(NS)
+        .subsystem(subsystem)
+        .buckets(buckets.to_vec())
 }
 
 impl Metrics {
@@ -57,16 +72,22 @@ impl Metrics {
                 opts("ingest", "requests_total", "Ingest requests by HTTP code."),
                 &["code"]
             )),
-            ingest_events: reg!(IntCounter::with_opts(opts(
-                "ingest",
-                "events_total",
-                "Audit events accepted onto the bus."
-            ))),
-            ingest_bytes: reg!(IntCounter::with_opts(opts(
-                "ingest",
-                "request_bytes_total",
-                "Bytes of accepted ingest bodies."
-            ))),
+            ingest_events: reg!(IntCounterVec::new(
+                opts(
+                    "ingest",
+                    "events_total",
+                    "Audit events accepted onto the bus, by source (the pushing apiserver; names past the first 64 are counted as \"other\")."
+                ),
+                &["source"]
+            )),
+            ingest_bytes: reg!(IntCounterVec::new(
+                opts(
+                    "ingest",
+                    "request_bytes_total",
+                    "Bytes of accepted ingest bodies, by source."
+                ),
+                &["source"]
+            )),
             ingest_oversized: reg!(IntCounterVec::new(
                 opts(
                     "ingest",
@@ -139,9 +160,30 @@ impl Metrics {
                 "window_bytes",
                 "Bytes in the replay window."
             ))),
+            bus_window_oldest: reg!(IntGauge::with_opts(opts(
+                "bus",
+                "window_oldest_resource_version",
+                "resourceVersion of the oldest event in the replay window (0: empty): a watch resumed from before it gets 410 Expired."
+            ))),
+            bus_window_newest: reg!(IntGauge::with_opts(opts(
+                "bus",
+                "window_newest_resource_version",
+                "resourceVersion of the newest event published (0: none yet)."
+            ))),
             registry,
             scrape: Mutex::new(()),
         }
+    }
+
+    /// Register a family defined next to what it counts (authn, authz, ingest, router)
+    /// in this app's registry. Names and labels are constants, so a failure is a
+    /// programming error that the tests that build an `App` catch.
+    pub fn register<C: Collector + Clone + 'static>(&self, family: prometheus::Result<C>) -> C {
+        let family = family.expect("valid metric definition");
+        self.registry
+            .register(Box::new(family.clone()))
+            .expect("metric registered once");
+        family
     }
 
     /// Counts the panics caught at `place` (`handler` or `watch`).
@@ -155,9 +197,14 @@ impl Metrics {
             .inc();
     }
 
-    pub fn ingest_accepted(&self, events: usize, bytes: usize) {
-        self.ingest_events.inc_by(events as u64);
-        self.ingest_bytes.inc_by(bytes as u64);
+    /// A batch accepted from `source` (a label value from a bounded set).
+    pub fn ingest_accepted(&self, source: &str, events: usize, bytes: usize) {
+        self.ingest_events
+            .with_label_values(&[source])
+            .inc_by(events as u64);
+        self.ingest_bytes
+            .with_label_values(&[source])
+            .inc_by(bytes as u64);
     }
 
     pub fn ingest_oversized(&self, truncated: usize, dropped: usize) {
@@ -187,14 +234,6 @@ impl Metrics {
         }
     }
 
-    /// Register metrics defined elsewhere, next to what they count (`nats`).
-    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) {
-        // Only fails on a name registered twice: a programming error, caught by tests.
-        if let Err(e) = self.registry.register(collector) {
-            tracing::error!(error = %e, "metric not registered");
-        }
-    }
-
     /// The text exposition, with the bus's counters brought up to date.
     pub fn render(&self, bus: &Stats) -> String {
         let _serial = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
@@ -211,6 +250,11 @@ impl Metrics {
             .set(bus.window_events.load(Ordering::Relaxed) as i64);
         self.bus_window_bytes
             .set(bus.window_bytes.load(Ordering::Relaxed) as i64);
+        let rv = |a: &std::sync::atomic::AtomicU64| i64::try_from(a.load(Ordering::Relaxed));
+        self.bus_window_oldest
+            .set(rv(&bus.window_oldest_resource_version).unwrap_or(i64::MAX));
+        self.bus_window_newest
+            .set(rv(&bus.window_newest_resource_version).unwrap_or(i64::MAX));
         let mut out = vec![];
         // Encoding into a Vec only fails on invalid metric families, which we never build.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
@@ -302,7 +346,7 @@ mod tests {
     fn renders_every_family_with_our_prefix() {
         let m = Metrics::new();
         m.ingest_request(200);
-        m.ingest_accepted(3, 100);
+        m.ingest_accepted("apiserver-1", 3, 100);
         let guard = m.watch_started("events");
         let mut counts = WatchCounts::default();
         counts.sent(100, false);
@@ -317,7 +361,7 @@ mod tests {
             text.contains("kube_audit_stream_ingest_requests_total{code=\"200\"} 1"),
             "{text}"
         );
-        assert!(text.contains("kube_audit_stream_ingest_events_total 3"));
+        assert!(text.contains("kube_audit_stream_ingest_events_total{source=\"apiserver-1\"} 3"));
         assert!(text.contains("kube_audit_stream_watch_watchers{resource=\"events\"} 1"));
         assert!(text.contains("kube_audit_stream_bus_published_events_total 3"));
         assert!(text.contains("kube_audit_stream_watch_sent_bytes_total{resource=\"events\"} 110"));

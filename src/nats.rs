@@ -37,7 +37,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use base64::Engine;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -527,25 +527,43 @@ struct NatsMetrics {
 
 impl NatsMetrics {
     fn new(metrics: &Metrics) -> Self {
-        let opts = |name: &str, help: &str| Opts::new(name, help).namespace("kube_audit_stream");
-        // Constant names and labels: construction cannot fail.
-        let m = NatsMetrics {
-            up: IntGauge::with_opts(opts("bus_up", "1 while the bus serves (NATS reached, stream read up to date), else 0.")).expect("valid metric"),
-            outages: IntCounter::with_opts(opts("bus_outages_total", "Times the bus went down (NATS lost or the stream unreadable).")).expect("valid metric"),
-            published: IntCounterVec::new(opts("nats_published_messages_total", "Messages published to the stream, by whether JetStream stored them or recognised a duplicate (a webhook retry)."), &["result"]).expect("valid metric"),
-            publish_errors: IntCounter::with_opts(opts("nats_publish_errors_total", "Publishes NATS did not confirm (the push was answered 503).")).expect("valid metric"),
-            oversized: IntCounterVec::new(opts("nats_oversized_events_total", "Events too large for one NATS message, truncated or dropped."), &["action"]).expect("valid metric"),
-            malformed: IntCounter::with_opts(opts("nats_malformed_messages_total", "Messages of the stream that were not a batch of events (skipped).")).expect("valid metric"),
-            gaps: IntCounter::with_opts(opts("nats_gaps_total", "Times this replica fell behind the whole stream and started its window over.")).expect("valid metric"),
-        };
-        metrics.register(Box::new(m.up.clone()));
-        metrics.register(Box::new(m.outages.clone()));
-        metrics.register(Box::new(m.published.clone()));
-        metrics.register(Box::new(m.publish_errors.clone()));
-        metrics.register(Box::new(m.oversized.clone()));
-        metrics.register(Box::new(m.malformed.clone()));
-        metrics.register(Box::new(m.gaps.clone()));
-        m
+        let opts = |name: &str, help: &str| crate::metrics::opts("", name, help);
+        NatsMetrics {
+            up: metrics.register(IntGauge::with_opts(opts(
+                "bus_up",
+                "1 while the bus serves (NATS reached, stream read up to date), else 0.",
+            ))),
+            outages: metrics.register(IntCounter::with_opts(opts(
+                "bus_outages_total",
+                "Times the bus went down (NATS lost or the stream unreadable).",
+            ))),
+            published: metrics.register(IntCounterVec::new(
+                opts(
+                    "nats_published_messages_total",
+                    "Messages published to the stream, by whether JetStream stored them or recognised a duplicate (a webhook retry).",
+                ),
+                &["result"],
+            )),
+            publish_errors: metrics.register(IntCounter::with_opts(opts(
+                "nats_publish_errors_total",
+                "Publishes NATS did not confirm (the push was answered 503).",
+            ))),
+            oversized: metrics.register(IntCounterVec::new(
+                opts(
+                    "nats_oversized_events_total",
+                    "Events too large for one NATS message, truncated or dropped.",
+                ),
+                &["action"],
+            )),
+            malformed: metrics.register(IntCounter::with_opts(opts(
+                "nats_malformed_messages_total",
+                "Messages of the stream that were not a batch of events (skipped).",
+            ))),
+            gaps: metrics.register(IntCounter::with_opts(opts(
+                "nats_gaps_total",
+                "Times this replica fell behind the whole stream and started its window over.",
+            ))),
+        }
     }
 
     fn published(&self, duplicate: bool) {

@@ -87,6 +87,18 @@ fn bad_flags_fail_with_one_clear_line() {
         ),
         (vec!["serve"], "kube-audit-stream: --ingest-token-file:"),
         (
+            vec!["serve", "--dev", "--log-format=xml"],
+            "kube-audit-stream: invalid value 'xml' for '--log-format <FORMAT>': must be text or json",
+        ),
+        (
+            vec!["serve", "--dev", "-v=loud"],
+            "kube-audit-stream: invalid value 'loud' for '--v <LEVEL>': must be a non-negative integer",
+        ),
+        (
+            vec!["serve", "--dev", "--v=-1"],
+            "kube-audit-stream: invalid value '-1' for '--v <LEVEL>': must be a non-negative integer",
+        ),
+        (
             vec![
                 "serve",
                 "--ingest-token-file",

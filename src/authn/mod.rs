@@ -15,7 +15,7 @@ use http::HeaderMap;
 
 pub use delegated::{RequestHeader, SharedAuthConfig, X509};
 pub use token_file::{TokenFile, TokenFileError};
-pub use token_review::TokenReviewer;
+pub use token_review::{REVIEW_SECONDS_BUCKETS, TokenReviewer};
 
 use crate::tls::Peer;
 
@@ -67,6 +67,16 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
+/// What kind of credential a request carries, for the log: never the credential itself.
+pub fn presented(headers: &HeaderMap, peer: &Peer) -> &'static str {
+    match (bearer_token(headers).is_some(), peer.certs.is_some()) {
+        (true, true) => "bearer token and client certificate",
+        (true, false) => "bearer token",
+        (false, true) => "client certificate",
+        (false, false) => "none",
+    }
+}
+
 /// Why authentication failed. Never carries a token.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -77,6 +87,17 @@ pub enum Error {
     /// The failure of a review another request was waiting for too (the cache shares it).
     #[error("{0}")]
     Shared(#[source] Arc<Error>),
+}
+
+impl Error {
+    /// The backend could not answer (as opposed to: the credentials are bad).
+    pub fn is_backend_failure(&self) -> bool {
+        match self {
+            Error::InvalidToken => false,
+            Error::Review(_) => true,
+            Error::Shared(inner) => inner.is_backend_failure(),
+        }
+    }
 }
 
 /// One way of authenticating. `Ok(None)`: this authenticator has nothing to say about the

@@ -1,6 +1,7 @@
 //! `--authorization-mode=Webhook`: ask kube-apiserver with a `SubjectAccessReview`.
 //! Answers are cached, "allowed" and "denied" each for their own TTL; concurrent
 //! identical questions make one review; a failed review is never cached and never allows.
+//! Counts its cache's hits and misses and times each review.
 
 use std::time::{Duration, Instant};
 
@@ -9,8 +10,11 @@ use k8s_openapi::api::authorization::v1::{
     NonResourceAttributes, ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use kube::api::PostParams;
+use prometheus::{HistogramVec, IntCounterVec};
 
 use super::{Attributes, Authorizer, Decision, Error};
+use crate::authn::REVIEW_SECONDS_BUCKETS;
+use crate::metrics::{self, Metrics};
 
 /// Cached answers at most; beyond this the least recently used go first.
 const CACHE_ENTRIES: u64 = 10_000;
@@ -18,6 +22,11 @@ const CACHE_ENTRIES: u64 = 10_000;
 pub struct SubjectAccessReviewer {
     api: kube::Api<SubjectAccessReview>,
     cache: moka::future::Cache<String, Decision>,
+    /// Lookups by `hit` (answered from the cache, or by a review another request made)
+    /// and `miss` (this lookup made the review).
+    cache_lookups: IntCounterVec,
+    /// Review round trips by `result`: `ok` (kube-apiserver answered) or `error`.
+    review_seconds: HistogramVec,
 }
 
 /// Per-entry lifetime: how long the decision in it may be trusted.
@@ -36,8 +45,30 @@ impl moka::Expiry<String, Decision> for DecisionExpiry {
 }
 
 impl SubjectAccessReviewer {
-    pub fn new(client: kube::Client, authorized_ttl: Duration, unauthorized_ttl: Duration) -> Self {
+    pub fn new(
+        client: kube::Client,
+        authorized_ttl: Duration,
+        unauthorized_ttl: Duration,
+        m: &Metrics,
+    ) -> Self {
         SubjectAccessReviewer {
+            cache_lookups: m.register(IntCounterVec::new(
+                metrics::opts(
+                    "authorization",
+                    "cache_requests_total",
+                    "SubjectAccessReview cache lookups by result: hit (no review made) or miss (a SubjectAccessReview sent).",
+                ),
+                &["result"],
+            )),
+            review_seconds: m.register(HistogramVec::new(
+                metrics::histogram_opts(
+                    "authorization",
+                    "subject_access_review_duration_seconds",
+                    "SubjectAccessReview round trips to kube-apiserver by result: ok, or error (no answer: the request fails closed with a 500).",
+                    REVIEW_SECONDS_BUCKETS,
+                ),
+                &["result"],
+            )),
             api: kube::Api::all(client),
             cache: moka::future::Cache::builder()
                 .max_capacity(CACHE_ENTRIES)
@@ -50,6 +81,16 @@ impl SubjectAccessReviewer {
     }
 
     async fn review(&self, spec: SubjectAccessReviewSpec) -> Result<Decision, Error> {
+        let timer = tokio::time::Instant::now();
+        let answer = self.send(spec).await;
+        let result = if answer.is_ok() { "ok" } else { "error" };
+        self.review_seconds
+            .with_label_values(&[result])
+            .observe(timer.elapsed().as_secs_f64());
+        answer
+    }
+
+    async fn send(&self, spec: SubjectAccessReviewSpec) -> Result<Decision, Error> {
         let review = SubjectAccessReview {
             spec,
             ..Default::default()
@@ -108,10 +149,19 @@ impl Authorizer for SubjectAccessReviewer {
         let spec = spec(a);
         // The spec names everything the answer depends on, so it is the cache key.
         let key = serde_json::to_string(&spec).map_err(Error::Encode)?;
-        self.cache
-            .try_get_with(key, self.review(spec))
-            .await
-            .map_err(Error::Shared)
+        let missed = std::sync::atomic::AtomicBool::new(false);
+        let review = async {
+            missed.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.review(spec).await
+        };
+        let answer = self.cache.try_get_with(key, review).await;
+        let lookup = if missed.load(std::sync::atomic::Ordering::Relaxed) {
+            "miss"
+        } else {
+            "hit"
+        };
+        self.cache_lookups.with_label_values(&[lookup]).inc();
+        answer.map_err(Error::Shared)
     }
 }
 

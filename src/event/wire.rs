@@ -4,7 +4,8 @@
 //! offset checked: a record that does not hold together is refused, never sliced.
 //!
 //! A record is little-endian `u32`s and bytes: the routing strings (length, bytes), their
-//! `FIELD_COUNT` ends, the line (length, bytes), `head_len`, `meta_end`, then `0`, or `1`
+//! `FIELD_COUNT` ends, the line (length, bytes), `head_len`, `meta_end`, the stage time
+//! (`i64` microseconds, `i64::MIN` for none), then `0`, or `1`
 //! and the truncation: two cuts and the edit's range (start, end each), the edit's index
 //! in `EDITS`. Hand-written because it is a dozen integers around two byte strings, and
 //! the reader must hand out slices of the received buffer without a copy.
@@ -15,6 +16,9 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 
 use super::{EDITS, Event, FIELD_COUNT, LINE_END, META_START, OBJECT_START, Truncation};
+
+/// `stage_micros` absent.
+const NO_STAGE: i64 = i64::MIN;
 
 /// Why a record from the stream was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,7 +34,7 @@ impl WireError {
 impl Event {
     /// The bytes `encode_wire` appends.
     pub fn record_len(&self) -> usize {
-        let fixed = 4 + 4 * FIELD_COUNT + 4 + 4 + 4 + 1;
+        let fixed = 4 + 4 * FIELD_COUNT + 4 + 4 + 4 + 8 + 1;
         let truncation = if self.truncation.is_some() {
             6 * 4 + 1
         } else {
@@ -51,6 +55,7 @@ impl Event {
         out.extend_from_slice(&self.line);
         put(out, self.head_len);
         put(out, self.meta_end);
+        out.extend_from_slice(&self.stage_micros.unwrap_or(NO_STAGE).to_le_bytes());
         match &self.truncation {
             None => out.push(0),
             Some(t) => {
@@ -90,6 +95,8 @@ impl Event {
         let line = buf.slice(line_at..line_at + line_len);
         let head_len = r.u32()?;
         let meta_end = r.u32()?;
+        let stage = r.bytes(8)?;
+        let stage = i64::from_le_bytes(stage.try_into().map_err(|_| WireError("cut short"))?);
         // The line's frame: the object, the metadata and the hole for the digits inside
         // it, and the watch event's closing bytes after it.
         if head_len < META_START.max(OBJECT_START)
@@ -126,6 +133,7 @@ impl Event {
             line,
             head_len,
             meta_end,
+            stage_micros: (stage != NO_STAGE).then_some(stage),
             truncation,
             cells: OnceLock::new(),
         })
@@ -235,6 +243,7 @@ mod tests {
             assert_eq!(a.memory_len(), b.memory_len());
             assert_eq!(a.can_truncate(), b.can_truncate());
             assert_eq!(a.strings, b.strings);
+            assert_eq!(a.stage_micros, b.stage_micros);
             assert_eq!(a.ends, b.ends);
         }
         assert_eq!(back[0].get(crate::event::Field::Namespace), "team-a");

@@ -77,6 +77,8 @@ pub(super) struct Inner {
     pub(super) ingest: Ingest,
     pub(super) discovery: Discovery,
     pub(super) metrics: Arc<Metrics>,
+    /// Requests, authentication and authorization decisions, counted by the router.
+    pub(super) requests: super::router::Meters,
     pub(super) watches: Watches,
     pub(super) budget: budget::Config,
     /// The server-wide egress cap, if any, shared by every watch's budget.
@@ -95,8 +97,9 @@ impl App {
     /// a tokio runtime: certificate reloading is a background task.
     pub async fn new(settings: &Settings) -> Result<App, Error> {
         let shutdown = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
         let tls = tls::server_config(&settings.cert, shutdown.clone())?;
-        let authn = authenticators(settings, &shutdown).await?;
+        let authn = authenticators(settings, &shutdown, &metrics).await?;
         let authz: Arc<dyn Authorizer> = match &settings.authorization {
             AuthzSettings::AlwaysAllow => Arc::new(authz::AlwaysAllow),
             AuthzSettings::Abac(source) => {
@@ -116,11 +119,11 @@ impl App {
                     client,
                     *authorized_ttl,
                     *unauthorized_ttl,
+                    &metrics,
                 ))
             }
         };
         let bus = Bus::new(settings.bus.clone());
-        let metrics = Arc::new(Metrics::new());
         let nats = match &settings.nats {
             None => None,
             Some(nats) => {
@@ -146,11 +149,13 @@ impl App {
                     gate: ingest::Gate::new(&settings.ingest, shutdown.clone())?,
                     bus,
                     nats,
+                    meters: ingest::Meters::new(&metrics),
                     metrics: metrics.clone(),
                     max_request_bytes: settings.ingest.max_request_bytes,
                     max_event_bytes: settings.max_event_bytes,
                 },
                 discovery: Discovery::new(),
+                requests: super::router::Meters::new(&metrics),
                 metrics,
                 watches,
                 budget: settings.budget,
@@ -210,6 +215,7 @@ async fn kube_client(kubeconfig: Option<&Path>, flag: &'static str) -> Result<ku
 async fn authenticators(
     settings: &Settings,
     shutdown: &CancellationToken,
+    metrics: &Metrics,
 ) -> Result<authn::Chain, Error> {
     let certs = &settings.client_certs;
     let read = |p: &Option<PathBuf>| -> Result<Option<(String, String)>, ReadError> {
@@ -237,7 +243,11 @@ async fn authenticators(
             let config = delegated::load(&client, &overrides).await?;
             let shared = SharedAuthConfig::new(config);
             delegated::spawn_refresh(client.clone(), overrides, shared.clone(), shutdown.clone());
-            token_review = Some(authn::TokenReviewer::new(client, cluster.token_cache_ttl));
+            token_review = Some(authn::TokenReviewer::new(
+                client,
+                cluster.token_cache_ttl,
+                metrics,
+            ));
             shared
         }
         None => SharedAuthConfig::new(overrides.resolve(None)?),

@@ -1,11 +1,14 @@
 //! Routing: authenticate, describe the request as kube-apiserver `Attributes`, authorize,
 //! then pick the handler by path and verb. Only `/ingest` (its own pusher check) and the
-//! always-allow paths skip authorization. Handlers get an already-allowed scope.
+//! always-allow paths skip authorization. Handlers get an already-allowed scope. Counts
+//! every request (verb, resource, code) and every authentication and authorization
+//! decision; logs each refusal once, never the credential.
 
 use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use prometheus::IntCounterVec;
 
 use super::App;
 use crate::authn::{self, UserInfo};
@@ -14,6 +17,7 @@ use crate::budget::Budget;
 use crate::bus::Scope;
 use crate::discovery;
 use crate::event::{API_GROUP, API_VERSION};
+use crate::metrics::{self, Metrics};
 use crate::reply::{self, Body};
 use crate::status::ApiError;
 use crate::table;
@@ -31,13 +35,16 @@ impl App {
 
     async fn answer(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+        let (verb, resource) = labels(&method, &path, req.uri().query());
         let resp = self.route(req, peer).await.unwrap_or_else(|e| {
             match e {
                 ApiError::Internal(_) => {
                     tracing::error!(%method, %path, error = %e, "request failed");
                 }
-                // Who was turned away, and why (never the credential itself).
-                ApiError::Unauthorized | ApiError::Forbidden(..) | ApiError::ForbiddenPlain(_) => {
+                // Who was turned away, and why (never the credential itself). A failed
+                // authentication was logged where it failed, with what was presented;
+                // a refused push by ingest.
+                ApiError::Forbidden(..) | ApiError::ForbiddenPlain(_) if path != "/ingest" => {
                     tracing::info!(
                         %method, %path, peer = %peer.remote_addr, code = e.code_reason().0.as_u16(),
                         reason = %e, "request refused"
@@ -47,7 +54,9 @@ impl App {
             }
             reply::error(&e)
         });
-        tracing::debug!(%method, %path, code = resp.status().as_u16(), peer = %peer.remote_addr, "request");
+        let code = resp.status().as_u16();
+        self.inner.requests.request(verb, resource, code);
+        tracing::debug!(%method, %path, code, peer = %peer.remote_addr, "request");
         resp
     }
 
@@ -75,28 +84,64 @@ impl App {
             headers: req.headers(),
             peer,
         };
-        match self.inner.authn.authenticate(&authn_req).await {
-            Ok(Some(user)) => Ok(user),
-            Ok(None) => Err(ApiError::Unauthorized),
-            Err(e) => {
-                tracing::debug!(error = %e, peer = %peer.remote_addr, "authentication failed");
-                Err(e.into())
+        let meters = &self.inner.requests;
+        let why = match self.inner.authn.authenticate(&authn_req).await {
+            Ok(Some(user)) => {
+                meters.authenticated("authenticated");
+                return Ok(user);
             }
-        }
+            Ok(None) => {
+                meters.authenticated("no_credentials");
+                "no credentials any authenticator accepts".to_owned()
+            }
+            Err(e) => {
+                meters.authenticated(if e.is_backend_failure() {
+                    "error"
+                } else {
+                    "invalid"
+                });
+                e.to_string()
+            }
+        };
+        // The one line a failed authentication leaves: what kind of credential came,
+        // never the credential.
+        tracing::info!(
+            method = %req.method(),
+            path = %req.uri().path(),
+            peer = %peer.remote_addr,
+            code = 401,
+            credential = authn::presented(req.headers(), peer),
+            reason = %why,
+            "request refused"
+        );
+        Err(ApiError::Unauthorized)
     }
 
     async fn authorize(&self, attrs: &Attributes) -> Result<(), ApiError> {
         // As k8s.io/apiserver's delegated authorization: this group is never asked about.
+        let meters = &self.inner.requests;
         if attrs.user.groups.iter().any(|g| g == PRIVILEGED_GROUP) {
+            meters.authorized("allow");
             return Ok(());
         }
         match self.inner.authz.authorize(attrs).await {
-            Ok(Decision::Allow) => Ok(()),
-            Ok(Decision::Deny(reason) | Decision::NoOpinion(reason)) => {
+            Ok(Decision::Allow) => {
+                meters.authorized("allow");
+                Ok(())
+            }
+            Ok(Decision::Deny(reason)) => {
+                meters.authorized("deny");
+                Err(ApiError::Forbidden(Box::new(attrs.clone()), reason))
+            }
+            Ok(Decision::NoOpinion(reason)) => {
+                meters.authorized("no_opinion");
                 Err(ApiError::Forbidden(Box::new(attrs.clone()), reason))
             }
             // Fail closed: an authorizer that cannot answer never allows.
-            Err(e) => Err(e.into()),
+            Err(e) => {
+                meters.authorized("error");
+                Err(e.into())
+            }
         }
     }
 
@@ -198,7 +243,6 @@ impl App {
         format: Option<table::Format>,
     ) -> Result<Response<Body>, ApiError> {
         let app = &*self.inner;
-        tracing::info!(user = %attrs.user.name, resource, namespace = %attrs.namespace, "watch started");
         let recheck: watch::Recheck = {
             let (app, attrs) = (self.clone(), attrs.clone());
             Arc::new(move || {
@@ -213,9 +257,107 @@ impl App {
             guard: app.metrics.watch_started(resource),
             format,
             user: attrs.user.name.as_str().into(),
+            resource,
+            namespace: attrs.namespace.clone(),
         };
         watch::serve(&app.bus, &app.watches, scope, query, ctx)
     }
+}
+
+/// What the router counts. Every label comes from a closed set.
+pub struct Meters {
+    requests: IntCounterVec,
+    authentication: IntCounterVec,
+    authorization: IntCounterVec,
+}
+
+impl Meters {
+    pub fn new(m: &Metrics) -> Self {
+        Meters {
+            requests: m.register(IntCounterVec::new(
+                metrics::opts(
+                    "http",
+                    "requests_total",
+                    "HTTP requests by verb (kube-apiserver's: get, list, watch, create, …; other), resource (events, namespacedevents, ingest, metrics, health, discovery, other) and code.",
+                ),
+                &["verb", "resource", "code"],
+            )),
+            authentication: m.register(IntCounterVec::new(
+                metrics::opts(
+                    "authentication",
+                    "decisions_total",
+                    "Authentication of requests (not pushes) by result: authenticated, no_credentials, invalid (bad credentials), error (TokenReview failed).",
+                ),
+                &["result"],
+            )),
+            authorization: m.register(IntCounterVec::new(
+                metrics::opts(
+                    "authorization",
+                    "decisions_total",
+                    "Authorization of requests (and of long watches again) by decision: allow, deny, no_opinion (refused too), error (the authorizer could not answer: 500).",
+                ),
+                &["decision"],
+            )),
+        }
+    }
+
+    fn request(&self, verb: &str, resource: &str, code: u16) {
+        self.requests
+            .with_label_values(&[verb, resource, itoa::Buffer::new().format(code)])
+            .inc();
+    }
+
+    fn authenticated(&self, result: &str) {
+        self.authentication.with_label_values(&[result]).inc();
+    }
+
+    fn authorized(&self, decision: &str) {
+        self.authorization.with_label_values(&[decision]).inc();
+    }
+}
+
+/// A request's `verb` and `resource` labels, from closed sets: kube-apiserver's verbs
+/// and our two resources, and for other paths what they are for.
+fn labels(method: &Method, path: &str, query: Option<&str>) -> (&'static str, &'static str) {
+    const VERBS: &[&str] = &[
+        "get",
+        "list",
+        "watch",
+        "create",
+        "update",
+        "patch",
+        "delete",
+        "deletecollection",
+        "post",
+        "put",
+        "head",
+        "options",
+    ];
+    let attrs = authz::request_attributes(method.as_str(), path, watch::is_watch(query));
+    let verb = VERBS
+        .iter()
+        .find(|v| **v == attrs.verb)
+        .copied()
+        .unwrap_or("other");
+    let resource = match attrs.resource.as_str() {
+        _ if path == "/ingest" => "ingest",
+        _ if !attrs.resource_request => match path {
+            "/metrics" => "metrics",
+            "/healthz" | "/livez" | "/readyz" => "health",
+            p if p == "/api"
+                || p == "/apis"
+                || p.starts_with("/apis/")
+                || p.starts_with("/api/") =>
+            {
+                "discovery"
+            }
+            _ => "other",
+        },
+        discovery::EVENTS => discovery::EVENTS,
+        discovery::NAMESPACED_EVENTS => discovery::NAMESPACED_EVENTS,
+        _ => "other",
+    };
+    (verb, resource)
 }
 
 fn not_found() -> ApiError {
@@ -249,5 +391,39 @@ fn readyz(bus_down: Option<&str>, query: Option<&str>) -> Response<Body> {
                 "[+]ping ok\n[-]bus failed: reason withheld\nreadyz check failed\n",
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_labels_come_from_closed_sets() {
+        let l = |m: Method, p: &str, q: Option<&str>| labels(&m, p, q);
+        let ns = "/apis/audit.k8s.io/v1alpha1/namespaces/team-a/namespacedevents";
+        assert_eq!(
+            l(Method::GET, ns, Some("watch=1")),
+            ("watch", "namespacedevents")
+        );
+        assert_eq!(l(Method::GET, ns, None), ("list", "namespacedevents"));
+        assert_eq!(
+            l(Method::GET, "/apis/audit.k8s.io/v1alpha1/events/x", None),
+            ("get", "events")
+        );
+        assert_eq!(
+            l(Method::GET, "/apis/audit.k8s.io/v1alpha1/secrets", None),
+            ("list", "other")
+        );
+        assert_eq!(l(Method::POST, "/ingest", None), ("post", "ingest"));
+        assert_eq!(l(Method::GET, "/metrics", None), ("get", "metrics"));
+        assert_eq!(l(Method::GET, "/readyz", None), ("get", "health"));
+        assert_eq!(
+            l(Method::GET, "/apis/audit.k8s.io", None),
+            ("get", "discovery")
+        );
+        assert_eq!(l(Method::GET, "/random/path", None), ("get", "other"));
+        let odd = Method::from_bytes(b"BREW").unwrap();
+        assert_eq!(l(odd, "/metrics", None).0, "other");
     }
 }

@@ -76,6 +76,16 @@ pub(super) struct WatchBody {
     /// so is still to be sent.
     initial_end: Option<u64>,
     counts: WatchCounts,
+    /// Everything counted since the watch started, for the line its end leaves.
+    totals: WatchCounts,
+    /// Why the watch ended, once it has; dropped before that, its client went away.
+    end: Option<&'static str>,
+    started: Instant,
+    user: Arc<str>,
+    resource: &'static str,
+    namespace: String,
+    /// Inside `poll_frame`; see there.
+    in_poll: bool,
     guard: WatchGuard,
     registration: Registration,
 }
@@ -94,7 +104,7 @@ impl WatchBody {
             .as_ref()
             .map_or(deadline, |(_, every)| now + *every);
         let initial = query.sends_initial_events();
-        WatchBody {
+        let body = WatchBody {
             state: State::Streaming,
             last_rv: match query.resource_version {
                 Some(rv) if !initial => rv,
@@ -122,9 +132,30 @@ impl WatchBody {
             format: ctx.format,
             headers_sent: false,
             counts: WatchCounts::default(),
+            totals: WatchCounts::default(),
+            end: None,
+            started: now,
+            user: ctx.user,
+            resource: ctx.resource,
+            namespace: ctx.namespace,
+            in_poll: false,
             guard: ctx.guard,
             registration,
-        }
+        };
+        tracing::info!(
+            user = %body.user,
+            resource = %body.resource,
+            namespace = %body.namespace,
+            resource_version = body.last_rv,
+            "watch started"
+        );
+        body
+    }
+
+    /// Nothing more will be sent, for this reason.
+    fn finish(&mut self, why: &'static str) {
+        self.end.get_or_insert(why);
+        self.state = State::Done;
     }
 
     /// Drive re-authorization; the `ERROR` line that ends the watch when access was
@@ -147,7 +178,12 @@ impl WatchBody {
                 None
             }
             Poll::Ready(Err(e)) => {
-                tracing::info!(error = %e, "watch no longer authorized; ending it");
+                tracing::info!(user = %self.user, error = %e, "watch no longer authorized; ending it");
+                self.end = Some(if e.code_reason().0 == http::StatusCode::FORBIDDEN {
+                    "revoked"
+                } else {
+                    "authorization_error"
+                });
                 Some(e.to_watch_event())
             }
         }
@@ -306,6 +342,12 @@ impl WatchBody {
 
     fn flush_counts(&mut self) {
         if !self.counts.is_empty() {
+            let (c, t) = (&self.counts, &mut self.totals);
+            t.sent += c.sent;
+            t.sent_bytes += c.sent_bytes;
+            t.truncated += c.truncated;
+            t.dropped_budget += c.dropped_budget;
+            t.dropped_queue_full += c.dropped_queue_full;
             self.guard.flush(&mut self.counts);
         }
     }
@@ -325,21 +367,45 @@ impl http_body::Body for WatchBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let this = &mut *self;
+        // Still set when the body is dropped: a panic left the poll (`reply::Guarded`
+        // caught it), which the end line says.
+        self.in_poll = true;
+        let poll = self.poll_next(cx);
+        self.in_poll = false;
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+}
+
+impl WatchBody {
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self;
         loop {
             if matches!(this.state, State::Done) {
                 return Poll::Ready(None);
             }
             let now = Instant::now();
             // Ended from outside (stalled, shutdown) or by its deadline: no more lines.
-            if !this.registration.polled(now) || now >= this.deadline {
+            if !this.registration.polled(now) {
                 this.flush_counts();
-                this.state = State::Done;
+                let why = this.registration.ended().map_or("closed", |e| e.as_str());
+                this.finish(why);
+                continue;
+            }
+            if now >= this.deadline {
+                this.flush_counts();
+                this.finish("timeout");
                 continue;
             }
             let mut frame = BytesMut::new();
             if let Some(error) = this.poll_recheck(cx, now) {
-                this.state = State::Done;
+                this.finish("revoked");
                 frame.extend_from_slice(&error);
                 return this.ready(frame);
             }
@@ -354,14 +420,16 @@ impl http_body::Body for WatchBody {
                     continue;
                 }
                 Poll::Ready(None) => {
-                    this.state = State::Done;
                     // Ended by the bus going down: say so, so the client re-watches
                     // elsewhere from its last resourceVersion.
                     if let Some(reason) = this.sub.failure() {
                         let e = ApiError::ServiceUnavailable(reason.to_string());
+                        this.finish("bus_down");
                         frame.extend_from_slice(&e.to_watch_event());
                         return this.ready(frame);
                     }
+                    let why = this.registration.ended().map_or("closed", |e| e.as_str());
+                    this.finish(why);
                     continue;
                 }
                 Poll::Pending => {}
@@ -383,8 +451,29 @@ impl http_body::Body for WatchBody {
             return Poll::Pending;
         }
     }
+}
 
-    fn is_end_stream(&self) -> bool {
-        matches!(self.state, State::Done)
+impl Drop for WatchBody {
+    /// The watch's end in the log, with everything it sent and lost. Drops its client
+    /// was never told of (the queue was full after the last report) are counted here.
+    fn drop(&mut self) {
+        self.counts.dropped_queue_full += self.sub.take_dropped();
+        self.flush_counts();
+        let t = &self.totals;
+        let elapsed = self.started.elapsed();
+        tracing::info!(
+            user = %self.user,
+            resource = %self.resource,
+            namespace = %self.namespace,
+            duration_seconds = elapsed.as_millis() as f64 / 1000.0,
+            sent = t.sent,
+            sent_bytes = t.sent_bytes,
+            truncated = t.truncated,
+            dropped = t.dropped_budget + t.dropped_queue_full,
+            dropped_budget = t.dropped_budget,
+            dropped_queue_full = t.dropped_queue_full,
+            reason = %self.end.unwrap_or(if self.in_poll { "panic" } else { "client_closed" }),
+            "watch ended"
+        );
     }
 }

@@ -241,8 +241,11 @@ pub struct WatchCtx {
     pub guard: WatchGuard,
     /// `Some` for a Table watch (`Accept: …;as=Table;…`).
     pub format: Option<Format>,
-    /// Who watches, for the per-user limit on open watches.
+    /// Who watches, for the per-user limit on open watches and the log.
     pub user: std::sync::Arc<str>,
+    /// What is watched, for the log: the resource and the namespace ("" for all).
+    pub resource: &'static str,
+    pub namespace: String,
 }
 
 /// Start a watch of `scope`, taking one of the server's watch slots. Errors found before

@@ -13,7 +13,7 @@
 //! (the client then re-watches from its last resourceVersion).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -76,6 +76,27 @@ impl Open {
     }
 }
 
+/// Why a watch was ended from outside, for the line its end leaves in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Ended {
+    /// Its client took nothing for the stall limit.
+    Stalled = 1,
+    /// The server is shutting down.
+    ShutDown = 2,
+}
+
+impl Ended {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ended::Stalled => "stalled",
+            Ended::ShutDown => "shutdown",
+        }
+    }
+}
+
+const NOT_ENDED: u8 = 0;
+
 /// What the sweeper knows of one watch, shared with its body.
 struct Entry {
     /// When the body was last polled (ms since `epoch`).
@@ -84,6 +105,8 @@ struct Entry {
     backlog: AtomicBool,
     /// Ended from outside (stalled, or shutdown): the body ends at its next poll.
     ended: AtomicBool,
+    /// Why it was ended from outside: one of `Ended`'s values, or `NOT_ENDED`.
+    why: AtomicU8,
     /// The `last_poll` at which the sweeper first found it stalled; it is ended only if
     /// still unpolled at the next sweep, so a watch woken just before a sweep is spared.
     suspect: AtomicU64,
@@ -140,6 +163,11 @@ impl Watches {
             last_poll: AtomicU64::new(self.millis(Instant::now())),
             backlog: AtomicBool::new(false),
             ended: AtomicBool::new(open.shut_down),
+            why: AtomicU8::new(if open.shut_down {
+                Ended::ShutDown as u8
+            } else {
+                NOT_ENDED
+            }),
             suspect: AtomicU64::new(u64::MAX),
             closer,
             stalled,
@@ -170,6 +198,7 @@ impl Watches {
             open.entries.values().cloned().collect()
         };
         for entry in entries {
+            entry.why.store(Ended::ShutDown as u8, Ordering::Relaxed);
             entry.ended.store(true, Ordering::Relaxed);
             entry.closer.close();
         }
@@ -217,10 +246,13 @@ impl Watches {
             }
         }
         for e in stalled {
+            // The watch's own end line follows when its stream is next polled or dropped.
             tracing::info!(
+                user = %e.user,
                 stall_limit = ?self.inner.stall_limit,
-                "watch ended: its client took nothing for too long"
+                "watch stalled: its client took nothing for too long; ending it"
             );
+            e.why.store(Ended::Stalled as u8, Ordering::Relaxed);
             e.ended.store(true, Ordering::Relaxed);
             e.stalled.inc();
             e.closer.close();
@@ -246,6 +278,15 @@ impl Registration {
             .last_poll
             .store(self.watches.millis(now), Ordering::Relaxed);
         !self.entry.ended.load(Ordering::Relaxed)
+    }
+
+    /// Why the watch was ended from outside, if it was.
+    pub fn ended(&self) -> Option<Ended> {
+        match self.entry.why.load(Ordering::Relaxed) {
+            1 => Some(Ended::Stalled),
+            2 => Some(Ended::ShutDown),
+            _ => None,
+        }
     }
 
     /// Whether the body still holds events it has not handed over; set as each poll
