@@ -310,6 +310,15 @@ impl Bus {
         self.lock().last_rv
     }
 
+    /// Wait until the bus has reached `rv`, for at most `timeout`. Polls: only a watch
+    /// from a resourceVersion ahead of this replica waits, and only briefly.
+    pub async fn wait_for(&self, rv: u64, timeout: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.resource_version() < rv && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Publish a batch, in order, as one step: a watcher sees all of it or (if it
     /// subscribes later) none of it. Returns the resourceVersion of the last event.
     pub fn publish(&self, events: Vec<Event>) -> u64 {

@@ -221,6 +221,35 @@ async fn resume_from_a_resource_version_and_expire() {
         expired.next().await.is_none(),
         "the stream ends after the ERROR"
     );
+
+    // A resourceVersion the bus has not reached: waited for a moment (a replica behind
+    // another catches up), then "too large", and the client lists again; an event that
+    // arrives while it waits is delivered.
+    let from7 = format!("{EVENTS}?watch=1&resourceVersion=7");
+    let ahead = admin.watch(&from7);
+    let push = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        srv.push_events(&[event("a-4", None, "get"), event("a-5", None, "get")])
+            .await;
+    };
+    let (mut ahead, ()) = tokio::join!(ahead, push);
+    assert_eq!(
+        ids(&ahead.added(1).await),
+        ["a-5"],
+        "from rv 7 on: only rv 8"
+    );
+    let mut too_large = admin
+        .watch(&format!("{EVENTS}?watch=1&resourceVersion=100"))
+        .await;
+    let err = too_large.next().await.unwrap();
+    assert_eq!(err["type"], "ERROR");
+    assert_eq!(err["object"]["code"], 504);
+    assert_eq!(err["object"]["reason"], "Timeout");
+    assert_eq!(
+        err["object"]["details"]["causes"][0]["reason"],
+        "ResourceVersionTooLarge"
+    );
+    assert!(too_large.next().await.is_none());
 }
 
 #[tokio::test]

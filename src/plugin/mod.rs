@@ -114,21 +114,7 @@ async fn tail(api: &Api, printer: &mut Printer, args: &TailArgs) -> Result<(), E
     // Whether the server ever answered: until it has, an unreachable one is an error, as
     // for kubectl, not an outage to wait out.
     let mut answered = args.since_rv.is_none();
-    let mut renewing = false;
     loop {
-        if renewing {
-            match restarted(api, printer, &mut state, selector, rv).await {
-                Ok(Some(now)) => rv = now,
-                Ok(None) => {}
-                Err(Error::Connect(e)) => {
-                    state.lost(&e, rv);
-                    tokio::time::sleep(backoff.next()).await;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        renewing = true;
         let mut watch = match api.watch(selector, rv, args.watch_timeout_seconds()).await {
             Ok(w) => w,
             Err(ApiFailure::Refused(status)) => return Err(api.refused(&status)),
@@ -174,6 +160,22 @@ async fn tail(api: &Api, printer: &mut Printer, args: &TailArgs) -> Result<(), E
                     match resume_after_gone(api, printer, &mut state, selector, &status, rv).await {
                         Ok(now) => rv = now,
                         // The next watch from the same place meets the same 410.
+                        Err(Error::Connect(e)) => {
+                            state.lost(&e, rv);
+                            tokio::time::sleep(backoff.next()).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    break;
+                }
+                // A resourceVersion the server has not reached, even after waiting for it:
+                // it restarted and numbers from the start again (memory bus). With
+                // several replicas, one a moment behind waits instead, so a replica that
+                // lags is never taken for a restart.
+                Ok(Some(api::WatchEvent::Error(status))) if status.code == Some(504) => {
+                    match restarted(api, printer, &mut state, selector, rv).await {
+                        Ok(Some(now)) => rv = now,
+                        Ok(None) => {}
                         Err(Error::Connect(e)) => {
                             state.lost(&e, rv);
                             tokio::time::sleep(backoff.next()).await;
@@ -243,9 +245,9 @@ async fn resume_after_gone(
     Ok(rv)
 }
 
-/// Before a watch is renewed: a server that restarted has lost its in-memory history
-/// and counts resourceVersions from the start again, so watching from ours would skip
-/// what it took in since. Then say so, print what it holds, and return where to watch from.
+/// After a watch was answered "too large resourceVersion": a server that restarted has
+/// lost its in-memory history and counts resourceVersions from the start again. Then say
+/// so, print what it holds, and return where to watch from.
 async fn restarted(
     api: &Api,
     printer: &mut Printer,

@@ -72,6 +72,20 @@ impl App {
             attrs.user = Arc::new(self.authenticate(&req, peer).await?);
             self.authorize(&attrs).await?;
         }
+        if watch && attrs.resource_request {
+            // As kube-apiserver does, a watch from a resourceVersion not reached yet waits
+            // a moment for it (a replica a few events behind another, with --bus=nats);
+            // still not reached, it is answered "too large" and the client lists again.
+            let query = watch::Query::parse(req.uri().query())?;
+            if let Some(rv) = query
+                .resource_version
+                .filter(|_| !query.sends_initial_events())
+            {
+                app.bus
+                    .wait_for(rv, watch::FUTURE_RESOURCE_VERSION_WAIT)
+                    .await;
+            }
+        }
         self.dispatch(req, attrs)
     }
 

@@ -264,12 +264,16 @@ pub fn serve(
     };
     // A WatchList starts with the whole window: its resourceVersion only bounds how old
     // that state may be, and any state is at least as new as one we have reached.
+    // A WatchList's resourceVersion bounds how old its state may be; a watch's is where it
+    // starts. Either way, one this bus has not reached (after the router's wait) is too
+    // large: the client lists again. In memory mode, that is a watch resumed across a
+    // restart, whose numbering started over.
+    let current = bus.resource_version();
+    if let Some(requested) = query.resource_version.filter(|rv| *rv > current) {
+        let e = ApiError::TooLargeResourceVersion { requested, current };
+        return Ok(stream_response(crate::reply::full(e.to_watch_event())));
+    }
     let since = if query.sends_initial_events() {
-        let current = bus.resource_version();
-        if let Some(requested) = query.resource_version.filter(|rv| *rv > current) {
-            let e = ApiError::TooLargeResourceVersion { requested, current };
-            return Ok(stream_response(crate::reply::full(e.to_watch_event())));
-        }
         Some(0)
     } else {
         query.resource_version
@@ -302,6 +306,10 @@ fn stream_response(body: Body) -> Response<Body> {
     );
     resp
 }
+
+/// How long a watch from a resourceVersion not reached yet waits for it (kube-apiserver
+/// waits up to 3 s for its cache to catch up).
+pub const FUTURE_RESOURCE_VERSION_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A `BOOKMARK` line; with `dropped`, the count of events lost since the last one.
 pub fn bookmark(resource_version: u64, dropped: Option<u64>) -> Bytes {
