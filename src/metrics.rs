@@ -338,6 +338,35 @@ impl Drop for WatchGuard {
     }
 }
 
+/// `cache.try_get_with(key, fetch)` (one fetch for concurrent misses of a key), counting
+/// the lookup in `lookups` as a `hit`, or a `miss` when `fetch` ran.
+pub async fn cached<K, V, E, F>(
+    cache: &moka::future::Cache<K, V>,
+    key: K,
+    fetch: F,
+    lookups: &IntCounterVec,
+) -> Result<V, std::sync::Arc<E>>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    F: std::future::Future<Output = Result<V, E>>,
+{
+    let missed = std::sync::atomic::AtomicBool::new(false);
+    let fetch = async {
+        missed.store(true, Ordering::Relaxed);
+        fetch.await
+    };
+    let answer = cache.try_get_with(key, fetch).await;
+    let lookup = if missed.load(Ordering::Relaxed) {
+        "miss"
+    } else {
+        "hit"
+    };
+    lookups.with_label_values(&[lookup]).inc();
+    answer
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

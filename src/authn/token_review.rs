@@ -105,19 +105,10 @@ impl Authenticator for TokenReviewer {
             return Ok(None);
         };
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let missed = std::sync::atomic::AtomicBool::new(false);
-        let review = async {
-            missed.store(true, std::sync::atomic::Ordering::Relaxed);
-            self.review(token).await
-        };
-        let answer = self.cache.try_get_with(key, review).await;
-        let lookup = if missed.load(std::sync::atomic::Ordering::Relaxed) {
-            "miss"
-        } else {
-            "hit"
-        };
-        self.cache_lookups.with_label_values(&[lookup]).inc();
-        let answer = answer.map_err(Error::Shared)?;
+        let review = self.review(token);
+        let answer = crate::metrics::cached(&self.cache, key, review, &self.cache_lookups)
+            .await
+            .map_err(Error::Shared)?;
         match answer {
             Some(user) => Ok(Some((*user).clone())),
             None => Err(Error::InvalidToken),

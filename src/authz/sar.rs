@@ -149,19 +149,10 @@ impl Authorizer for SubjectAccessReviewer {
         let spec = spec(a);
         // The spec names everything the answer depends on, so it is the cache key.
         let key = serde_json::to_string(&spec).map_err(Error::Encode)?;
-        let missed = std::sync::atomic::AtomicBool::new(false);
-        let review = async {
-            missed.store(true, std::sync::atomic::Ordering::Relaxed);
-            self.review(spec).await
-        };
-        let answer = self.cache.try_get_with(key, review).await;
-        let lookup = if missed.load(std::sync::atomic::Ordering::Relaxed) {
-            "miss"
-        } else {
-            "hit"
-        };
-        self.cache_lookups.with_label_values(&[lookup]).inc();
-        answer.map_err(Error::Shared)
+        let review = self.review(spec);
+        crate::metrics::cached(&self.cache, key, review, &self.cache_lookups)
+            .await
+            .map_err(Error::Shared)
     }
 }
 
