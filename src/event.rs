@@ -245,7 +245,13 @@ pub fn decode_event_list(body: &[u8], source: &str, now: &str) -> Result<Vec<Eve
     };
     // Checked once here, so that serde_json reads a `str` and checks no string again.
     let text = std::str::from_utf8(body)?;
-    let envelope = match ListSeed(&ctx).deserialize(&mut serde_json::Deserializer::from_str(text)) {
+    let mut de = serde_json::Deserializer::from_str(text);
+    // `end`: nothing but whitespace may follow the list, as for any JSON reader
+    // (kube-apiserver's too); without it a body with trailing garbage was taken.
+    let envelope = match ListSeed(&ctx)
+        .deserialize(&mut de)
+        .and_then(|env| de.end().map(|()| env))
+    {
         Ok(envelope) => envelope,
         Err(e) => return Err(ctx.item_error.take().unwrap_or(DecodeError::Json(e))),
     };
@@ -1111,6 +1117,22 @@ mod tests {
                 .to_string();
             assert!(err.contains(want), "{body}: {err}");
         }
+    }
+
+    // Found by the decode_differential fuzz target: the list's closing brace ended the
+    // read, and whatever followed it was never looked at.
+    #[test]
+    fn refuses_trailing_garbage() {
+        let body = format!("{} {{\"x\":1}}", list(&[EV]));
+        let e = decode_event_list(body.as_bytes(), "s", NOW).unwrap_err();
+        assert!(matches!(e, DecodeError::Json(_)), "{e}");
+        let spaced = format!("{}\n \t", list(&[EV]));
+        assert_eq!(
+            decode_event_list(spaced.as_bytes(), "s", NOW)
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]
