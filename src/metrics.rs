@@ -30,6 +30,9 @@ pub struct Metrics {
     bus_dropped: IntCounter,
     bus_window_events: IntGauge,
     bus_window_bytes: IntGauge,
+    connections: IntGauge,
+    refused: IntCounterVec,
+    runtime_alive_tasks: IntGauge,
     /// Serialises scrapes so the copy of bus counters never adds the same delta twice.
     scrape: Mutex<()>,
 }
@@ -139,9 +142,39 @@ impl Metrics {
                 "window_bytes",
                 "Bytes in the replay window."
             ))),
+            connections: reg!(IntGauge::with_opts(opts(
+                "server",
+                "connections",
+                "Open client connections (TCP accepted, TLS handshake included)."
+            ))),
+            refused: reg!(IntCounterVec::new(
+                opts(
+                    "server",
+                    "refused_total",
+                    "Connections closed or requests refused by a limit, by which one."
+                ),
+                &["limit"]
+            )),
+            runtime_alive_tasks: reg!(IntGauge::with_opts(opts(
+                "runtime",
+                "alive_tasks",
+                "Tasks alive in the server's async runtime, read at scrape time."
+            ))),
             registry,
             scrape: Mutex::new(()),
         }
+    }
+
+    /// Count an open connection until the guard is dropped.
+    pub fn connection_opened(&self) -> ConnectionGuard {
+        self.connections.inc();
+        ConnectionGuard(self.connections.clone())
+    }
+
+    /// Count a connection closed or a request refused by `limit` (`tls_handshake_timeout`,
+    /// `request_header_timeout`, `header_bytes`, `url_bytes`, `ingest_inflight`, …).
+    pub fn refused(&self, limit: &'static str) {
+        self.refused.with_label_values(&[limit]).inc();
     }
 
     /// Counts the panics caught at `place` (`handler` or `watch`).
@@ -203,6 +236,10 @@ impl Metrics {
             .set(bus.window_events.load(Ordering::Relaxed) as i64);
         self.bus_window_bytes
             .set(bus.window_bytes.load(Ordering::Relaxed) as i64);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            self.runtime_alive_tasks
+                .set(i64::try_from(rt.metrics().num_alive_tasks()).unwrap_or(i64::MAX));
+        }
         let mut out = vec![];
         // Encoding into a Vec only fails on invalid metric families, which we never build.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
@@ -213,6 +250,15 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Held by a connection for its lifetime.
+pub struct ConnectionGuard(IntGauge);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
