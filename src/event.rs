@@ -529,6 +529,8 @@ struct Known<'a> {
     annotations: Option<&'a RawValue>,
     timestamps: [Option<&'a RawValue>; 3],
     has_bodies: bool,
+    /// Which of `BODY_FIELDS` were seen.
+    bodies_seen: [bool; 2],
 }
 
 impl<'a> Known<'a> {
@@ -549,6 +551,12 @@ impl<'a> Known<'a> {
                 "requestReceivedTimestamp" => &mut k.timestamps[1],
                 "timestamp" => &mut k.timestamps[2],
                 b if BODY_FIELDS.contains(&b) => {
+                    // Twice, the truncated form would keep one copy: refused, as a
+                    // routed field twice is.
+                    let i = usize::from(b == BODY_FIELDS[1]);
+                    if std::mem::replace(&mut k.bodies_seen[i], true) {
+                        return Err(format!("duplicate field {key:?}"));
+                    }
                     k.has_bodies |= raw.get() != "null";
                     continue;
                 }
@@ -662,8 +670,7 @@ fn decode_event<'a>(
         out.push(b':');
         write_raw(out, value, ctx.multiline);
         if k.has_bodies && BODY_FIELDS.contains(&key) {
-            // Two body fields at most: a third would be a duplicate key, which is kept
-            // whole in the line and left in the truncated form.
+            // Two body fields at most: `Known::find` refused a repeated one.
             if let Some(slot) = cut.get_mut(cuts) {
                 *slot = start..out.len();
                 cuts += 1;
@@ -1116,6 +1123,21 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(want), "{body}: {err}");
+        }
+    }
+
+    // Found by the decode_differential fuzz target: a second `responseObject` was left
+    // in the truncated form, which promises none.
+    #[test]
+    fn refuses_a_repeated_body_field() {
+        for field in BODY_FIELDS {
+            let item = EV.replacen('{', &format!(r#"{{"{field}":{{"a":1}},"#), 1);
+            let e = decode_event_list(list(&[&item]).as_bytes(), "s", NOW).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("items[0]: duplicate field {field:?}"),
+                "{field}"
+            );
         }
     }
 
