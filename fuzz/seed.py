@@ -52,6 +52,13 @@ def decoder_seeds():
     yield '{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{"auditID":"a","stage":"ResponseComplete","level":"Metadata","auditID":"b"}]}'
     yield '{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{"auditID":"a\\u0000\\"","stage":"ResponseComplete","level":"Metadata","annotations":{"audit.k8s.io/truncated":"x","z":"1"},"requestObject":{"a":[1,2.5e3,"\\n"]}}]}'
     yield '{"kind":"List","apiVersion":"v1","items":[]}'
+    # What fuzzing found, kept as seeds so that every run replays it: a list with data
+    # after it, and an event with responseObject twice.
+    yield '{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[]} {"x":1}'
+    yield (
+        '{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{"auditID":"a","stage":"ResponseComplete",'
+        '"level":"RequestResponse","responseObject":{},"requestObject":{"k":1},"responseObject":{"a":1}}]}'
+    )
 
 
 def main():
@@ -77,6 +84,8 @@ def main():
         "fieldSelector=verb%3Ddelete%2Cuser.username%21%3Dbob&includeObject=Object",
         "labelSelector=a%3Db",
         "timeoutSeconds=-1&limit=-5",
+        # Found by fuzzing: the verb was authorized by the first `watch`, served by the last.
+        "watch=1&watch=0",
     ]:
         put("watch_query", q)
     for r in [

@@ -39,7 +39,8 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 1_000;
 const H2_SEND_BUFFER_BYTES: usize = 256 * 1024;
 /// Headers one HTTP/1.1 request may have (hyper's default is 100, refused 431 above): a
 /// front proxy sends one X-Remote-Group header per group, and kube-apiserver counts
-/// bytes, not headers. The byte cap still bounds the whole head.
+/// bytes, not headers. The byte cap still bounds the whole head. (Above 100, hyper
+/// keeps a request's headers on the heap: an allocation per request, hyper measures ~5 %.)
 const MAX_HEADERS: usize = 1_000;
 /// HTTP/2 pings: a peer that answers none for `H2_KEEP_ALIVE_TIMEOUT` after one is sent
 /// (every `H2_KEEP_ALIVE_INTERVAL`) is gone, and its connection is closed. Go's HTTP/2
