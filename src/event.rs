@@ -1157,6 +1157,21 @@ mod tests {
         );
     }
 
+    // Found by the decode_differential fuzz target, and kept: JSON puts no bound on
+    // numbers, kube-apiserver keeps an event's objects as raw JSON, and so does the line
+    // (serde_json's `Value` cannot hold 1e999; a client that needs it reads it as text).
+    #[test]
+    fn numbers_beyond_f64_are_kept_as_sent() {
+        let item = EV.replace(r#"{"kind":"DeleteOptions"}"#, r#"{"n":2.5e99999}"#);
+        let ev = one(&item, "s");
+        let (head, tail) = ev.parts(false);
+        let line = String::from_utf8([head, b"1", tail].concat()).unwrap();
+        assert!(
+            line.contains(r#""requestObject":{"n":2.5e99999}"#),
+            "{line}"
+        );
+    }
+
     #[test]
     fn refuses_invalid_utf8() {
         let err = decode_event_list(b"{\"kind\":\"Ev\xffent\"}", "", NOW)
