@@ -108,8 +108,7 @@ pub struct SecureServing {
     pub tls_handshake_timeout: Duration,
     /// A client must send each request head (HTTP/1.1), or its connection's first request
     /// (HTTP/2), within this long after it may, else it is disconnected (slowloris).
-    /// kube-apiserver's ReadHeaderTimeout. An idle HTTP/1.1 keep-alive connection is
-    /// closed after it too.
+    /// kube-apiserver's ReadHeaderTimeout.
     #[arg(long, default_value = "32s", value_parser = parse_duration)]
     pub request_header_timeout: Duration,
 }
