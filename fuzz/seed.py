@@ -53,11 +53,15 @@ def decoder_seeds():
     yield '{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{"auditID":"a\\u0000\\"","stage":"ResponseComplete","level":"Metadata","annotations":{"audit.k8s.io/truncated":"x","z":"1"},"requestObject":{"a":[1,2.5e3,"\\n"]}}]}'
     yield '{"kind":"List","apiVersion":"v1","items":[]}'
     # What fuzzing found, kept as seeds so that every run replays it: a list with data
-    # after it, and an event with responseObject twice.
+    # after it, an event with responseObject twice, half a surrogate pair.
     yield '{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[]} {"x":1}'
     yield (
         '{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{"auditID":"a","stage":"ResponseComplete",'
         '"level":"RequestResponse","responseObject":{},"requestObject":{"k":1},"responseObject":{"a":1}}]}'
+    )
+    yield (
+        '{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{"auditID":"a","stage":"ResponseComplete",'
+        '"level":"Metadata","user":{"username":"u","uid":"\\udadd"}}]}'
     )
 
 

@@ -63,6 +63,10 @@ pub enum DecodeError {
     NotEventList { kind: String, api_version: String },
     #[error("items[{index}]: {reason}")]
     Item { index: usize, reason: String },
+    /// `\ud800`…`\udfff` not in a pair: JSON's grammar lets it through, but it is no
+    /// character, and strict readers (serde_json, so kube-rs watchers) refuse the line.
+    #[error("malformed JSON: unpaired surrogate escape at byte {0}")]
+    LoneSurrogate(usize),
 }
 
 /// The fields of an event that routing, field selectors and tables read.
@@ -245,6 +249,12 @@ pub fn decode_event_list(body: &[u8], source: &str, now: &str) -> Result<Vec<Eve
     };
     // Checked once here, so that serde_json reads a `str` and checks no string again.
     let text = std::str::from_utf8(body)?;
+    // Values are copied as raw text, which serde_json checks for syntax only; a string
+    // escape that is half a surrogate pair would reach every watcher. kube-apiserver
+    // never writes one (Go escapes bad UTF-8 as \ufffd), so the search is all it costs.
+    if let Some(at) = lone_surrogate(text) {
+        return Err(DecodeError::LoneSurrogate(at));
+    }
     let mut de = serde_json::Deserializer::from_str(text);
     // `end`: nothing but whitespace may follow the list, as for any JSON reader
     // (kube-apiserver's too); without it a body with trailing garbage was taken.
@@ -264,6 +274,57 @@ pub fn decode_event_list(body: &[u8], source: &str, now: &str) -> Result<Vec<Eve
         });
     }
     Ok(envelope.items)
+}
+
+/// The byte offset of the first `\uXXXX` escape that is half a surrogate pair without its
+/// other half; `None` when there is none (at once when no `\u` is followed by `d`).
+/// Written by hand: serde_json has no strict check that keeps the text as it is.
+fn lone_surrogate(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    let maybe =
+        memchr::memmem::find_iter(b, br"\u").any(|i| matches!(b.get(i + 2), Some(b'd' | b'D')));
+    if !maybe {
+        return None;
+    }
+    let hex4 = |i: usize| -> Option<u16> {
+        let s = text.get(i..i + 4)?;
+        u16::from_str_radix(s, 16).ok()
+    };
+    let (mut i, mut in_string) = (0, false);
+    while i < b.len() {
+        match (in_string, b[i]) {
+            (false, b'"') => in_string = true,
+            (true, b'"') => in_string = false,
+            (true, b'\\') if b.get(i + 1) == Some(&b'u') => {
+                let unit = hex4(i + 2).unwrap_or(0);
+                match unit {
+                    0xD800..=0xDBFF => {
+                        let low = (b.get(i + 6) == Some(&b'\\') && b.get(i + 7) == Some(&b'u'))
+                            .then(|| hex4(i + 8))
+                            .flatten();
+                        if !matches!(low, Some(0xDC00..=0xDFFF)) {
+                            return Some(i);
+                        }
+                        i += 12;
+                        continue;
+                    }
+                    0xDC00..=0xDFFF => return Some(i),
+                    _ => {
+                        i += 6;
+                        continue;
+                    }
+                }
+            }
+            // Any other escape is two bytes; skipping both keeps `\\` from starting one.
+            (true, b'\\') => {
+                i += 2;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// What a batch's decode shares: the push's constants, the first item error (serde only
@@ -1170,6 +1231,31 @@ mod tests {
             line.contains(r#""requestObject":{"n":2.5e99999}"#),
             "{line}"
         );
+    }
+
+    // Found by the decode_differential fuzz target: a lone `\udadd` went out in the line,
+    // which serde_json (kube-rs) then refused to read.
+    #[test]
+    fn refuses_an_unpaired_surrogate_escape() {
+        for (value, bad) in [
+            (r#""\udadd""#, true),
+            (r#""x\uDC00""#, true),
+            (r#""\ud83d\u0041""#, true),
+            (r#""\ud83d\ude00 ok""#, false),
+            (r#""\\udadd is text""#, false),
+            (r#""\u00e9""#, false),
+        ] {
+            let item = EV.replace(
+                r#""verb":"delete""#,
+                &format!(r#""verb":"delete","note":{value}"#),
+            );
+            let got = decode_event_list(list(&[&item]).as_bytes(), "s", NOW);
+            assert_eq!(
+                matches!(got, Err(DecodeError::LoneSurrogate(_))),
+                bad,
+                "{value}: {got:?}"
+            );
+        }
     }
 
     #[test]

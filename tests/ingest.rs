@@ -113,6 +113,12 @@ async fn malformed_bodies_get_400_and_the_server_stays_healthy() {
             )],
         )
         .into_bytes(),
+        // And a string escape that is half a surrogate pair (strict readers refuse it).
+        fixtures::event_list(
+            "audit.k8s.io/v1",
+            &[fixtures::event("half-1", None, "get").replacen('{', r#"{"note":"\udadd","#, 1)],
+        )
+        .into_bytes(),
     ] {
         let (code, status) = pusher.push("", body).await;
         assert_eq!(code, StatusCode::BAD_REQUEST, "{status}");
