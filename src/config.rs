@@ -96,6 +96,25 @@ pub struct SecureServing {
     /// Where the self-signed certificate is kept when --tls-cert-file is not given.
     #[arg(long)]
     pub cert_dir: Option<PathBuf>,
+    /// Largest request head (request line and headers), in bytes; a larger one is
+    /// answered 431. kube-apiserver's (Go's default MaxHeaderBytes): a front proxy's
+    /// X-Remote-Group headers for a user in many groups must fit.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_request_header_bytes: usize,
+    /// Longest request URL (path and query), in bytes; a longer one is answered 414. The
+    /// longest URL this API means is a watch with a field selector on every field and a
+    /// continue token, under 2 KiB; longer is not a request but a payload.
+    #[arg(long, default_value_t = 16 << 10)]
+    pub max_url_bytes: usize,
+    /// A client that has not finished the TLS handshake in this long is disconnected.
+    /// Handshakes take milliseconds; the rest is a client holding a connection slot.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub tls_handshake_timeout: Duration,
+    /// A client must send each request head (HTTP/1.1), or its connection's first request
+    /// (HTTP/2), within this long after it may, else it is disconnected (slowloris).
+    /// kube-apiserver's ReadHeaderTimeout.
+    #[arg(long, default_value = "32s", value_parser = parse_duration)]
+    pub request_header_timeout: Duration,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -182,6 +201,16 @@ pub struct Ingest {
     /// Largest accepted ingest body, in bytes.
     #[arg(long, default_value_t = 32 << 20)]
     pub max_request_bytes: u64,
+    /// Ingest requests handled at once, all pushers together; one more is answered 429
+    /// with Retry-After (kube-apiserver's --max-mutating-requests-inflight; the webhook
+    /// backend retries). Three apiservers at the webhook's default throttle burst (15
+    /// batches each) fit; each request in flight may hold --max-request-bytes.
+    #[arg(long, default_value_t = 64)]
+    pub max_ingest_inflight: usize,
+    /// Ingest requests at once from one pusher (certificate CN, token user, or address),
+    /// so that one apiserver retrying in a loop cannot take every slot from the others.
+    #[arg(long, default_value_t = 16)]
+    pub max_ingest_inflight_per_pusher: usize,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -328,12 +357,25 @@ pub struct IngestSettings {
     pub client_ca_file: Option<PathBuf>,
     pub allowed_names: Vec<String>,
     pub max_request_bytes: u64,
+    /// Ingest requests in flight at most, in all and per pusher.
+    pub max_inflight: usize,
+    pub max_inflight_per_pusher: usize,
+}
+
+/// What one connection and one request head may take.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub max_request_header_bytes: usize,
+    pub max_url_bytes: usize,
+    pub tls_handshake_timeout: Duration,
+    pub request_header_timeout: Duration,
 }
 
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    pub limits: ConnectionLimits,
     pub cert: tls::CertSource,
     pub token_auth: Option<Source>,
     pub client_certs: ClientCertSettings,
@@ -493,6 +535,7 @@ impl ServeArgs {
         let ingest = self.ingest.validate(dev)?;
         Ok(Settings {
             listen,
+            limits: self.serving.limits()?,
             cert,
             token_auth,
             client_certs,
@@ -542,7 +585,43 @@ fn self_signed_hosts(ip: IpAddr) -> Vec<String> {
     hosts
 }
 
+/// Below this no client's ordinary request head fits (a bearer token and a few headers);
+/// above it HTTP/2's header list size setting (a u32, with room for the check's margin)
+/// cannot say it.
+const REQUEST_HEADER_BYTES: std::ops::RangeInclusive<usize> = 4096..=(256 << 20);
+
 impl SecureServing {
+    fn limits(&self) -> Result<ConnectionLimits, Error> {
+        if !REQUEST_HEADER_BYTES.contains(&self.max_request_header_bytes) {
+            return Err(err(
+                "--max-request-header-bytes",
+                format!(
+                    "must be from {} to {}",
+                    REQUEST_HEADER_BYTES.start(),
+                    REQUEST_HEADER_BYTES.end()
+                ),
+            ));
+        }
+        // (A URL above --max-request-header-bytes meets that limit first.)
+        if self.max_url_bytes < 256 {
+            return Err(err("--max-url-bytes", "must be at least 256"));
+        }
+        for (flag, d) in [
+            ("--tls-handshake-timeout", self.tls_handshake_timeout),
+            ("--request-header-timeout", self.request_header_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(err(flag, "must be > 0"));
+            }
+        }
+        Ok(ConnectionLimits {
+            max_request_header_bytes: self.max_request_header_bytes,
+            max_url_bytes: self.max_url_bytes,
+            tls_handshake_timeout: self.tls_handshake_timeout,
+            request_header_timeout: self.request_header_timeout,
+        })
+    }
+
     fn validate(&self, dev: bool) -> Result<SocketAddr, Error> {
         let ip = match (self.bind_address, dev) {
             (Some(ip), true) if !ip.is_loopback() => {
@@ -563,6 +642,17 @@ impl Ingest {
     fn validate(&self, dev: bool) -> Result<IngestSettings, Error> {
         if self.max_request_bytes == 0 {
             return Err(err("--max-request-bytes", "must be > 0"));
+        }
+        for (flag, value) in [
+            ("--max-ingest-inflight", self.max_ingest_inflight),
+            (
+                "--max-ingest-inflight-per-pusher",
+                self.max_ingest_inflight_per_pusher,
+            ),
+        ] {
+            if value == 0 {
+                return Err(err(flag, "must be > 0"));
+            }
         }
         match (
             &self.ingest_client_ca_file,
@@ -594,6 +684,8 @@ impl Ingest {
             client_ca_file: self.ingest_client_ca_file.clone(),
             allowed_names: self.ingest_allowed_names.clone(),
             max_request_bytes: self.max_request_bytes,
+            max_inflight: self.max_ingest_inflight,
+            max_inflight_per_pusher: self.max_ingest_inflight_per_pusher,
         })
     }
 }
@@ -770,6 +862,26 @@ mod tests {
             (
                 vec!["--dev", "--max-watchers-per-user", "0"],
                 "--max-watchers-per-user: must be > 0",
+            ),
+            (
+                vec!["--dev", "--max-request-header-bytes", "100"],
+                "--max-request-header-bytes: must be from 4096",
+            ),
+            (
+                vec!["--dev", "--max-url-bytes", "10"],
+                "--max-url-bytes: must be at least 256",
+            ),
+            (
+                vec!["--dev", "--request-header-timeout", "0s"],
+                "--request-header-timeout: must be > 0",
+            ),
+            (
+                vec!["--dev", "--tls-handshake-timeout", "soon"],
+                "error: invalid value 'soon' for '--tls-handshake-timeout",
+            ),
+            (
+                vec!["--dev", "--max-ingest-inflight-per-pusher", "0"],
+                "--max-ingest-inflight-per-pusher: must be > 0",
             ),
             (
                 vec!["--dev", "--ingest-client-ca-file", "ca"],

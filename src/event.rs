@@ -76,6 +76,10 @@ pub enum DecodeError {
     NotEventList { kind: String, api_version: String },
     #[error("items[{index}]: {reason}")]
     Item { index: usize, reason: String },
+    /// `\ud800`…`\udfff` not in a pair: JSON's grammar lets it through, but it is no
+    /// character, and strict readers (serde_json, so kube-rs watchers) refuse the line.
+    #[error("malformed JSON: unpaired surrogate escape at byte {0}")]
+    LoneSurrogate(usize),
 }
 
 /// The fields of an event that routing, field selectors and tables read.
@@ -266,7 +270,19 @@ pub fn decode_event_list(body: &[u8], source: &str, now: &str) -> Result<Vec<Eve
     };
     // Checked once here, so that serde_json reads a `str` and checks no string again.
     let text = std::str::from_utf8(body)?;
-    let envelope = match ListSeed(&ctx).deserialize(&mut serde_json::Deserializer::from_str(text)) {
+    // Values are copied as raw text, which serde_json checks for syntax only; a string
+    // escape that is half a surrogate pair would reach every watcher. kube-apiserver
+    // never writes one (Go escapes bad UTF-8 as \ufffd), so the search is all it costs.
+    if let Some(at) = lone_surrogate(text) {
+        return Err(DecodeError::LoneSurrogate(at));
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    // `end`: nothing but whitespace may follow the list, as for any JSON reader
+    // (kube-apiserver's too); without it a body with trailing garbage was taken.
+    let envelope = match ListSeed(&ctx)
+        .deserialize(&mut de)
+        .and_then(|env| de.end().map(|()| env))
+    {
         Ok(envelope) => envelope,
         Err(e) => return Err(ctx.item_error.take().unwrap_or(DecodeError::Json(e))),
     };
@@ -279,6 +295,57 @@ pub fn decode_event_list(body: &[u8], source: &str, now: &str) -> Result<Vec<Eve
         });
     }
     Ok(envelope.items)
+}
+
+/// The byte offset of the first `\uXXXX` escape that is half a surrogate pair without its
+/// other half; `None` when there is none (at once when no `\u` is followed by `d`).
+/// Written by hand: serde_json has no strict check that keeps the text as it is.
+fn lone_surrogate(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    let maybe =
+        memchr::memmem::find_iter(b, br"\u").any(|i| matches!(b.get(i + 2), Some(b'd' | b'D')));
+    if !maybe {
+        return None;
+    }
+    let hex4 = |i: usize| -> Option<u16> {
+        let s = text.get(i..i + 4)?;
+        u16::from_str_radix(s, 16).ok()
+    };
+    let (mut i, mut in_string) = (0, false);
+    while i < b.len() {
+        match (in_string, b[i]) {
+            (false, b'"') => in_string = true,
+            (true, b'"') => in_string = false,
+            (true, b'\\') if b.get(i + 1) == Some(&b'u') => {
+                let unit = hex4(i + 2).unwrap_or(0);
+                match unit {
+                    0xD800..=0xDBFF => {
+                        let low = (b.get(i + 6) == Some(&b'\\') && b.get(i + 7) == Some(&b'u'))
+                            .then(|| hex4(i + 8))
+                            .flatten();
+                        if !matches!(low, Some(0xDC00..=0xDFFF)) {
+                            return Some(i);
+                        }
+                        i += 12;
+                        continue;
+                    }
+                    0xDC00..=0xDFFF => return Some(i),
+                    _ => {
+                        i += 6;
+                        continue;
+                    }
+                }
+            }
+            // Any other escape is two bytes; skipping both keeps `\\` from starting one.
+            (true, b'\\') => {
+                i += 2;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// What a batch's decode shares: the push's constants, the first item error (serde only
@@ -544,6 +611,8 @@ struct Known<'a> {
     annotations: Option<&'a RawValue>,
     timestamps: [Option<&'a RawValue>; 3],
     has_bodies: bool,
+    /// Which of `BODY_FIELDS` were seen.
+    bodies_seen: [bool; 2],
 }
 
 impl<'a> Known<'a> {
@@ -564,6 +633,12 @@ impl<'a> Known<'a> {
                 "requestReceivedTimestamp" => &mut k.timestamps[1],
                 "timestamp" => &mut k.timestamps[2],
                 b if BODY_FIELDS.contains(&b) => {
+                    // Twice, the truncated form would keep one copy: refused, as a
+                    // routed field twice is.
+                    let i = usize::from(b == BODY_FIELDS[1]);
+                    if std::mem::replace(&mut k.bodies_seen[i], true) {
+                        return Err(format!("duplicate field {key:?}"));
+                    }
                     k.has_bodies |= raw.get() != "null";
                     continue;
                 }
@@ -681,8 +756,7 @@ fn decode_event<'a>(
         out.push(b':');
         write_raw(out, value, ctx.multiline);
         if k.has_bodies && BODY_FIELDS.contains(&key) {
-            // Two body fields at most: a third would be a duplicate key, which is kept
-            // whole in the line and left in the truncated form.
+            // Two body fields at most: `Known::find` refused a repeated one.
             if let Some(slot) = cut.get_mut(cuts) {
                 *slot = start..out.len();
                 cuts += 1;
@@ -1145,6 +1219,77 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(want), "{body}: {err}");
+        }
+    }
+
+    // Found by the decode_differential fuzz target: a second `responseObject` was left
+    // in the truncated form, which promises none.
+    #[test]
+    fn refuses_a_repeated_body_field() {
+        for field in BODY_FIELDS {
+            let item = EV.replacen('{', &format!(r#"{{"{field}":{{"a":1}},"#), 1);
+            let e = decode_event_list(list(&[&item]).as_bytes(), "s", NOW).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("items[0]: duplicate field {field:?}"),
+                "{field}"
+            );
+        }
+    }
+
+    // Found by the decode_differential fuzz target: the list's closing brace ended the
+    // read, and whatever followed it was never looked at.
+    #[test]
+    fn refuses_trailing_garbage() {
+        let body = format!("{} {{\"x\":1}}", list(&[EV]));
+        let e = decode_event_list(body.as_bytes(), "s", NOW).unwrap_err();
+        assert!(matches!(e, DecodeError::Json(_)), "{e}");
+        let spaced = format!("{}\n \t", list(&[EV]));
+        assert_eq!(
+            decode_event_list(spaced.as_bytes(), "s", NOW)
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    // Found by the decode_differential fuzz target, and kept: JSON puts no bound on
+    // numbers, kube-apiserver keeps an event's objects as raw JSON, and so does the line
+    // (serde_json's `Value` cannot hold 1e999; a client that needs it reads it as text).
+    #[test]
+    fn numbers_beyond_f64_are_kept_as_sent() {
+        let item = EV.replace(r#"{"kind":"DeleteOptions"}"#, r#"{"n":2.5e99999}"#);
+        let ev = one(&item, "s");
+        let (head, tail) = ev.parts(false);
+        let line = String::from_utf8([head, b"1", tail].concat()).unwrap();
+        assert!(
+            line.contains(r#""requestObject":{"n":2.5e99999}"#),
+            "{line}"
+        );
+    }
+
+    // Found by the decode_differential fuzz target: a lone `\udadd` went out in the line,
+    // which serde_json (kube-rs) then refused to read.
+    #[test]
+    fn refuses_an_unpaired_surrogate_escape() {
+        for (value, bad) in [
+            (r#""\udadd""#, true),
+            (r#""x\uDC00""#, true),
+            (r#""\ud83d\u0041""#, true),
+            (r#""\ud83d\ude00 ok""#, false),
+            (r#""\\udadd is text""#, false),
+            (r#""\u00e9""#, false),
+        ] {
+            let item = EV.replace(
+                r#""verb":"delete""#,
+                &format!(r#""verb":"delete","note":{value}"#),
+            );
+            let got = decode_event_list(list(&[&item]).as_bytes(), "s", NOW);
+            assert_eq!(
+                matches!(got, Err(DecodeError::LoneSurrogate(_))),
+                bad,
+                "{value}: {got:?}"
+            );
         }
     }
 

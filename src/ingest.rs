@@ -1,9 +1,11 @@
 //! `POST /ingest`: the audit webhook backend's push. Asks `authn::pusher` who is pushing,
 //! bounds the body, decodes the `EventList` whole and only then publishes it, so a bad
 //! batch leaves nothing half-published. Never waits on a watcher: `Bus::publish` does not.
+//! Bounds the pushes in flight, in all and per pusher (`InFlight`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -121,6 +123,71 @@ impl SourceLabels {
     }
 }
 
+/// How long a push's body may take to arrive: kube-apiserver's default request timeout.
+/// A pusher trickling its body holds an in-flight slot no longer than this.
+const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// kube-apiserver's max-in-flight answer.
+const TOO_MANY: &str = "Too many requests, please try again later.";
+
+/// Ingest requests in flight, in all and per pusher: kube-apiserver's max-in-flight
+/// filter for mutating requests, with a per-pusher share so that one apiserver retrying
+/// in a loop cannot lock the others out.
+pub struct InFlight {
+    max: usize,
+    per_pusher: usize,
+    state: Arc<Mutex<Counts>>,
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    by_pusher: HashMap<String, usize>,
+}
+
+/// A push's place in flight, given back when dropped.
+pub struct Slot {
+    state: Arc<Mutex<Counts>>,
+    pusher: String,
+}
+
+impl InFlight {
+    pub fn new(max: usize, per_pusher: usize) -> Self {
+        InFlight {
+            max,
+            per_pusher,
+            state: Arc::default(),
+        }
+    }
+
+    /// A slot for `pusher`, or `None` when all slots, or this pusher's share, are taken.
+    pub fn enter(&self, pusher: &str) -> Option<Slot> {
+        let mut c = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = c.by_pusher.get(pusher).copied().unwrap_or(0);
+        if c.total >= self.max || mine >= self.per_pusher {
+            return None;
+        }
+        c.total += 1;
+        *c.by_pusher.entry(pusher.to_owned()).or_default() += 1;
+        Some(Slot {
+            state: self.state.clone(),
+            pusher: pusher.to_owned(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.by_pusher.get_mut(&self.pusher) {
+            *n -= 1;
+            if *n == 0 {
+                c.by_pusher.remove(&self.pusher);
+            }
+        }
+    }
+}
+
 /// The ingest endpoint: who may push, where events go, the size limits. Built once at
 /// start.
 pub struct Ingest {
@@ -132,6 +199,7 @@ pub struct Ingest {
     pub meters: Meters,
     pub max_request_bytes: u64,
     pub max_event_bytes: usize,
+    pub inflight: InFlight,
 }
 
 impl Ingest {
@@ -178,15 +246,31 @@ impl Ingest {
         let started = tokio::time::Instant::now();
         let max_request_bytes = self.max_request_bytes;
         let (parts, body) = req.into_parts();
-        let source = match admit(&parts, peer, &self.gate, max_request_bytes) {
-            Ok(source) => source,
+        let admitted = admit(&parts, peer, &self.gate, max_request_bytes).and_then(|a| match self
+            .inflight
+            .enter(&a.pusher)
+        {
+            Some(slot) => Ok((a.source, slot)),
+            None => {
+                self.metrics.refused("ingest_inflight");
+                Err(ApiError::TooManyRequests(TOO_MANY.into()))
+            }
+        });
+        let (source, _slot) = match admitted {
+            Ok(a) => a,
             Err(e) => {
                 drain(body, max_request_bytes).await;
                 return Err(e);
             }
         };
         let limit = usize::try_from(max_request_bytes).unwrap_or(usize::MAX);
-        let body = match Limited::new(body, limit).collect().await {
+        let collected = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, limit).collect())
+            .await
+            .map_err(|_| {
+                self.metrics.refused("ingest_body_timeout");
+                ApiError::Timeout("request did not complete within the allotted timeout".into())
+            })?;
+        let body = match collected {
             Ok(collected) => collected.to_bytes(),
             Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
                 return Err(ApiError::RequestEntityTooLarge {
@@ -263,24 +347,33 @@ where
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, read).await;
 }
 
+/// Who is pushing (their in-flight share is counted by this name) and the source their
+/// events are annotated with.
+struct Admitted {
+    pusher: String,
+    source: String,
+}
+
 /// Everything decided before the body is read: method, pusher, source, declared size.
 fn admit(
     parts: &http::request::Parts,
     peer: &Peer,
     gate: &Gate,
     max_request_bytes: u64,
-) -> Result<String, ApiError> {
+) -> Result<Admitted, ApiError> {
     if parts.method != Method::POST {
         return Err(ApiError::MethodNotAllowed(format!(
             "the server does not allow this method on the requested resource: {} /ingest (use POST)",
             parts.method
         )));
     }
-    let pusher = gate.admit(&parts.headers, peer)?;
+    let mut pusher = gate.admit(&parts.headers, peer)?;
+    if pusher.is_empty() {
+        pusher = peer.remote_addr.ip().to_string();
+    }
     let source = match query_source(parts.uri.query())? {
         Some(s) => s,
-        None if pusher.is_empty() => peer.remote_addr.ip().to_string(),
-        None => pusher,
+        None => pusher.clone(),
     };
     let declared = parts
         .headers
@@ -292,7 +385,7 @@ fn admit(
             limit: max_request_bytes,
         });
     }
-    Ok(source)
+    Ok(Admitted { pusher, source })
 }
 
 struct Decoded {
@@ -361,6 +454,21 @@ mod tests {
         assert_eq!(&*labels.label("one-too-many"), OTHER_SOURCE);
         // Names already known keep their label.
         assert_eq!(&*labels.label("apiserver-0"), "apiserver-0");
+    }
+
+    #[test]
+    fn in_flight_slots_in_all_and_per_pusher() {
+        let f = InFlight::new(3, 2);
+        let a1 = f.enter("a").expect("a's first");
+        let _a2 = f.enter("a").expect("a's second");
+        assert!(f.enter("a").is_none(), "a's share is 2");
+        let b1 = f.enter("b").expect("b is not held up by a");
+        assert!(f.enter("c").is_none(), "3 in all");
+        drop(a1);
+        let _a3 = f.enter("a").expect("a's slot came back");
+        drop(b1);
+        assert!(!f.state.lock().unwrap().by_pusher.contains_key("b"));
+        let _c = f.enter("c").expect("b's slot came back");
     }
 
     #[test]

@@ -17,6 +17,16 @@ use crate::bus::Stats;
 
 const NS: &str = "kube_audit_stream";
 
+/// The limits `Metrics::refused` counts, by label.
+const LIMITS: [&str; 6] = [
+    "tls_handshake_timeout",
+    "request_header_timeout",
+    "header_bytes",
+    "url_bytes",
+    "ingest_inflight",
+    "ingest_body_timeout",
+];
+
 pub struct Metrics {
     registry: Registry,
     ingest_requests: IntCounterVec,
@@ -36,6 +46,9 @@ pub struct Metrics {
     bus_window_bytes: IntGauge,
     bus_window_oldest: IntGauge,
     bus_window_newest: IntGauge,
+    connections: IntGauge,
+    refused: IntCounterVec,
+    runtime_alive_tasks: IntGauge,
     /// Serialises scrapes so the copy of bus counters never adds the same delta twice.
     scrape: Mutex<()>,
 }
@@ -67,7 +80,7 @@ impl Metrics {
                 m
             }};
         }
-        Metrics {
+        let m = Metrics {
             ingest_requests: reg!(IntCounterVec::new(
                 opts("ingest", "requests_total", "Ingest requests by HTTP code."),
                 &["code"]
@@ -170,9 +183,33 @@ impl Metrics {
                 "window_newest_resource_version",
                 "resourceVersion of the newest event published (0: none yet)."
             ))),
+            connections: reg!(IntGauge::with_opts(opts(
+                "server",
+                "connections",
+                "Open client connections (TCP accepted, TLS handshake included)."
+            ))),
+            refused: reg!(IntCounterVec::new(
+                opts(
+                    "server",
+                    "refused_total",
+                    "Connections closed or requests refused by a limit, by which one."
+                ),
+                &["limit"]
+            )),
+            runtime_alive_tasks: reg!(IntGauge::with_opts(opts(
+                "runtime",
+                "alive_tasks",
+                "Tasks alive in the server's async runtime, read at scrape time."
+            ))),
             registry,
             scrape: Mutex::new(()),
+        };
+        // Every limit's series exists from the start, at 0: a rate or an alert over an
+        // absent series says nothing.
+        for limit in LIMITS {
+            m.refused.with_label_values(&[limit]);
         }
+        m
     }
 
     /// Register a family defined next to what it counts (authn, authz, ingest, router)
@@ -184,6 +221,18 @@ impl Metrics {
             .register(Box::new(family.clone()))
             .expect("metric registered once");
         family
+    }
+
+    /// Count an open connection until the guard is dropped.
+    pub fn connection_opened(&self) -> ConnectionGuard {
+        self.connections.inc();
+        ConnectionGuard(self.connections.clone())
+    }
+
+    /// Count a connection closed or a request refused by `limit` (one of `LIMITS`).
+    pub fn refused(&self, limit: &'static str) {
+        debug_assert!(LIMITS.contains(&limit), "{limit} is not in LIMITS");
+        self.refused.with_label_values(&[limit]).inc();
     }
 
     /// Counts the panics caught at `place` (`handler` or `watch`).
@@ -255,6 +304,10 @@ impl Metrics {
             .set(rv(&bus.window_oldest_resource_version).unwrap_or(i64::MAX));
         self.bus_window_newest
             .set(rv(&bus.window_newest_resource_version).unwrap_or(i64::MAX));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            self.runtime_alive_tasks
+                .set(i64::try_from(rt.metrics().num_alive_tasks()).unwrap_or(i64::MAX));
+        }
         let mut out = vec![];
         // Encoding into a Vec only fails on invalid metric families, which we never build.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
@@ -265,6 +318,15 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Held by a connection for its lifetime.
+pub struct ConnectionGuard(IntGauge);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

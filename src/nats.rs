@@ -13,7 +13,9 @@
 //!
 //! `sequence` is the JetStream sequence of the message that carried the event, `index`
 //! its place in that message (a message carries at most 4096 events: one publish per
-//! batch, not per event), and `created` the stream's creation time in microseconds. The
+//! batch, not per event), and `created` the stream's creation time in microseconds since
+//! 2025 (so that the number fits an `i64`, as Prometheus gauges and JSON readers want it,
+//! until 2096). The
 //! last term is what keeps resourceVersions from going backwards when the stream is lost
 //! (NATS restarted with its memory store) and made again: sequences start over at 1, but
 //! `created` has grown by more than the old stream's sequences could (that would take
@@ -67,6 +69,8 @@ const WIRE_VERSION: u8 = 1;
 const MAX_MESSAGE_BYTES: usize = 1 << 20;
 /// Room for the headers (the message id) beside the payload.
 const HEADERS_ROOM: usize = 1024;
+/// The epoch of `created`: 2025-01-01T00:00:00Z, in microseconds since 1970.
+const EPOCH_MICROS: i128 = 1_735_689_600_000_000;
 /// How long a webhook retry is recognised as one (JetStream's duplicate window). The
 /// webhook backend retries within seconds.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -76,7 +80,7 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 const RETRY: Duration = Duration::from_millis(500);
 
 /// The resourceVersion of the `index`-th event of message `sequence` of the stream made
-/// at `created` (microseconds since the epoch).
+/// at `created` (microseconds since 2025).
 pub fn resource_version(created: u64, sequence: u64, index: u64) -> u64 {
     created
         .saturating_add(sequence)
@@ -337,7 +341,8 @@ impl Inner {
             .info()
             .await
             .map_err(|e| format!("the JetStream stream {:?}: {e}", self.stream))?;
-        let created = u64::try_from(info.created.unix_timestamp_nanos() / 1000).unwrap_or(0);
+        let micros = info.created.unix_timestamp_nanos() / 1000 - EPOCH_MICROS;
+        let created = u64::try_from(micros).unwrap_or(0);
         let (first, last) = (info.state.first_sequence.max(1), info.state.last_sequence);
         let pos = match position {
             Some(p) if p.created == created && p.next >= first => p,
@@ -579,7 +584,7 @@ mod tests {
 
     #[test]
     fn resource_versions_grow_across_messages_and_a_new_stream() {
-        let created = 1_780_000_000_000_000; // 2026, in microseconds
+        let created = 60_000_000_000_000; // 2026, in microseconds since 2025
         let a = resource_version(created, 1, 0);
         assert!(a < resource_version(created, 1, 4095));
         assert!(resource_version(created, 1, 4095) < resource_version(created, 2, 0));
@@ -588,8 +593,9 @@ mod tests {
         assert!(
             resource_version(created + 1_000_000, 1, 0) > resource_version(created, 999_999, 4095)
         );
-        // Fits a u64 for this century.
-        assert!(resource_version(4_102_444_800_000_000, 1 << 40, 4095) < u64::MAX);
+        // Fits an i64 until 2096 (71 years of microseconds, and 2^40 messages).
+        let year_2096 = 71 * 365 * 86_400 * 1_000_000;
+        assert!(resource_version(year_2096, 1 << 40, 4095) < i64::MAX as u64);
     }
 
     #[test]

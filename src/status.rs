@@ -61,6 +61,16 @@ pub enum ApiError {
     RequestEntityTooLarge { limit: u64 },
     #[error("{0}")]
     TooManyRequests(String),
+    /// The request head is over `--max-request-header-bytes`. Kubernetes has no reason
+    /// for 431 (Go's server answers it before any handler): named after the code.
+    #[error("the request headers are too large: limit is {limit} bytes")]
+    RequestHeaderFieldsTooLarge { limit: usize },
+    /// The URL is over `--max-url-bytes`; 414, reason named after the code.
+    #[error("the request URL is too long: limit is {limit} bytes")]
+    RequestUriTooLong { limit: usize },
+    /// The request did not complete in time, as kube-apiserver's timeout filter says it.
+    #[error("Timeout: {0}")]
+    Timeout(String),
     #[error("Internal error occurred: {0}")]
     Internal(String),
     /// This replica cannot serve now (its bus is down); another one can.
@@ -91,6 +101,12 @@ impl ApiError {
                 (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge")
             }
             ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
+            ApiError::RequestHeaderFieldsTooLarge { .. } => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "RequestHeaderFieldsTooLarge",
+            ),
+            ApiError::RequestUriTooLong { .. } => (StatusCode::URI_TOO_LONG, "RequestURITooLong"),
+            ApiError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "Timeout"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
             ApiError::ServiceUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")

@@ -94,6 +94,31 @@ async fn malformed_bodies_get_400_and_the_server_stays_healthy() {
         b"{\"kind\":\"EventList\",\"apiVersion\":\"audit.k8s.io/v1\",\"items\":[".to_vec(),
         fixtures::read("falco/create_secret.json"), // one Event, not an EventList
         b"\xff\xfe not json".to_vec(),
+        // Found by fuzzing: a valid list with something after it, and an event whose
+        // responseObject is there twice (its truncated form would keep one).
+        format!(
+            "{} {{}}",
+            fixtures::event_list(
+                "audit.k8s.io/v1",
+                &[fixtures::event("trailing-1", None, "get")]
+            )
+        )
+        .into_bytes(),
+        fixtures::event_list(
+            "audit.k8s.io/v1",
+            &[fixtures::event("twice-1", None, "get").replacen(
+                '{',
+                r#"{"responseObject":{},"responseObject":{"a":1},"#,
+                1,
+            )],
+        )
+        .into_bytes(),
+        // And a string escape that is half a surrogate pair (strict readers refuse it).
+        fixtures::event_list(
+            "audit.k8s.io/v1",
+            &[fixtures::event("half-1", None, "get").replacen('{', r#"{"note":"\udadd","#, 1)],
+        )
+        .into_bytes(),
     ] {
         let (code, status) = pusher.push("", body).await;
         assert_eq!(code, StatusCode::BAD_REQUEST, "{status}");

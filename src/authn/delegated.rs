@@ -227,48 +227,93 @@ impl Authenticator for RequestHeader {
             tracing::debug!(cn = %id.common_name, "front-proxy certificate CN not allowed; headers ignored");
             return Ok(None);
         }
-        let values = |name: &str| {
-            req.headers
-                .get_all(name)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        };
-        let Some(name) = rh
-            .username_headers
+        Ok(identity_from_headers(
+            req.headers,
+            &rh.username_headers,
+            &rh.group_headers,
+            &rh.extra_prefixes,
+        ))
+    }
+}
+
+/// The identity a front proxy's headers carry: the first non-empty value of the user
+/// name headers, every value of the group headers, and the extra attributes under the
+/// prefixes (keys percent-decoded and lower-cased, as kube-apiserver reads them). `None`
+/// without a user name. Only for a connection whose certificate `RequestHeader` verified;
+/// public so that the fuzz targets can drive it with arbitrary headers.
+pub fn identity_from_headers(
+    headers: &http::HeaderMap,
+    username_headers: &[String],
+    group_headers: &[String],
+    extra_prefixes: &[String],
+) -> Option<UserInfo> {
+    // Non-empty values, as kube-apiserver's requestheader reads them. UTF-8 is taken
+    // (`HeaderValue::to_str` takes visible ASCII only, and would drop a user named José);
+    // other bytes cannot be a Kubernetes user or group name.
+    let values = |name: &str| {
+        headers
+            .get_all(name)
             .iter()
-            .flat_map(|h| values(h))
-            .find(|v| !v.is_empty())
-        else {
-            return Ok(None);
-        };
-        let groups = rh.group_headers.iter().flat_map(|h| values(h)).collect();
-        let mut extra: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (header, value) in req.headers {
-            let Ok(value) = value.to_str() else { continue };
-            for prefix in &rh.extra_prefixes {
-                let prefix = prefix.to_ascii_lowercase();
-                if let Some(key) = header.as_str().strip_prefix(&prefix) {
-                    // Keys are percent-encoded in header names, as kube-aggregator sends them.
-                    let key = form_urlencoded::parse(format!("k={key}").as_bytes())
-                        .next()
-                        .map(|(_, v)| v.into_owned())
-                        .unwrap_or_default();
-                    extra
-                        .entry(key.to_ascii_lowercase())
-                        .or_default()
-                        .push(value.to_owned());
-                }
+            .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let name = username_headers.iter().flat_map(|h| values(h)).next()?;
+    let groups = group_headers.iter().flat_map(|h| values(h)).collect();
+    let mut extra: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    // Prefix first, then headers: each key's values in kube-apiserver's order.
+    for prefix in extra_prefixes {
+        let prefix = prefix.to_ascii_lowercase();
+        for (header, value) in headers {
+            let Ok(value) = std::str::from_utf8(value.as_bytes()) else {
+                continue;
+            };
+            if let Some(key) = header.as_str().strip_prefix(&prefix) {
+                extra
+                    .entry(unescape_extra_key(key))
+                    .or_default()
+                    .push(value.to_owned());
             }
         }
-        Ok(Some(UserInfo {
-            name,
-            uid: String::new(),
-            groups,
-            extra,
-        }))
     }
+    Some(UserInfo {
+        name,
+        uid: String::new(),
+        groups,
+        extra,
+    })
+}
+
+/// An extra key from a header name (already lower case): percent-decoded as Go's
+/// `url.PathUnescape`, kept as it is when that fails, as kube-apiserver's
+/// `unescapeExtraKey`. By hand because `form_urlencoded` reads `+` as a space and stops
+/// at `&`, and `percent_encoding` passes a bad escape through half-decoded.
+fn unescape_extra_key(key: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).and_then(|d| u8::try_from(d).ok())
+    }
+    let bytes = key.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let pair = bytes
+                .get(i + 1)
+                .copied()
+                .and_then(hex)
+                .zip(bytes.get(i + 2).copied().and_then(hex));
+            let Some((hi, lo)) = pair else {
+                return key.to_owned();
+            };
+            out.push(hi << 4 | lo);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| key.to_owned())
 }
 
 /// x509 client certificates: CN is the user, O the groups.
@@ -303,6 +348,56 @@ mod tests {
         let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
         p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         p.self_signed(&key).unwrap().pem()
+    }
+
+    fn names(s: &[&str]) -> Vec<String> {
+        s.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn header_identity(pairs: &[(&str, &[u8])]) -> Option<UserInfo> {
+        let mut headers = http::HeaderMap::new();
+        for (k, v) in pairs {
+            headers.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_bytes(v).unwrap(),
+            );
+        }
+        identity_from_headers(
+            &headers,
+            &names(&["X-Remote-User"]),
+            &names(&["X-Remote-Group"]),
+            &names(&["X-Remote-Extra-"]),
+        )
+    }
+
+    // Divergences from kube-apiserver's requestheader, found while writing the
+    // request_identity fuzz target's model of it.
+    #[test]
+    fn header_identity_reads_as_kube_apiserver() {
+        // Empty values are skipped, for the user name and the groups alike.
+        let u = header_identity(&[
+            ("x-remote-user", b""),
+            ("x-remote-user", b"alice"),
+            ("x-remote-group", b""),
+            ("x-remote-group", b"devs"),
+        ])
+        .unwrap();
+        assert_eq!((u.name.as_str(), u.groups), ("alice", names(&["devs"])));
+        // UTF-8 names are names, not missing.
+        let u = header_identity(&[("x-remote-user", "José".as_bytes())]).unwrap();
+        assert_eq!(u.name, "José");
+        assert!(header_identity(&[("x-remote-user", b"\xff")]).is_none());
+        assert!(header_identity(&[("x-remote-group", b"devs")]).is_none());
+        // Extra keys: Go's PathUnescape, `+` and `&` kept, a bad escape kept whole.
+        let u = header_identity(&[
+            ("x-remote-user", b"alice"),
+            ("x-remote-extra-a+b&c", b"1"),
+            ("x-remote-extra-scopes%2fread", b"2"),
+            ("x-remote-extra-bad%zz%41", b"3"),
+        ])
+        .unwrap();
+        let keys: Vec<&str> = u.extra.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["a+b&c", "bad%zz%41", "scopes/read"]);
     }
 
     #[test]

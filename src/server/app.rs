@@ -15,7 +15,7 @@ use crate::authn::{self, SharedAuthConfig, delegated};
 use crate::authz::{self, AlwaysAllowPaths, Authorizer};
 use crate::budget::{self, EgressShare};
 use crate::bus::Bus;
-use crate::config::{AuthzSettings, ReadError, Settings};
+use crate::config::{AuthzSettings, ConnectionLimits, ReadError, Settings};
 use crate::discovery::Discovery;
 use crate::ingest::{self, Ingest};
 use crate::metrics::Metrics;
@@ -85,6 +85,8 @@ pub(super) struct Inner {
     pub(super) egress: Option<Arc<EgressShare>>,
     pub(super) lag_bytes: usize,
     pub(super) recheck_interval: Duration,
+    /// Request head, URL and timeouts for each connection.
+    pub(super) limits: ConnectionLimits,
     /// A connection whose writes make no progress for this long is closed, and so is a
     /// watch whose client took nothing for this long: the peer stopped reading.
     pub(super) stall_limit: Duration,
@@ -153,6 +155,10 @@ impl App {
                     metrics: metrics.clone(),
                     max_request_bytes: settings.ingest.max_request_bytes,
                     max_event_bytes: settings.max_event_bytes,
+                    inflight: ingest::InFlight::new(
+                        settings.ingest.max_inflight,
+                        settings.ingest.max_inflight_per_pusher,
+                    ),
                 },
                 discovery: Discovery::new(),
                 requests: super::router::Meters::new(&metrics),
@@ -165,6 +171,7 @@ impl App {
                 // it gets truncated events until it catches up.
                 lag_bytes: settings.bus.subscriber_queue_bytes / 2,
                 recheck_interval: settings.recheck_interval,
+                limits: settings.limits,
                 stall_limit: settings.stall_limit,
                 shutdown,
             }),
@@ -177,6 +184,14 @@ impl App {
 
     pub(super) fn tls_config(&self) -> Arc<ServerConfig> {
         self.inner.tls.clone()
+    }
+
+    pub(super) fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
+    }
+
+    pub(super) fn limits(&self) -> ConnectionLimits {
+        self.inner.limits
     }
 
     pub(super) fn stall_limit(&self) -> Duration {

@@ -28,9 +28,34 @@ impl App {
     /// Serve one request; every failure becomes a `Status` response, a panic too (a 500,
     /// logged and counted in `kube_audit_stream_server_panics_total`).
     pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
+        if let Err(e) = self.check_head(&req) {
+            tracing::debug!(peer = %peer.remote_addr, error = %e, "request head refused");
+            return reply::error(&e);
+        }
         let what = format!("{} {}", req.method(), req.uri().path());
         let panics = self.inner.metrics.panic_counter("handler");
         reply::answer_panics(self.answer(req, peer), &panics, &what).await
+    }
+
+    /// The URL and head size limits, before anything reads the request. hyper and h2
+    /// refuse heads above twice the limit themselves (see `accept`), with a bare 431;
+    /// this check answers the rest with a Status.
+    fn check_head(&self, req: &Request<Incoming>) -> Result<(), ApiError> {
+        let limits = self.inner.limits;
+        let url = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+        if url > limits.max_url_bytes {
+            self.inner.metrics.refused("url_bytes");
+            return Err(ApiError::RequestUriTooLong {
+                limit: limits.max_url_bytes,
+            });
+        }
+        if head_bytes(req) > limits.max_request_header_bytes {
+            self.inner.metrics.refused("header_bytes");
+            return Err(ApiError::RequestHeaderFieldsTooLarge {
+                limit: limits.max_request_header_bytes,
+            });
+        }
+        Ok(())
     }
 
     async fn answer(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
@@ -380,6 +405,18 @@ fn not_found() -> ApiError {
 
 /// Members are allowed everything without asking the authorizer.
 const PRIVILEGED_GROUP: &str = "system:masters";
+
+/// The request head's size as HTTP/1.1 writes it: the request line, then `name: value`
+/// and a line break per header (what Go's MaxHeaderBytes counts, near enough).
+fn head_bytes<B>(req: &Request<B>) -> usize {
+    let target = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
+    let line = req.method().as_str().len() + target + 12;
+    req.headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + line
+}
 
 /// `/readyz` as k8s.io/apiserver words it: `ok`, or with `?verbose` (and always on
 /// failure, with 500) one line per check. The `bus` check fails while NATS is out of

@@ -65,7 +65,15 @@ pub enum ResourceVersionMatch {
 impl Query {
     pub fn parse(query: Option<&str>) -> Result<Query, ApiError> {
         let mut q = Query::default();
+        // A repeated parameter counts once, by its first value, as kube-apiserver's query
+        // conversion reads it (and as `is_watch` decides the verb that was authorized: a
+        // later `watch=0` must not turn an authorized watch into an unauthorized list).
+        let mut seen: Vec<std::borrow::Cow<'_, str>> = Vec::new();
         for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            if seen.contains(&key) {
+                continue;
+            }
+            seen.push(key.clone());
             match &*key {
                 "watch" => q.watch = query_bool(&value),
                 "allowWatchBookmarks" => q.allow_watch_bookmarks = query_bool(&value),
@@ -351,6 +359,22 @@ pub const INITIAL_EVENTS_END_ANNOTATION: &str = "k8s.io/initial-events-end";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Found by the watch_query fuzz target: `watch=1&watch=0` was authorized as a watch
+    // (the first value) and served as a LIST (the last one).
+    #[test]
+    fn a_repeated_parameter_counts_by_its_first_value() {
+        for query in [
+            "watch=1&watch=0",
+            "watch=0itialEvenus=trderThan&watch=0",
+            "watch=false&watch=1",
+        ] {
+            let q = Query::parse(Some(query)).unwrap();
+            assert_eq!(q.watch, is_watch(Some(query)), "{query}");
+        }
+        let q = Query::parse(Some("resourceVersion=5&resourceVersion=x&limit=2&limit=y")).unwrap();
+        assert_eq!((q.resource_version, q.limit), (Some(5), 2));
+    }
 
     #[test]
     fn query_parsing() {

@@ -113,6 +113,12 @@ impl Client {
         TokioIo::new(tls)
     }
 
+    /// A TLS connection with this client's ALPN and nothing sent on it yet: for tests
+    /// that write raw bytes (a request head a byte at a time, a bare HTTP/2 preface).
+    pub async fn raw_tls(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        self.tls().await.into_inner()
+    }
+
     /// One HTTP/2 connection for several requests, each stream's receive window
     /// `stream_window` bytes (a body nobody reads stops the stream after that much).
     pub async fn http2_connection(
