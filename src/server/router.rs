@@ -97,21 +97,20 @@ impl App {
             attrs.user = Arc::new(self.authenticate(&req, peer).await?);
             self.authorize(&attrs).await?;
         }
+        let mut query = None;
         if watch && attrs.resource_request {
             // As kube-apiserver does, a watch from a resourceVersion not reached yet waits
             // a moment for it (a replica a few events behind another, with --bus=nats);
             // still not reached, it is answered "too large" and the client lists again.
-            let query = watch::Query::parse(req.uri().query())?;
-            if let Some(rv) = query
-                .resource_version
-                .filter(|_| !query.sends_initial_events())
-            {
+            let q = watch::Query::parse(req.uri().query())?;
+            if let Some(rv) = q.resource_version.filter(|_| !q.sends_initial_events()) {
                 app.bus
                     .wait_for(rv, watch::FUTURE_RESOURCE_VERSION_WAIT)
                     .await;
             }
+            query = Some(q);
         }
-        self.dispatch(req, attrs)
+        self.dispatch(req, attrs, query)
     }
 
     async fn authenticate(
@@ -184,10 +183,12 @@ impl App {
         }
     }
 
+    /// `query`: the request's options when `route` has already read them (a watch).
     fn dispatch(
         &self,
         req: Request<Incoming>,
         attrs: Attributes,
+        query: Option<watch::Query>,
     ) -> Result<Response<Body>, ApiError> {
         let app = &*self.inner;
         let not_allowed = || {
@@ -227,7 +228,7 @@ impl App {
             };
         }
 
-        self.resource(req, attrs)
+        self.resource(req, attrs, query)
     }
 
     /// A resource request: which resource and scope the path names, then the verb.
@@ -235,6 +236,7 @@ impl App {
         &self,
         req: Request<Incoming>,
         attrs: Attributes,
+        query: Option<watch::Query>,
     ) -> Result<Response<Body>, ApiError> {
         let app = &*self.inner;
         if attrs.api_group != API_GROUP
@@ -253,7 +255,10 @@ impl App {
             }
             _ => return Err(not_found()),
         };
-        let query = watch::Query::parse(req.uri().query())?;
+        let query = match query {
+            Some(q) => q,
+            None => watch::Query::parse(req.uri().query())?,
+        };
         let accept = req
             .headers()
             .get(http::header::ACCEPT)
