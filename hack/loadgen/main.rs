@@ -180,36 +180,16 @@ pub fn init_tracing() {
 }
 
 fn main() -> ExitCode {
-    let mut args = std::env::args();
-    if args.nth(1).as_deref() == Some(server::SERVE_SUBCOMMAND) {
-        return match server::child_main(args.collect()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("loadgen server: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    let opts = Opts::parse();
-    init_tracing();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("loadgen: starting the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let verdict = server::Verdict {
+        name: "loadgen",
+        passed: None,
+        failed: "FAILED (see `check` above)",
     };
-    match runtime.block_on(run(opts)) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            println!("loadgen: FAILED (see `check` above)");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("loadgen: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    server::generator_main(verdict, || {
+        let opts = Opts::parse();
+        init_tracing();
+        run(opts)
+    })
 }
 
 /// `Ok(false)`: it ran, but a check failed.

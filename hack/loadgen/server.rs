@@ -73,6 +73,59 @@ pub fn child_main(args: Vec<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How a generator's run ended, for `generator_main`.
+pub struct Verdict<'a> {
+    pub name: &'a str,
+    /// Printed when the run passed, if anything.
+    pub passed: Option<&'a str>,
+    pub failed: &'a str,
+}
+
+/// A generator's whole `main` (the load generator's, the soak's): the server child when
+/// run as one, else `start` (which parses the flags, so that `--help` exits before a
+/// runtime exists) driven to its end: `Ok(true)` passed, `Ok(false)` a check failed.
+pub fn generator_main<F>(verdict: Verdict<'_>, start: impl FnOnce() -> F) -> std::process::ExitCode
+where
+    F: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    use std::process::ExitCode;
+    let name = verdict.name;
+    let mut args = std::env::args();
+    if args.nth(1).as_deref() == Some(SERVE_SUBCOMMAND) {
+        return match child_main(args.collect()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{name} server: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let run = start();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{name}: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run) {
+        Ok(true) => {
+            if let Some(line) = verdict.passed {
+                println!("{name}: {line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            println!("{name}: {}", verdict.failed);
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// The parent's handle on the server process.
 pub struct ServerProcess {
     pub addr: SocketAddr,

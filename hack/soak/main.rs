@@ -128,39 +128,16 @@ impl Clock {
 }
 
 fn main() -> ExitCode {
-    let mut args = std::env::args();
-    if args.nth(1).as_deref() == Some(server::SERVE_SUBCOMMAND) {
-        return match server::child_main(args.collect()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("soak server: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    let opts = Opts::parse();
-    init_tracing();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("soak: starting the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let verdict = server::Verdict {
+        name: "soak",
+        passed: Some("PASSED"),
+        failed: "FAILED (see the checks above)",
     };
-    match runtime.block_on(run(opts)) {
-        Ok(true) => {
-            println!("soak: PASSED");
-            ExitCode::SUCCESS
-        }
-        Ok(false) => {
-            println!("soak: FAILED (see the checks above)");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("soak: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    server::generator_main(verdict, || {
+        let opts = Opts::parse();
+        init_tracing();
+        run(opts)
+    })
 }
 
 /// One reading of the server process.
