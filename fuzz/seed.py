@@ -69,6 +69,7 @@ def main():
     for body in decoder_seeds():
         put("ingest_decode", body)
         put("decode_differential", body)
+        put("stream_record", body)
     for sel in [
         "verb=delete",
         "verb==delete,user.username!=bob",

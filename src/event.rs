@@ -723,21 +723,7 @@ fn decode_event<'a>(
 
     // The line.
     out.clear();
-    out.extend_from_slice(HEAD_PREFIX);
-    out.push(b'"');
-    write_str_content(out, &audit_id);
-    out.push(b'-');
-    if plain(&stage) {
-        out.extend(stage.bytes().map(|b| b.to_ascii_lowercase()));
-    } else {
-        write_str_content(out, &stage.to_ascii_lowercase());
-    }
-    out.push(b'"');
-    if !namespace.is_empty() {
-        out.extend_from_slice(br#","namespace":"#);
-        write_str(out, &namespace);
-    }
-    out.extend_from_slice(br#","resourceVersion":""#);
+    write_head(out, &audit_id, &stage, &namespace);
     let head_len = out.len();
     out.extend_from_slice(br#"","creationTimestamp":"#);
     write_seconds(out, &timestamp);
@@ -840,6 +826,26 @@ fn decode_event<'a>(
         cells: OnceLock::new(),
         stage_micros,
     })
+}
+
+/// The line up to the resourceVersion's digits: made of three routing fields alone, so
+/// that the shared stream need not carry it (`wire` makes it again on each replica).
+fn write_head(out: &mut Vec<u8>, audit_id: &str, stage: &str, namespace: &str) {
+    out.extend_from_slice(HEAD_PREFIX);
+    out.push(b'"');
+    write_str_content(out, audit_id);
+    out.push(b'-');
+    if plain(stage) {
+        out.extend(stage.bytes().map(|b| b.to_ascii_lowercase()));
+    } else {
+        write_str_content(out, &stage.to_ascii_lowercase());
+    }
+    out.push(b'"');
+    if !namespace.is_empty() {
+        out.extend_from_slice(br#","namespace":"#);
+        write_str(out, namespace);
+    }
+    out.extend_from_slice(br#","resourceVersion":""#);
 }
 
 /// `annotations`: a map of strings, read as pairs in their order into a reused buffer.
