@@ -19,6 +19,28 @@ use futures_util::task::AtomicWaker;
 use crate::event::Event;
 use crate::selector::FieldSelector;
 
+/// The epoch of time-derived resourceVersions: 2025-01-01T00:00:00Z, in microseconds
+/// since 1970.
+pub const EPOCH_MICROS: i128 = 1_735_689_600_000_000;
+/// Bits of a time-derived resourceVersion below the time: 4096 numbers a microsecond.
+pub const INDEX_BITS: u32 = 12;
+
+/// Microseconds since `EPOCH_MICROS` at `unix_nanos` (0 before it).
+pub fn micros_since_epoch(unix_nanos: i128) -> u64 {
+    u64::try_from(unix_nanos / 1000 - EPOCH_MICROS).unwrap_or(0)
+}
+
+/// Where the memory bus of a server started now numbers from: above every
+/// resourceVersion an earlier run of it gave out (unless that run gave out more than
+/// 4096 a microsecond), so that after a restart an old resourceVersion is "too old" (410,
+/// the client lists again) and never names another event. It fits an `i64` until 2096.
+pub fn time_base() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
+    micros_since_epoch(nanos) << INDEX_BITS
+}
+
 /// Sizes of the window and of each subscriber's queue.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -305,7 +327,8 @@ impl Bus {
         &self.shared.stats
     }
 
-    /// The resourceVersion of the newest event published (0 before the first).
+    /// The resourceVersion of the newest event published (before the first: where
+    /// numbering starts, 0 unless `reset` moved it).
     pub fn resource_version(&self) -> u64 {
         self.lock().last_rv
     }
@@ -458,8 +481,15 @@ impl Bus {
         st.window_bytes = 0;
         st.evicted_through = st.evicted_through.max(through);
         st.last_rv = st.last_rv.max(through);
-        self.shared.stats.window_events.store(0, Ordering::Relaxed);
-        self.shared.stats.window_bytes.store(0, Ordering::Relaxed);
+        let stats = &self.shared.stats;
+        stats.window_events.store(0, Ordering::Relaxed);
+        stats.window_bytes.store(0, Ordering::Relaxed);
+        stats
+            .window_oldest_resource_version
+            .store(0, Ordering::Relaxed);
+        stats
+            .window_newest_resource_version
+            .store(st.last_rv, Ordering::Relaxed);
         drop(st);
         drop(freed);
     }

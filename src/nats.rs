@@ -43,7 +43,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::Bus;
+use crate::bus::{self, Bus, INDEX_BITS};
 use crate::event::{Event, Limited};
 use crate::metrics::Metrics;
 use crate::status::ApiError;
@@ -57,8 +57,6 @@ pub struct Settings {
     pub creds_file: Option<PathBuf>,
 }
 
-/// Bits of the resourceVersion that number an event within its message.
-const INDEX_BITS: u32 = 12;
 /// Events per message at most, so that `index` fits its bits.
 const MAX_EVENTS_PER_MESSAGE: usize = 1 << INDEX_BITS;
 /// The first byte of every message: the record format (`event::wire`). 2 leaves each
@@ -71,8 +69,6 @@ const WIRE_VERSION: u8 = 2;
 const MAX_MESSAGE_BYTES: usize = 1 << 20;
 /// Room for the headers (the message id) beside the payload.
 const HEADERS_ROOM: usize = 1024;
-/// The epoch of `created`: 2025-01-01T00:00:00Z, in microseconds since 1970.
-const EPOCH_MICROS: i128 = 1_735_689_600_000_000;
 /// How long a webhook retry is recognised as one (JetStream's duplicate window). The
 /// webhook backend retries within seconds.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -346,8 +342,7 @@ impl Inner {
             .info()
             .await
             .map_err(|e| format!("the JetStream stream {:?}: {e}", self.stream))?;
-        let micros = info.created.unix_timestamp_nanos() / 1000 - EPOCH_MICROS;
-        let created = u64::try_from(micros).unwrap_or(0);
+        let created = bus::micros_since_epoch(info.created.unix_timestamp_nanos());
         let (first, last) = (info.state.first_sequence.max(1), info.state.last_sequence);
         let pos = match position {
             Some(p) if p.created == created && p.next >= first => p,

@@ -99,7 +99,7 @@ async fn python_kubernetes_client_lists_and_watches() {
     let listed = next().await;
     assert_eq!(listed["list"], serde_json::json!(["p-1", "p-2", "p-3"]));
     assert_eq!(listed["kind"], "EventList");
-    assert_eq!(listed["resourceVersion"], "3");
+    assert_eq!(listed["resourceVersion"], srv.rv(3));
     support::eventually("the python watch to open", || async {
         open_watches(&srv).await == 1.0
     })

@@ -73,19 +73,19 @@ async fn list_returns_the_window_in_pages_each_event_once() {
     assert_eq!(code, StatusCode::OK);
     assert_eq!(list["kind"], "EventList");
     assert_eq!(list["apiVersion"], "audit.k8s.io/v1alpha1");
-    assert_eq!(list["metadata"]["resourceVersion"], "25");
+    assert_eq!(list["metadata"]["resourceVersion"], srv.rv(25));
     assert!(list["metadata"].get("continue").is_none());
     assert_eq!(ids(&list), want);
     let first = &list["items"][0];
     assert_eq!(first["kind"], "Event");
     assert_eq!(first["metadata"]["name"], "e-05-responsecomplete");
-    assert_eq!(first["metadata"]["resourceVersion"], "6");
+    assert_eq!(first["metadata"]["resourceVersion"], srv.rv(6));
 
     for limit in [1, 3, 7, 20, 50] {
         let (got, count, rv) = pages(&srv, EVENTS, limit).await;
         assert_eq!(got, want, "limit {limit}");
         assert_eq!(count, want.len().div_ceil(limit).max(1), "limit {limit}");
-        assert_eq!(rv, "25");
+        assert_eq!(rv, srv.rv(25));
     }
     // A page boundary while events keep arriving: the pages stay at their snapshot.
     let admin = srv.client(Some(ADMIN_TOKEN));
@@ -100,7 +100,7 @@ async fn list_returns_the_window_in_pages_each_event_once() {
     team_a.extend(ids(&rest));
     let want_a: Vec<String> = (6..25).step_by(2).map(|i| format!("e-{i:02}")).collect();
     assert_eq!(team_a, want_a, "once each, nothing from after the snapshot");
-    assert_eq!(rest["metadata"]["resourceVersion"], "25");
+    assert_eq!(rest["metadata"]["resourceVersion"], srv.rv(25));
     let set: BTreeSet<_> = team_a.iter().collect();
     assert_eq!(set.len(), team_a.len());
 
@@ -158,21 +158,35 @@ async fn expired_continue_and_resource_versions_get_kube_apiserver_errors() {
     assert_eq!(ids(&rest), ["x-4", "x-5", "x-6", "x-7"]);
 
     for (query, code, reason) in [
-        ("resourceVersion=2", StatusCode::GONE, "Expired"),
         (
-            "resourceVersion=2&resourceVersionMatch=Exact",
+            format!("resourceVersion={}", srv.rv(2)),
             StatusCode::GONE,
             "Expired",
         ),
-        ("resourceVersion=99", StatusCode::GATEWAY_TIMEOUT, "Timeout"),
         (
-            "resourceVersionMatch=Exact",
+            format!("resourceVersion={}&resourceVersionMatch=Exact", srv.rv(2)),
+            StatusCode::GONE,
+            "Expired",
+        ),
+        // From before this run (a restarted server's): too old, never another event.
+        ("resourceVersion=7".into(), StatusCode::GONE, "Expired"),
+        (
+            format!("resourceVersion={}", srv.rv(99)),
+            StatusCode::GATEWAY_TIMEOUT,
+            "Timeout",
+        ),
+        (
+            "resourceVersionMatch=Exact".into(),
             StatusCode::UNPROCESSABLE_ENTITY,
             "Invalid",
         ),
-        ("continue=garbage", StatusCode::BAD_REQUEST, "BadRequest"),
         (
-            "fieldSelector=spec.nodeName%3Dx",
+            "continue=garbage".into(),
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+        ),
+        (
+            "fieldSelector=spec.nodeName%3Dx".into(),
             StatusCode::BAD_REQUEST,
             "BadRequest",
         ),
@@ -185,26 +199,30 @@ async fn expired_continue_and_resource_versions_get_kube_apiserver_errors() {
         );
         assert_eq!(status["kind"], "Status");
     }
-    let (_, status) = admin.get_json(&format!("{EVENTS}?resourceVersion=2")).await;
+    let (_, status) = admin
+        .get_json(&format!("{EVENTS}?resourceVersion={}", srv.rv(2)))
+        .await;
     assert_eq!(
         status["message"],
         "The resourceVersion for the provided list is too old."
     );
     // "" and "0": what is there now; an Exact resourceVersion in the window: the window
     // as it was then.
-    for query in ["resourceVersion=0", "resourceVersion=", "resourceVersion=6"] {
+    let exact = format!("resourceVersion={}", srv.rv(6));
+    for query in ["resourceVersion=0", "resourceVersion=", &exact] {
         let (code, list) = admin.get_json(&format!("{EVENTS}?{query}")).await;
         assert_eq!(code, StatusCode::OK, "{query}");
         assert_eq!(ids(&list), ["x-4", "x-5", "x-6", "x-7"], "{query}");
-        assert_eq!(list["metadata"]["resourceVersion"], "8");
+        assert_eq!(list["metadata"]["resourceVersion"], srv.rv(8));
     }
     let (_, then) = admin
         .get_json(&format!(
-            "{EVENTS}?resourceVersion=6&resourceVersionMatch=Exact"
+            "{EVENTS}?resourceVersion={}&resourceVersionMatch=Exact",
+            srv.rv(6)
         ))
         .await;
     assert_eq!(ids(&then), ["x-4", "x-5"]);
-    assert_eq!(then["metadata"]["resourceVersion"], "6");
+    assert_eq!(then["metadata"]["resourceVersion"], srv.rv(6));
 }
 
 #[tokio::test]
@@ -222,7 +240,7 @@ async fn get_by_name_while_in_the_window() {
     assert_eq!(code, StatusCode::OK, "{ev}");
     assert_eq!(ev["kind"], "Event");
     assert_eq!(ev["auditID"], "g-1");
-    assert_eq!(ev["metadata"]["resourceVersion"], "1");
+    assert_eq!(ev["metadata"]["resourceVersion"], srv.rv(1));
     // Another namespace's event is not in this one.
     let (code, status) = alice
         .get_json(&format!("{TEAM_A}/g-2-responsecomplete"))
@@ -279,7 +297,7 @@ async fn tables_on_list_get_and_watch() {
     assert_eq!(code, StatusCode::OK, "{table}");
     assert_eq!(table["kind"], "Table");
     assert_eq!(table["apiVersion"], "meta.k8s.io/v1");
-    assert_eq!(table["metadata"]["resourceVersion"], "2");
+    assert_eq!(table["metadata"]["resourceVersion"], srv.rv(2));
     let columns: Vec<&str> = table["columnDefinitions"]
         .as_array()
         .unwrap()
@@ -350,7 +368,7 @@ async fn tables_on_list_get_and_watch() {
         )
         .await;
     assert_eq!(beta["apiVersion"], "meta.k8s.io/v1beta1");
-    assert_eq!(beta["metadata"]["resourceVersion"], "1");
+    assert_eq!(beta["metadata"]["resourceVersion"], srv.rv(1));
     assert_eq!(beta["rows"].as_array().unwrap().len(), 1);
     let (code, status) = alice
         .get_json_with(TEAM_A, &[("accept", "application/yaml")])
@@ -376,7 +394,7 @@ async fn tables_on_list_get_and_watch() {
         let t = &line["object"];
         assert_eq!(t["kind"], "Table");
         assert_eq!(t["rows"].as_array().unwrap().len(), 1);
-        assert_eq!(t["metadata"]["resourceVersion"], (i + 1).to_string());
+        assert_eq!(t["metadata"]["resourceVersion"], srv.rv(i + 1));
         let defs = t["columnDefinitions"].as_array().unwrap().len();
         assert_eq!(
             defs > 0,
@@ -400,7 +418,8 @@ async fn watch_list_sends_the_window_then_the_annotated_bookmark() {
     let alice = srv.client(Some(ALICE_TOKEN));
     let mut watch = alice
         .watch(&format!(
-            "{TEAM_A}?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&resourceVersion=1"
+            "{TEAM_A}?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&resourceVersion={}",
+            srv.rv(1)
         ))
         .await;
     let initial = watch.added(3).await;
@@ -415,7 +434,7 @@ async fn watch_list_sends_the_window_then_the_annotated_bookmark() {
     );
     let bookmark = watch.next().await.unwrap();
     assert_eq!(bookmark["type"], "BOOKMARK", "{bookmark}");
-    assert_eq!(bookmark["object"]["metadata"]["resourceVersion"], "5");
+    assert_eq!(bookmark["object"]["metadata"]["resourceVersion"], srv.rv(5));
     assert_eq!(
         bookmark["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
         "true"
@@ -424,7 +443,7 @@ async fn watch_list_sends_the_window_then_the_annotated_bookmark() {
         .await;
     let live = watch.added(1).await;
     assert_eq!(live[0]["auditID"], "w-live");
-    assert_eq!(live[0]["metadata"]["resourceVersion"], "6");
+    assert_eq!(live[0]["metadata"]["resourceVersion"], srv.rv(6));
 
     // An empty window: the bookmark alone, at the current resourceVersion.
     let mut empty = srv
@@ -435,7 +454,7 @@ async fn watch_list_sends_the_window_then_the_annotated_bookmark() {
         .await;
     let first = empty.next().await.unwrap();
     assert_eq!(first["type"], "BOOKMARK");
-    assert_eq!(first["object"]["metadata"]["resourceVersion"], "6");
+    assert_eq!(first["object"]["metadata"]["resourceVersion"], srv.rv(6));
 
     let (code, status) = alice
         .get_json(&format!("{TEAM_A}?watch=1&sendInitialEvents=true"))
@@ -459,5 +478,5 @@ async fn list_is_authorized_with_the_list_verb() {
     let (code, list) = srv.client(Some(ALICE_TOKEN)).get_json(TEAM_A).await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(list["items"], serde_json::json!([]));
-    assert_eq!(list["metadata"]["resourceVersion"], "0");
+    assert_eq!(list["metadata"]["resourceVersion"], srv.rv(0));
 }

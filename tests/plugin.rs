@@ -910,14 +910,18 @@ async fn since_starts_with_the_held_events_of_that_last_stretch() {
 
 #[tokio::test]
 async fn a_restarted_server_is_noticed_and_read_from_its_start() {
-    // The second server is the first one restarted, as the plugin sees it: the same
-    // address (the proxy's), an empty window, resourceVersions counted from 1 again.
+    // Three servers behind one address (the proxy's), as the plugin sees one server
+    // restarted twice: `later` numbers from a later clock than `first` (a restart), and
+    // `earlier` from an earlier one (a restart after the clock was set back).
+    let earlier = TestServer::start(&[]).await;
     let first = TestServer::start(&[]).await;
-    let second = TestServer::start(&[]).await;
+    let later = TestServer::start(&[]).await;
+    assert!(earlier.base < first.base && first.base + 5 < later.base);
     let proxy = CutProxy::start(first.addr).await;
     let dir = tempfile::tempdir().unwrap();
     let cas = dir.path().join("cas.crt");
-    std::fs::write(&cas, format!("{}{}", first.ca.pem(), second.ca.pem())).unwrap();
+    let pems = [&earlier, &first, &later].map(|s| s.ca.pem()).concat();
+    std::fs::write(&cas, pems).unwrap();
     let kc = Kubeconfig::new(
         &proxy.url(),
         &cas,
@@ -931,23 +935,38 @@ async fn a_restarted_server_is_noticed_and_read_from_its_start() {
     first.push_events(&batch).await;
     assert_eq!(ids(&tail.events(5).await), ["a0", "a1", "a2", "a3", "a4"]);
 
+    // Restarted: the last resourceVersion seen is older than anything it holds.
     proxy.cut();
-    proxy.point_at(second.addr);
-    second
+    proxy.point_at(later.addr);
+    later
         .push_events(&[
             event("b0", Some("team-a"), "get"),
             event("b1", Some("team-a"), "get"),
         ])
         .await;
     proxy.reopen();
-    let line = tail.stderr_line("resourceVersion went back").await;
-    assert!(line.contains("from 5 to 2"), "{line}");
+    let line = tail.stderr_line("Watch expired (410 Gone").await;
+    assert!(line.contains("going on from there"), "{line}");
     assert_eq!(ids(&tail.events(2).await), ["b0", "b1"]);
-    watchers(&second, 1).await;
-    second
+    watchers(&later, 1).await;
+    later
         .push_events(&[event("b2", Some("team-a"), "get")])
         .await;
     assert_eq!(ids(&tail.events(1).await), ["b2"]);
+
+    // Numbering went back: the resourceVersion is one the server has not reached.
+    proxy.cut();
+    proxy.point_at(earlier.addr);
+    earlier
+        .push_events(&[event("c0", Some("team-a"), "get")])
+        .await;
+    proxy.reopen();
+    let line = tail.stderr_line("resourceVersion went back").await;
+    assert!(
+        line.contains(&format!("from {} to {}", later.rv(3), earlier.rv(1))),
+        "{line}"
+    );
+    assert_eq!(ids(&tail.events(1).await), ["c0"]);
 }
 
 #[tokio::test]

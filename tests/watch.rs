@@ -191,7 +191,7 @@ async fn resume_from_a_resource_version_and_expire() {
     srv.push_events(&mixed()).await; // rv 1..=5; the window keeps 2..=5
     let admin = srv.client(Some(ADMIN_TOKEN));
     let mut from3 = admin
-        .watch(&format!("{EVENTS}?watch=1&resourceVersion=3"))
+        .watch(&format!("{EVENTS}?watch=1&resourceVersion={}", srv.rv(3)))
         .await;
     assert_eq!(ids(&from3.added(2).await), ["a-2", "b-2"]);
     let mut alice_from0 = srv
@@ -210,7 +210,7 @@ async fn resume_from_a_resource_version_and_expire() {
     assert_eq!(ids(&alice_from0.added(1).await), ["a-3"]);
 
     let mut expired = admin
-        .watch(&format!("{EVENTS}?watch=1&resourceVersion=1"))
+        .watch(&format!("{EVENTS}?watch=1&resourceVersion={}", srv.rv(1)))
         .await;
     let err = expired.next().await.unwrap();
     assert_eq!(err["type"], "ERROR");
@@ -221,11 +221,17 @@ async fn resume_from_a_resource_version_and_expire() {
         expired.next().await.is_none(),
         "the stream ends after the ERROR"
     );
+    // One an earlier run of the server gave out (a restart starts numbering higher, from
+    // the clock): expired too, never taken for another event.
+    let mut before_restart = admin
+        .watch(&format!("{EVENTS}?watch=1&resourceVersion=3"))
+        .await;
+    assert_eq!(before_restart.next().await.unwrap()["object"]["code"], 410);
 
     // A resourceVersion the bus has not reached: waited for a moment (a replica behind
     // another catches up), then "too large", and the client lists again; an event that
     // arrives while it waits is delivered.
-    let from7 = format!("{EVENTS}?watch=1&resourceVersion=7");
+    let from7 = format!("{EVENTS}?watch=1&resourceVersion={}", srv.rv(7));
     let ahead = admin.watch(&from7);
     let push = async {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -239,7 +245,7 @@ async fn resume_from_a_resource_version_and_expire() {
         "from rv 7 on: only rv 8"
     );
     let mut too_large = admin
-        .watch(&format!("{EVENTS}?watch=1&resourceVersion=100"))
+        .watch(&format!("{EVENTS}?watch=1&resourceVersion={}", srv.rv(100)))
         .await;
     let err = too_large.next().await.unwrap();
     assert_eq!(err["type"], "ERROR");

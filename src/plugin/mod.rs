@@ -169,9 +169,10 @@ async fn tail(api: &Api, printer: &mut Printer, args: &TailArgs) -> Result<(), E
                     break;
                 }
                 // A resourceVersion the server has not reached, even after waiting for it:
-                // it restarted and numbers from the start again (memory bus). With
-                // several replicas, one a moment behind waits instead, so a replica that
-                // lags is never taken for a restart.
+                // its numbering went back (it restarted with its clock set back, as a
+                // restart numbers from the clock; a restart otherwise meets the 410
+                // above). With several replicas, one a moment behind waits instead, so a
+                // replica that lags is never taken for this.
                 Ok(Some(api::WatchEvent::Error(status))) if status.code == Some(504) => {
                     match restarted(api, printer, &mut state, selector, rv).await {
                         Ok(Some(now)) => rv = now,
@@ -245,9 +246,9 @@ async fn resume_after_gone(
     Ok(rv)
 }
 
-/// After a watch was answered "too large resourceVersion": a server that restarted has
-/// lost its in-memory history and counts resourceVersions from the start again. Then say
-/// so, print what it holds, and return where to watch from.
+/// After a watch was answered "too large resourceVersion": a server whose numbering went
+/// back (restarted with its clock set back) has lost its in-memory history. Then say so,
+/// print what it holds, and return where to watch from.
 async fn restarted(
     api: &Api,
     printer: &mut Printer,

@@ -127,7 +127,12 @@ impl App {
         };
         let bus = Bus::new(settings.bus.clone());
         let nats = match &settings.nats {
-            None => None,
+            None => {
+                // The stream numbers `--bus=nats`'s events; this process numbers its own,
+                // after a time-derived base, so that a restart never reuses a number.
+                bus.reset(crate::bus::time_base());
+                None
+            }
             Some(nats) => {
                 let window = (settings.bus.window_events, settings.bus.window_bytes);
                 let started = Nats::start(nats, bus.clone(), window, &metrics, shutdown.clone());

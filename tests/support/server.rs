@@ -32,6 +32,8 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub ca: Ca,
     pub app: App,
+    /// Where this run numbers from: its n-th event has resourceVersion `base + n`.
+    pub base: u64,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -109,6 +111,7 @@ impl TestServer {
         let mut settings = args.validate().unwrap();
         tune(&mut settings);
         let app = App::new(&settings).await.unwrap();
+        let base = app.bus().resource_version();
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .unwrap();
@@ -122,9 +125,15 @@ impl TestServer {
             dir,
             ca,
             app,
+            base,
             shutdown: Some(tx),
             handle: Some(handle),
         }
+    }
+
+    /// The resourceVersion of this run's `n`-th event, as the API writes it.
+    pub fn rv(&self, n: u64) -> String {
+        (self.base + n).to_string()
     }
 
     pub fn ca_path(&self) -> PathBuf {
