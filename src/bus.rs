@@ -205,6 +205,8 @@ pub struct Stats {
     /// The window's ends (0 while it is empty), as of the last publish.
     pub window_oldest_resource_version: AtomicU64,
     pub window_newest_resource_version: AtomicU64,
+    /// Between `set_down` and `set_up`.
+    pub down: AtomicBool,
 }
 
 /// A cheap handle on the bus.
@@ -443,6 +445,7 @@ impl Bus {
         let closers: Vec<Arc<Queue>> = {
             let mut st = self.lock();
             st.down = Some(reason.clone());
+            self.shared.stats.down.store(true, Ordering::Relaxed);
             let index = std::mem::take(&mut st.index);
             index
                 .all
@@ -466,6 +469,7 @@ impl Bus {
     /// Mark the bus up again.
     pub fn set_up(&self) {
         self.lock().down = None;
+        self.shared.stats.down.store(false, Ordering::Relaxed);
     }
 
     /// Why the bus is down, if it is.
@@ -600,14 +604,14 @@ impl Bus {
         Ok(page)
     }
 
-    /// The newest event of the window that `pred` accepts.
-    pub fn find(&self, pred: impl Fn(&Event) -> bool) -> Option<Arc<Published>> {
-        self.lock()
-            .window
-            .iter()
-            .rev()
-            .find(|p| pred(&p.event))
-            .cloned()
+    /// The newest event of the window that `pred` accepts; while the bus is down, why
+    /// it is (what this replica holds may be behind the stream).
+    pub fn find(&self, pred: impl Fn(&Event) -> bool) -> Result<Option<Arc<Published>>, Arc<str>> {
+        let st = self.lock();
+        if let Some(reason) = &st.down {
+            return Err(reason.clone());
+        }
+        Ok(st.window.iter().rev().find(|p| pred(&p.event)).cloned())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -1052,9 +1056,15 @@ mod tests {
         assert_eq!(bus.list(&all, newer).unwrap().resource_version, 8);
         let found = bus
             .find(|e| e.audit_id() == "id-4")
+            .unwrap()
             .map(|p| p.resource_version);
         assert_eq!(found, Some(5));
-        assert!(bus.find(|e| e.audit_id() == "id-1").is_none(), "evicted");
+        assert!(
+            bus.find(|e| e.audit_id() == "id-1").unwrap().is_none(),
+            "evicted"
+        );
+        bus.set_down("NATS lost");
+        assert_eq!(bus.find(|_| true).err().as_deref(), Some("NATS lost"));
     }
 
     #[test]

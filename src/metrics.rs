@@ -46,6 +46,7 @@ pub struct Metrics {
     bus_window_bytes: IntGauge,
     bus_window_oldest: IntGauge,
     bus_window_newest: IntGauge,
+    bus_up: IntGauge,
     connections: IntGauge,
     refused: IntCounterVec,
     runtime_alive_tasks: IntGauge,
@@ -183,6 +184,11 @@ impl Metrics {
                 "window_newest_resource_version",
                 "resourceVersion of the newest event published (0: none yet)."
             ))),
+            bus_up: reg!(IntGauge::with_opts(opts(
+                "bus",
+                "up",
+                "1 while the bus takes and serves events, else 0: always 1 with --bus=memory; with --bus=nats, while the stream is reached and read up to date."
+            ))),
             connections: reg!(IntGauge::with_opts(opts(
                 "server",
                 "connections",
@@ -304,6 +310,8 @@ impl Metrics {
             .set(rv(&bus.window_oldest_resource_version).unwrap_or(i64::MAX));
         self.bus_window_newest
             .set(rv(&bus.window_newest_resource_version).unwrap_or(i64::MAX));
+        self.bus_up
+            .set(i64::from(!bus.down.load(Ordering::Relaxed)));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             self.runtime_alive_tasks
                 .set(i64::try_from(rt.metrics().num_alive_tasks()).unwrap_or(i64::MAX));

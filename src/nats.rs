@@ -39,7 +39,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use base64::Engine;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use prometheus::{IntCounter, IntCounterVec, IntGauge};
+use prometheus::{IntCounter, IntCounterVec};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -280,7 +280,6 @@ impl Inner {
 
     fn set_down(&self, reason: String) {
         self.bus.set_down(&reason);
-        self.metrics.up.set(0);
         if !self.down.swap(true, Ordering::Relaxed) {
             tracing::warn!(%reason, "bus down: not ready; open watches ended, pushes refused");
             self.metrics.outages.inc();
@@ -289,7 +288,6 @@ impl Inner {
 
     fn set_up(&self) {
         self.bus.set_up();
-        self.metrics.up.set(1);
         if self.down.swap(false, Ordering::Relaxed) {
             tracing::info!(stream = %self.stream, "bus up: following the NATS stream; ready");
         }
@@ -522,7 +520,6 @@ fn message_id(source: &str, payload: &[u8]) -> String {
 
 /// The shared stream's metrics, registered in the app's registry.
 struct NatsMetrics {
-    up: IntGauge,
     outages: IntCounter,
     published: IntCounterVec,
     publish_errors: IntCounter,
@@ -535,10 +532,6 @@ impl NatsMetrics {
     fn new(metrics: &Metrics) -> Self {
         let opts = |name: &str, help: &str| crate::metrics::opts("", name, help);
         NatsMetrics {
-            up: metrics.register(IntGauge::with_opts(opts(
-                "bus_up",
-                "1 while the bus serves (NATS reached, stream read up to date), else 0.",
-            ))),
             outages: metrics.register(IntCounter::with_opts(opts(
                 "bus_outages_total",
                 "Times the bus went down (NATS lost or the stream unreadable).",

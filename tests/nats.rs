@@ -231,6 +231,14 @@ async fn losing_nats_is_visible_and_survived() {
         StatusCode::SERVICE_UNAVAILABLE,
         "no new watch while down"
     );
+    let (code, status) = admin
+        .get_json(&format!("{EVENTS}/one-responsecomplete"))
+        .await;
+    assert_eq!(
+        code,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "GET by name: {status}"
+    );
     let (_, metrics) = admin.get("/metrics").await;
     assert_eq!(
         support::metric(&metrics, "kube_audit_stream_bus_up"),

@@ -273,6 +273,8 @@ async fn workload_in(format: &str) {
         // Every pushed event has a stageTimestamp.
         ("kube_audit_stream_ingest_audit_delay_seconds_count", 105.0),
         ("kube_audit_stream_bus_published_events_total", 105.0),
+        // The memory bus is always up.
+        ("kube_audit_stream_bus_up", 1.0),
         ("kube_audit_stream_bus_window_events", 105.0),
         // The over-budget watcher of everything.
         (

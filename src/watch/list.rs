@@ -164,6 +164,7 @@ pub fn get(
                 && e.get(Field::Stage).eq_ignore_ascii_case(stage)
                 && scope.matches(e)
         })
+        .map_err(|reason| ApiError::ServiceUnavailable(reason.to_string()))?
         .ok_or_else(not_found)?;
     let mut out = Vec::with_capacity(found.wire_len(false) + 256);
     match format {
