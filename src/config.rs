@@ -360,6 +360,9 @@ pub struct IngestSettings {
     /// Ingest requests in flight at most, in all and per pusher.
     pub max_inflight: usize,
     pub max_inflight_per_pusher: usize,
+    /// How long a push's body may take to arrive (no flag: kube-apiserver's default
+    /// request timeout, 60 s; tests shorten it).
+    pub body_timeout: Duration,
 }
 
 /// What one connection and one request head may take.
@@ -686,6 +689,7 @@ impl Ingest {
             max_request_bytes: self.max_request_bytes,
             max_inflight: self.max_ingest_inflight,
             max_inflight_per_pusher: self.max_ingest_inflight_per_pusher,
+            body_timeout: crate::ingest::BODY_TIMEOUT,
         })
     }
 }

@@ -125,7 +125,7 @@ impl SourceLabels {
 
 /// How long a push's body may take to arrive: kube-apiserver's default request timeout.
 /// A pusher trickling its body holds an in-flight slot no longer than this.
-const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// kube-apiserver's max-in-flight answer.
 const TOO_MANY: &str = "Too many requests, please try again later.";
 
@@ -200,6 +200,8 @@ pub struct Ingest {
     pub max_request_bytes: u64,
     pub max_event_bytes: usize,
     pub inflight: InFlight,
+    /// `BODY_TIMEOUT`, unless a test shortens it.
+    pub body_timeout: Duration,
 }
 
 impl Ingest {
@@ -264,12 +266,13 @@ impl Ingest {
             }
         };
         let limit = usize::try_from(max_request_bytes).unwrap_or(usize::MAX);
-        let collected = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, limit).collect())
-            .await
-            .map_err(|_| {
-                self.metrics.refused("ingest_body_timeout");
-                ApiError::Timeout("request did not complete within the allotted timeout".into())
-            })?;
+        let collected =
+            tokio::time::timeout(self.body_timeout, Limited::new(body, limit).collect())
+                .await
+                .map_err(|_| {
+                    self.metrics.refused("ingest_body_timeout");
+                    ApiError::Timeout("request did not complete within the allotted timeout".into())
+                })?;
         let body = match collected {
             Ok(collected) => collected.to_bytes(),
             Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {

@@ -2,7 +2,8 @@
 //! handshake left unfinished and a request head that does not come are closed (HTTP/1.1
 //! and HTTP/2), an oversized head gets 431 and a long URL 414 (with a Status), and a
 //! pusher over its share of concurrent ingest requests gets 429 with Retry-After while
-//! another pusher and a watcher carry on.
+//! another pusher and a watcher carry on, and a push whose body does not come gets 504
+//! and frees its slot.
 
 mod support;
 
@@ -326,4 +327,69 @@ async fn a_pusher_over_its_concurrent_share_gets_429_and_others_carry_on() {
     assert_eq!(code, StatusCode::OK, "{status}");
     assert_eq!(watch.added(1).await[0]["auditID"], "over-1");
     assert!(refused(&srv, "ingest_inflight").await >= 1.0);
+}
+
+#[tokio::test]
+async fn a_push_body_that_does_not_come_gets_504_and_frees_its_slot() {
+    // kube-apiserver's 60 s, shortened: the server's own setting, which no flag reaches.
+    let srv = TestServer::start_tuned(&["--max-ingest-inflight-per-pusher", "1"], |s| {
+        s.ingest.body_timeout = Duration::from_millis(500)
+    })
+    .await;
+    let body = event_list("audit.k8s.io/v1", &[event("slow", Some("team-a"), "get")]);
+    let mut slow = srv.client(None).raw_tls().await;
+    let head = format!(
+        "POST /ingest HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {PUSH_TOKEN}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&body.as_bytes()[..body.len() / 2])
+        .await
+        .unwrap();
+
+    // The answer comes while the rest of the body never does.
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let complete = |a: &[u8]| {
+        let text = String::from_utf8_lossy(a);
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_owned())
+            })?
+            .parse()
+            .ok()?;
+        (body.len() >= len).then(|| (head.to_owned(), body[..len].to_owned()))
+    };
+    let (head, body) = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Some(done) = complete(&answer) {
+                return done;
+            }
+            let n = slow.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed without an answer: {answer:?}");
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("an answer within the deadline");
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["kind"], "Status");
+    assert_eq!(status["code"], 504);
+    assert_eq!(status["reason"], "Timeout");
+    assert_eq!(refused(&srv, "ingest_body_timeout").await, 1.0);
+
+    // Its in-flight slot is free again: the same pusher's next push goes through.
+    let (code, status) = srv
+        .client(Some(PUSH_TOKEN))
+        .push(
+            "",
+            event_list("audit.k8s.io/v1", &[event("next", Some("team-a"), "get")]),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{status}");
 }

@@ -164,6 +164,7 @@ impl App {
                         settings.ingest.max_inflight,
                         settings.ingest.max_inflight_per_pusher,
                     ),
+                    body_timeout: settings.ingest.body_timeout,
                 },
                 discovery: Discovery::new(),
                 requests: super::router::Meters::new(&metrics),
