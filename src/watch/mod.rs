@@ -270,12 +270,11 @@ pub fn serve(
         scope,
         selector: query.field_selector.clone(),
     };
-    // A WatchList starts with the whole window: its resourceVersion only bounds how old
-    // that state may be, and any state is at least as new as one we have reached.
     // A WatchList's resourceVersion bounds how old its state may be; a watch's is where it
     // starts. Either way, one this bus has not reached (after the router's wait) is too
-    // large: the client lists again. In memory mode, that is a watch resumed across a
-    // restart, whose numbering started over.
+    // large: the client lists again. That is a replica behind the stream for longer than
+    // the wait, or a server restarted with its clock set back (numbering starts from the
+    // clock, so after a plain restart an old resourceVersion is too old instead: 410).
     let current = bus.resource_version();
     if let Some(requested) = query.resource_version.filter(|rv| *rv > current) {
         let e = ApiError::TooLargeResourceVersion { requested, current };
