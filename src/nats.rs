@@ -196,13 +196,13 @@ impl Nats {
         let mut payload = Vec::new();
         let mut count = 0;
         // Each message's buffer is sized once: grown by doubling, it was copied as often
-        // as it was written (profiled).
-        let mut left: usize = events.iter().map(Event::record_len).sum();
+        // as it was written (profiled). What the events hold is more than their records
+        // (the heads are left out), and cheaper to add up.
+        let mut left: usize = events.iter().map(Event::memory_len).sum();
         for event in events {
-            let Some(event) = inner.fit(event, limit) else {
+            let Some((event, len)) = inner.fit(event, limit) else {
                 continue;
             };
-            let len = event.record_len();
             if count == MAX_EVENTS_PER_MESSAGE || (count > 0 && payload.len() + len > limit) {
                 acks.push(inner.send(source, std::mem::take(&mut payload)).await?);
                 count = 0;
@@ -242,15 +242,21 @@ fn unavailable(reason: &str) -> ApiError {
 impl Inner {
     /// An event whose record would not fit in one message: truncated, or dropped (and
     /// counted) if even that is too large, as `--max-event-bytes` does.
-    fn fit(&self, event: Event, limit: usize) -> Option<Event> {
-        match fit_record(event, limit) {
-            Limited::Fits(e) => Some(e),
+    /// The event that goes in a message, and its record's length.
+    fn fit(&self, event: Event, limit: usize) -> Option<(Event, usize)> {
+        let len = event.record_len();
+        if len <= limit {
+            return Some((event, len));
+        }
+        match fit_record(event, len, limit) {
+            Limited::Fits(e) => Some((e, len)),
             Limited::Truncated(e) => {
                 self.metrics
                     .oversized
                     .with_label_values(&["truncated"])
                     .inc();
-                Some(e)
+                let len = e.record_len();
+                Some((e, len))
             }
             Limited::TooLarge { audit_id } => {
                 tracing::warn!(%audit_id, limit, "event too large for a NATS message even truncated; dropped");
@@ -480,10 +486,11 @@ impl Inner {
     }
 }
 
-/// `limit_size` for a record of at most `limit` bytes. A record is its line less the
-/// head, plus the routing strings and numbers: either side may be the larger.
-fn fit_record(event: Event, limit: usize) -> Limited {
-    let line_limit = (limit + event.wire_len(false)).saturating_sub(event.record_len());
+/// `limit_size` for an event whose record of `len` bytes must be at most `limit`. A
+/// record is its line less the head, plus the routing strings and numbers: either side
+/// may be the larger.
+fn fit_record(event: Event, len: usize, limit: usize) -> Limited {
+    let line_limit = (limit + event.wire_len(false)).saturating_sub(len);
     event.limit_size(line_limit)
 }
 
@@ -627,15 +634,17 @@ mod tests {
         };
         let big = format!(r#""requestObject":{{"data":"{}"}},"#, "d".repeat(20_000));
         let whole = event(&big).record_len();
-        let Limited::Fits(e) = fit_record(event(&big), whole) else {
+        let Limited::Fits(e) = fit_record(event(&big), whole, whole) else {
             panic!("a record of exactly the limit fits");
         };
         assert_eq!(e.record_len(), whole);
-        let Limited::Truncated(e) = fit_record(event(&big), whole - 1) else {
+        let Limited::Truncated(e) = fit_record(event(&big), whole, whole - 1) else {
             panic!("one byte over: truncated");
         };
         assert!(e.record_len() < 5_000, "{}", e.record_len());
-        let Limited::TooLarge { audit_id } = fit_record(event(""), 1_000) else {
+        let small = event("");
+        let len = small.record_len();
+        let Limited::TooLarge { audit_id } = fit_record(small, len, 1_000) else {
             panic!("no bodies to drop: dropped");
         };
         assert_eq!(&*audit_id, "x");
