@@ -15,7 +15,8 @@
 //! microseconds, `i64::MIN` for none), then `0`, or `1` and the truncation: two cuts and
 //! the edit's range (start, end each, `v`, from the head's end; an empty cut as `0, 0`),
 //! the edit's index in `EDITS` (one byte). Hand-written because it is a dozen integers
-//! around two byte strings, and the reader must hand out slices without a copy per event.
+//! around two byte strings, and the reader must put a message's lines in one buffer, not
+//! one allocation per event.
 
 use std::ops::Range;
 use std::sync::OnceLock;
@@ -98,8 +99,8 @@ impl Event {
     /// Read a message's records, at most `max` of them, from `buf` after `at`. Each
     /// event's line is its head made again followed by its record's bytes, all in one
     /// new buffer that the lines are slices of.
-    pub fn decode_records(buf: &Bytes, at: usize, max: usize) -> Result<Vec<Event>, WireError> {
-        let mut r = Reader { buf: &buf[..], at };
+    pub fn decode_records(buf: &[u8], at: usize, max: usize) -> Result<Vec<Event>, WireError> {
+        let mut r = Reader { buf, at };
         // The heads add about a third to the records' bytes.
         let mut lines = Vec::with_capacity(buf.len() + buf.len() / 2);
         // Sized for Metadata events (~0.7 KB a record): grown by doubling, these lists
