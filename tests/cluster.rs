@@ -5,11 +5,9 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-
 use http::{Method, StatusCode};
-use support::aggregator::FakeAggregator;
-use support::fake_apiserver::{FakeApiServer, Rule};
+use support::cluster::{Cluster, FRONT_PROXY_CN};
+use support::fake_apiserver::Rule;
 use support::fixtures::{event, event_list};
 use support::pki::Ca;
 use support::server::TestServer;
@@ -17,83 +15,6 @@ use support::server::TestServer;
 const TEAM_A: &str = "/apis/audit.k8s.io/v1alpha1/namespaces/team-a/namespacedevents?watch=1";
 const TEAM_B: &str = "/apis/audit.k8s.io/v1alpha1/namespaces/team-b/namespacedevents?watch=1";
 const EVENTS: &str = "/apis/audit.k8s.io/v1alpha1/events?watch=1";
-const FRONT_PROXY_CN: &str = "front-proxy-client";
-
-/// A fake cluster: CAs, the ConfigMap, alice (token and RoleBinding-style rule in team-a).
-struct Cluster {
-    fake: FakeApiServer,
-    front_proxy_ca: Ca,
-    client_ca: Ca,
-    dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    async fn new() -> Cluster {
-        let fake = FakeApiServer::start().await;
-        let cluster = Cluster {
-            fake,
-            front_proxy_ca: Ca::new("front-proxy-ca"),
-            client_ca: Ca::new("client-ca"),
-            dir: tempfile::tempdir().unwrap(),
-        };
-        cluster.publish_auth_config(&cluster.client_ca.pem());
-        cluster
-            .fake
-            .add_token("alice-token", "alice", "uid-alice", &["team-a-devs"]);
-        cluster.fake.allow(Rule::namespaced(
-            "alice",
-            &["watch"],
-            "team-a",
-            "audit.k8s.io",
-            "namespacedevents",
-        ));
-        cluster
-    }
-
-    fn publish_auth_config(&self, client_ca_pem: &str) {
-        let mut data = BTreeMap::new();
-        data.insert("client-ca-file".to_owned(), client_ca_pem.to_owned());
-        data.insert(
-            "requestheader-client-ca-file".to_owned(),
-            self.front_proxy_ca.pem(),
-        );
-        data.insert(
-            "requestheader-allowed-names".to_owned(),
-            format!(r#"["{FRONT_PROXY_CN}"]"#),
-        );
-        data.insert(
-            "requestheader-username-headers".to_owned(),
-            r#"["X-Remote-User"]"#.to_owned(),
-        );
-        data.insert(
-            "requestheader-group-headers".to_owned(),
-            r#"["X-Remote-Group"]"#.to_owned(),
-        );
-        data.insert(
-            "requestheader-extra-headers-prefix".to_owned(),
-            r#"["X-Remote-Extra-"]"#.to_owned(),
-        );
-        self.fake.set_auth_config(data);
-    }
-
-    async fn server(&self, extra: &[&str]) -> TestServer {
-        TestServer::start_cluster(&self.fake.kubeconfig(self.dir.path()), extra).await
-    }
-
-    async fn aggregator(&self, srv: &TestServer) -> FakeAggregator {
-        FakeAggregator::start(
-            srv.addr,
-            &srv.ca.pem(),
-            self.front_proxy_ca.client(FRONT_PROXY_CN, &[]),
-            &[
-                ("alice-at-aggregator", "alice", &["team-a-devs"]),
-                ("admin-at-aggregator", "admin", &["system:masters"]),
-            ],
-        )
-        .await
-    }
-}
-
 async fn push(srv: &TestServer) {
     let items = vec![
         event("a-1", Some("team-a"), "delete"),

@@ -13,11 +13,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use http::StatusCode;
 use serde_json::Value;
 use support::client::WatchReader;
-use support::fake_apiserver::{FakeApiServer, Rule};
+use support::cluster::Cluster;
+use support::fake_apiserver::Rule;
 use support::fixtures::{self, event, event_list};
-use support::pki::Ca;
 use support::process::ServerProcess;
-use support::server::TestServer;
 use support::{eventually, metric};
 
 const EVENTS: &str = "/apis/audit.k8s.io/v1alpha1/events";
@@ -502,34 +501,9 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 #[tokio::test]
 async fn the_dashboard_and_the_alerts_query_metrics_that_exist() {
     // A fake cluster: alice has a token, may watch team-a and read /metrics.
-    let fake = FakeApiServer::start().await;
-    let (client_ca, front_proxy_ca) = (Ca::new("client-ca"), Ca::new("front-proxy-ca"));
-    let mut data = BTreeMap::new();
-    data.insert("client-ca-file".to_owned(), client_ca.pem());
-    data.insert(
-        "requestheader-client-ca-file".to_owned(),
-        front_proxy_ca.pem(),
-    );
-    data.insert(
-        "requestheader-username-headers".to_owned(),
-        r#"["X-Remote-User"]"#.to_owned(),
-    );
-    data.insert(
-        "requestheader-group-headers".to_owned(),
-        r#"["X-Remote-Group"]"#.to_owned(),
-    );
-    fake.set_auth_config(data);
-    fake.add_token("alice-token", "alice", "uid-alice", &["team-a-devs"]);
-    fake.allow(Rule::namespaced(
-        "alice",
-        &["watch"],
-        "team-a",
-        "audit.k8s.io",
-        "namespacedevents",
-    ));
-    fake.allow(Rule::non_resource("alice", "/metrics"));
-    let dir = tempfile::tempdir().unwrap();
-    let srv = TestServer::start_cluster(&fake.kubeconfig(dir.path()), &[]).await;
+    let cluster = Cluster::new().await;
+    cluster.fake.allow(Rule::non_resource("alice", "/metrics"));
+    let srv = cluster.server(&[]).await;
     let alice = srv.client(Some("alice-token"));
     let mut w = alice.watch(&format!("{TEAM_A}?watch=1")).await;
     srv.push_events(&[event("m-1", Some("team-a"), "create")])
@@ -602,7 +576,7 @@ async fn the_dashboard_and_the_alerts_query_metrics_that_exist() {
 
     // kube-apiserver gone: a new token cannot be reviewed (401), a new question cannot be
     // asked (500, fail closed); both are counted as errors, apart from refusals.
-    drop(fake);
+    drop(cluster.fake);
     let (code, _) = srv.client(Some("bob-token")).get(TEAM_A).await;
     assert_eq!(code, StatusCode::UNAUTHORIZED);
     let (code, _) = alice.get(TEAM_A).await;

@@ -4,6 +4,7 @@
 
 pub mod aggregator;
 pub mod client;
+pub mod cluster;
 pub mod fake_apiserver;
 pub mod fixtures;
 pub mod nats;
