@@ -163,31 +163,15 @@ fn parse_rate(s: &str) -> Result<Rate, String> {
     }
 }
 
-/// The server binary's allocator, so that the server child measures as it ships.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// Warnings and errors on stderr (`RUST_LOG` for more), for the generator and the server
-/// child alike.
-pub fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 fn main() -> ExitCode {
     let verdict = server::Verdict {
         name: "loadgen",
+        log_level: "warn",
         passed: None,
         failed: "FAILED (see `check` above)",
     };
     server::generator_main(verdict, || {
         let opts = Opts::parse();
-        init_tracing();
         run(opts)
     })
 }

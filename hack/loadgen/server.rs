@@ -27,7 +27,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The child's side: `args` are the server's `serve` flags.
-pub fn child_main(args: Vec<String>) -> anyhow::Result<()> {
+pub fn child_main(args: Vec<String>, log_level: &str) -> anyhow::Result<()> {
     let argv = ["kube-audit-stream".to_owned(), "serve".to_owned()]
         .into_iter()
         .chain(args);
@@ -38,7 +38,7 @@ pub fn child_main(args: Vec<String>) -> anyhow::Result<()> {
         "the load generator only runs the server on loopback, not {}",
         settings.listen
     );
-    super::init_tracing();
+    init_tracing(log_level);
 
     // Stdin is read on a plain thread: a tokio stdin read would keep the runtime from
     // shutting down after a SIGTERM.
@@ -76,9 +76,26 @@ pub fn child_main(args: Vec<String>) -> anyhow::Result<()> {
 /// How a generator's run ended, for `generator_main`.
 pub struct Verdict<'a> {
     pub name: &'a str,
+    /// The log filter without `RUST_LOG`, for the generator and its server child.
+    pub log_level: &'a str,
     /// Printed when the run passed, if anything.
     pub passed: Option<&'a str>,
     pub failed: &'a str,
+}
+
+/// The server binary's allocator, so that the server child measures as it ships.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Logs on stderr at `level` (`RUST_LOG` overrides it).
+fn init_tracing(level: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// A generator's whole `main` (the load generator's, the soak's): the server child when
@@ -92,7 +109,7 @@ where
     let name = verdict.name;
     let mut args = std::env::args();
     if args.nth(1).as_deref() == Some(SERVE_SUBCOMMAND) {
-        return match child_main(args.collect()) {
+        return match child_main(args.collect(), verdict.log_level) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("{name} server: {e:#}");
@@ -101,6 +118,7 @@ where
         };
     }
     let run = start();
+    init_tracing(verdict.log_level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

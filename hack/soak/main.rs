@@ -93,21 +93,6 @@ struct Opts {
     arrivals: f64,
 }
 
-/// The server binary's allocator, so that the server child measures as it ships.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// Warnings and errors on stderr (`RUST_LOG` for more); the server child calls it too.
-pub fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 /// The pushers' clock (shared with the load generator's pusher).
 #[derive(Clone, Copy)]
 pub struct Clock {
@@ -130,12 +115,12 @@ impl Clock {
 fn main() -> ExitCode {
     let verdict = server::Verdict {
         name: "soak",
+        log_level: "error",
         passed: Some("PASSED"),
         failed: "FAILED (see the checks above)",
     };
     server::generator_main(verdict, || {
         let opts = Opts::parse();
-        init_tracing();
         run(opts)
     })
 }
