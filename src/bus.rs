@@ -414,17 +414,7 @@ impl Bus {
                     st.evicted_through = old.resource_version;
                 }
             }
-            stats
-                .window_events
-                .store(st.window.len(), Ordering::Relaxed);
-            stats.window_bytes.store(st.window_bytes, Ordering::Relaxed);
-            let oldest = st.window.front().map_or(0, |p| p.resource_version);
-            stats
-                .window_oldest_resource_version
-                .store(oldest, Ordering::Relaxed);
-            stats
-                .window_newest_resource_version
-                .store(st.last_rv, Ordering::Relaxed);
+            st.report_window(stats);
             st.last_rv
         };
         for queue in wake {
@@ -485,15 +475,7 @@ impl Bus {
         st.window_bytes = 0;
         st.evicted_through = st.evicted_through.max(through);
         st.last_rv = st.last_rv.max(through);
-        let stats = &self.shared.stats;
-        stats.window_events.store(0, Ordering::Relaxed);
-        stats.window_bytes.store(0, Ordering::Relaxed);
-        stats
-            .window_oldest_resource_version
-            .store(0, Ordering::Relaxed);
-        stats
-            .window_newest_resource_version
-            .store(st.last_rv, Ordering::Relaxed);
+        st.report_window(&self.shared.stats);
         drop(st);
         drop(freed);
     }
@@ -620,6 +602,23 @@ impl Bus {
 }
 
 impl State {
+    /// Copy the window's size and ends to `stats`, for the next scrape.
+    fn report_window(&self, stats: &Stats) {
+        stats
+            .window_events
+            .store(self.window.len(), Ordering::Relaxed);
+        stats
+            .window_bytes
+            .store(self.window_bytes, Ordering::Relaxed);
+        let oldest = self.window.front().map_or(0, |p| p.resource_version);
+        stats
+            .window_oldest_resource_version
+            .store(oldest, Ordering::Relaxed);
+        stats
+            .window_newest_resource_version
+            .store(self.last_rv, Ordering::Relaxed);
+    }
+
     /// The oldest resourceVersion still held (one past the newest, when none is).
     fn oldest(&self) -> u64 {
         self.window
