@@ -429,21 +429,23 @@ impl Bus {
     }
 
     /// Mark the bus down: every subscription ends with `reason` (its watch sends it as
-    /// an `ERROR`), and new watches and LISTs are refused with it until `set_up`.
-    pub fn set_down(&self, reason: &str) {
+    /// an `ERROR`), and new watches and LISTs are refused with it until `set_up`. Whether
+    /// it was up until now.
+    pub fn set_down(&self, reason: &str) -> bool {
         let reason: Arc<str> = reason.into();
-        let closers: Vec<Arc<Queue>> = {
+        let (was_up, closers): (bool, Vec<Arc<Queue>>) = {
             let mut st = self.lock();
-            st.down = Some(reason.clone());
+            let was_up = st.down.replace(reason.clone()).is_none();
             self.shared.stats.down.store(true, Ordering::Relaxed);
             let index = std::mem::take(&mut st.index);
-            index
+            let closers = index
                 .all
                 .into_iter()
                 .chain(index.all_namespaces)
                 .chain(index.namespaces.into_values().flatten())
                 .map(|s| s.queue)
-                .collect()
+                .collect();
+            (was_up, closers)
         };
         for queue in closers {
             let _ = queue.failure.set(reason.clone());
@@ -454,12 +456,14 @@ impl Bus {
             }
             .close();
         }
+        was_up
     }
 
-    /// Mark the bus up again.
-    pub fn set_up(&self) {
-        self.lock().down = None;
+    /// Mark the bus up again. Whether it was down until now.
+    pub fn set_up(&self) -> bool {
+        let was_down = self.lock().down.take().is_some();
         self.shared.stats.down.store(false, Ordering::Relaxed);
+        was_down
     }
 
     /// Why the bus is down, if it is.
@@ -1062,8 +1066,11 @@ mod tests {
             bus.find(|e| e.audit_id() == "id-1").unwrap().is_none(),
             "evicted"
         );
-        bus.set_down("NATS lost");
-        assert_eq!(bus.find(|_| true).err().as_deref(), Some("NATS lost"));
+        assert!(bus.set_down("NATS lost"), "it was up");
+        assert!(!bus.set_down("NATS still lost"), "already down");
+        assert_eq!(bus.find(|_| true).err().as_deref(), Some("NATS still lost"));
+        assert!(bus.set_up(), "it was down");
+        assert!(!bus.set_up(), "already up");
     }
 
     #[test]

@@ -32,7 +32,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -101,8 +100,6 @@ struct Inner {
     url: String,
     bus: Bus,
     window: (usize, usize),
-    /// Whether the bus is down now (to log and count each change once).
-    down: AtomicBool,
     metrics: NatsMetrics,
 }
 
@@ -167,14 +164,12 @@ impl Nats {
             url,
             bus,
             window,
-            down: AtomicBool::new(false),
             metrics: metrics_,
         });
         // Not ready until the stream is read up to date; not an outage.
         inner
             .bus
             .set_down(&format!("connecting to NATS at {}", inner.url));
-        inner.down.store(true, Ordering::Relaxed);
         tracing::info!(url = %inner.url, stream = %inner.stream, "bus: following the NATS stream once reached");
         tokio::spawn(inner.clone().follow(connected, shutdown));
         Ok(Nats { inner })
@@ -284,17 +279,16 @@ impl Inner {
             })
     }
 
+    /// The bus down for `reason`: logged and counted when it was up.
     fn set_down(&self, reason: String) {
-        self.bus.set_down(&reason);
-        if !self.down.swap(true, Ordering::Relaxed) {
+        if self.bus.set_down(&reason) {
             tracing::warn!(%reason, "bus down: not ready; open watches ended, pushes refused");
             self.metrics.outages.inc();
         }
     }
 
     fn set_up(&self) {
-        self.bus.set_up();
-        if self.down.swap(false, Ordering::Relaxed) {
+        if self.bus.set_up() {
             tracing::info!(stream = %self.stream, "bus up: following the NATS stream; ready");
         }
     }
@@ -414,7 +408,7 @@ impl Inner {
             }
             pos.next = pos.next.max(seq + 1);
             self.apply(created, seq, &message.payload);
-            if seq >= last && self.down.load(Ordering::Relaxed) {
+            if seq >= last && self.bus.down().is_some() {
                 self.set_up();
             }
         }
