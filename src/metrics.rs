@@ -374,6 +374,16 @@ impl WatchCounts {
     }
 }
 
+impl std::ops::AddAssign<&WatchCounts> for WatchCounts {
+    fn add_assign(&mut self, c: &WatchCounts) {
+        self.sent += c.sent;
+        self.sent_bytes += c.sent_bytes;
+        self.truncated += c.truncated;
+        self.dropped_budget += c.dropped_budget;
+        self.dropped_queue_full += c.dropped_queue_full;
+    }
+}
+
 impl WatchGuard {
     /// Add a watch's counts to the shared counters and zero them.
     pub fn flush(&self, counts: &mut WatchCounts) {

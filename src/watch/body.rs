@@ -342,12 +342,7 @@ impl WatchBody {
 
     fn flush_counts(&mut self) {
         if !self.counts.is_empty() {
-            let (c, t) = (&self.counts, &mut self.totals);
-            t.sent += c.sent;
-            t.sent_bytes += c.sent_bytes;
-            t.truncated += c.truncated;
-            t.dropped_budget += c.dropped_budget;
-            t.dropped_queue_full += c.dropped_queue_full;
+            self.totals += &self.counts;
             self.guard.flush(&mut self.counts);
         }
     }
