@@ -4,8 +4,9 @@
 # fuzz/artifacts/TARGET/). Prints one line per target: executions and time.
 # Usage: run.sh [--dev] [SECONDS]. --dev builds without optimisation (CI: the build is
 # most of the time, and a few seconds of slower runs still cover the seeds and beyond).
-# On a stable toolchain (see README "Fuzzing"): RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass
-# its -Z flags, and --sanitizer none because the sanitizers need a nightly std.
+# On a stable toolchain (see docs/security.md "Fuzzing"): RUSTC_BOOTSTRAP=1 lets
+# cargo-fuzz pass its -Z flags, and --sanitizer none because the sanitizers need a
+# nightly std.
 set -euo pipefail
 cd "$(dirname "$0")"
 profile=()
