@@ -18,6 +18,7 @@ use futures_util::task::AtomicWaker;
 
 use crate::event::Event;
 use crate::selector::FieldSelector;
+use crate::status::ApiError;
 
 /// The epoch of time-derived resourceVersions: 2025-01-01T00:00:00Z, in microseconds
 /// since 1970.
@@ -125,14 +126,41 @@ impl Filter {
     }
 }
 
+/// The bus is down (NATS unreachable): nothing can be published, watched or listed
+/// here until it is up again. The one shape every refusal for that reason takes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}; this replica cannot serve now, another one may")]
+pub struct Down {
+    reason: Arc<str>,
+}
+
+impl Down {
+    pub fn new(reason: &str) -> Self {
+        Down {
+            reason: reason.into(),
+        }
+    }
+
+    /// Why, as `set_down` was told (for `/readyz?verbose`).
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+/// Down: a 503, so that the client (or the aggregator) tries another replica.
+impl From<Down> for ApiError {
+    fn from(e: Down) -> Self {
+        ApiError::ServiceUnavailable(e.to_string())
+    }
+}
+
 /// Why a watch cannot start.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
     #[error(transparent)]
     Expired(#[from] Expired),
-    /// The bus is down (NATS unreachable); the reason says why.
-    #[error("{0}")]
-    Unavailable(Arc<str>),
+    #[error(transparent)]
+    Unavailable(#[from] Down),
 }
 
 /// A `resourceVersion` older than the window: the events after it are gone.
@@ -142,6 +170,15 @@ pub struct Expired {
     pub requested: u64,
     /// The oldest resourceVersion still in the window.
     pub oldest: u64,
+}
+
+impl From<Expired> for ApiError {
+    fn from(e: Expired) -> Self {
+        ApiError::Expired {
+            requested: e.requested,
+            oldest: e.oldest,
+        }
+    }
 }
 
 /// Which part of the window a LIST reads.
@@ -179,8 +216,8 @@ pub enum ListError {
     /// `at` is newer than the newest event.
     #[error("too large resource version: {requested}, current: {current}")]
     TooLarge { requested: u64, current: u64 },
-    #[error("{0}")]
-    Unavailable(Arc<str>),
+    #[error(transparent)]
+    Unavailable(#[from] Down),
 }
 
 /// One page of the window, taken under the bus lock.
@@ -205,8 +242,6 @@ pub struct Stats {
     /// The window's ends (0 while it is empty), as of the last publish.
     pub window_oldest_resource_version: AtomicU64,
     pub window_newest_resource_version: AtomicU64,
-    /// Between `set_down` and `set_up`.
-    pub down: AtomicBool,
 }
 
 /// A cheap handle on the bus.
@@ -229,7 +264,7 @@ struct State {
     /// kept rather than inferred from the oldest event held.
     evicted_through: u64,
     /// Why the bus is down, while it is (set by the NATS follower; never in memory mode).
-    down: Option<Arc<str>>,
+    down: Option<Down>,
     window: VecDeque<Arc<Published>>,
     window_bytes: usize,
     index: Index,
@@ -279,7 +314,7 @@ struct Queue {
     waker: AtomicWaker,
     closed: AtomicBool,
     /// Why the bus ended this subscription, when it did (its watch ends with an error).
-    failure: OnceLock<Arc<str>>,
+    failure: OnceLock<Down>,
     scope: Scope,
 }
 
@@ -432,11 +467,10 @@ impl Bus {
     /// an `ERROR`), and new watches and LISTs are refused with it until `set_up`. Whether
     /// it was up until now.
     pub fn set_down(&self, reason: &str) -> bool {
-        let reason: Arc<str> = reason.into();
+        let reason = Down::new(reason);
         let (was_up, closers): (bool, Vec<Arc<Queue>>) = {
             let mut st = self.lock();
             let was_up = st.down.replace(reason.clone()).is_none();
-            self.shared.stats.down.store(true, Ordering::Relaxed);
             let index = std::mem::take(&mut st.index);
             let closers = index
                 .all
@@ -461,13 +495,11 @@ impl Bus {
 
     /// Mark the bus up again. Whether it was down until now.
     pub fn set_up(&self) -> bool {
-        let was_down = self.lock().down.take().is_some();
-        self.shared.stats.down.store(false, Ordering::Relaxed);
-        was_down
+        self.lock().down.take().is_some()
     }
 
     /// Why the bus is down, if it is.
-    pub fn down(&self) -> Option<Arc<str>> {
+    pub fn down(&self) -> Option<Down> {
         self.lock().down.clone()
     }
 
@@ -496,8 +528,8 @@ impl Bus {
             scope: filter.scope.clone(),
         });
         let mut st = self.lock();
-        if let Some(reason) = &st.down {
-            return Err(Refused::Unavailable(reason.clone()));
+        if let Some(down) = &st.down {
+            return Err(down.clone().into());
         }
         let replay = match since {
             None => VecDeque::new(),
@@ -537,8 +569,8 @@ impl Bus {
     /// comparing routing fields only; nothing is copied but `Arc`s.
     pub fn list(&self, filter: &Filter, range: ListRange) -> Result<Page, ListError> {
         let st = self.lock();
-        if let Some(reason) = &st.down {
-            return Err(ListError::Unavailable(reason.clone()));
+        if let Some(down) = &st.down {
+            return Err(down.clone().into());
         }
         let lost = |n: u64| n < st.evicted_through;
         let at = match range.at {
@@ -592,10 +624,10 @@ impl Bus {
 
     /// The newest event of the window that `pred` accepts; while the bus is down, why
     /// it is (what this replica holds may be behind the stream).
-    pub fn find(&self, pred: impl Fn(&Event) -> bool) -> Result<Option<Arc<Published>>, Arc<str>> {
+    pub fn find(&self, pred: impl Fn(&Event) -> bool) -> Result<Option<Arc<Published>>, Down> {
         let st = self.lock();
-        if let Some(reason) = &st.down {
-            return Err(reason.clone());
+        if let Some(down) = &st.down {
+            return Err(down.clone());
         }
         Ok(st.window.iter().rev().find(|p| pred(&p.event)).cloned())
     }
@@ -735,7 +767,7 @@ impl Subscription {
 
     /// Why the bus ended this subscription, if it did (rather than its watch or the
     /// sweeper).
-    pub fn failure(&self) -> Option<&Arc<str>> {
+    pub fn failure(&self) -> Option<&Down> {
         self.closer.queue.failure.get()
     }
 
@@ -1068,7 +1100,10 @@ mod tests {
         );
         assert!(bus.set_down("NATS lost"), "it was up");
         assert!(!bus.set_down("NATS still lost"), "already down");
-        assert_eq!(bus.find(|_| true).err().as_deref(), Some("NATS still lost"));
+        assert_eq!(
+            bus.find(|_| true).err().as_ref().map(Down::reason),
+            Some("NATS still lost")
+        );
         assert!(bus.set_up(), "it was down");
         assert!(!bus.set_up(), "already up");
     }

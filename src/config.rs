@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::source::Source;
 use crate::{budget, bus, nats, tls};
 
 /// The `--dev` example token file (kube-apiserver's static token CSV).
@@ -275,46 +276,6 @@ pub struct Logging {
         value_parser = crate::logging::parse_verbosity
     )]
     pub v: u32,
-}
-
-/// A file to read at start, or text built into the binary (`--dev`).
-#[derive(Debug, Clone)]
-pub enum Source {
-    File(PathBuf),
-    Embedded {
-        name: &'static str,
-        text: &'static str,
-    },
-}
-
-/// A file named by a flag that cannot be read.
-#[derive(Debug, thiserror::Error)]
-#[error("reading {}: {source}", path.display())]
-pub struct ReadError {
-    pub path: PathBuf,
-    #[source]
-    pub source: std::io::Error,
-}
-
-impl ReadError {
-    pub fn new(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> ReadError + '_ {
-        move |source| ReadError {
-            path: path.to_owned(),
-            source,
-        }
-    }
-}
-
-impl Source {
-    /// The text and a name for it in messages.
-    pub fn read(&self) -> Result<(String, String), ReadError> {
-        match self {
-            Source::File(p) => std::fs::read_to_string(p)
-                .map(|t| (t, p.display().to_string()))
-                .map_err(ReadError::new(p)),
-            Source::Embedded { name, text } => Ok(((*text).to_owned(), (*name).to_owned())),
-        }
-    }
 }
 
 #[derive(Debug, Clone)]

@@ -54,6 +54,7 @@ pub mod nats;
 pub mod reply;
 pub mod selector;
 pub mod server;
+pub mod source;
 pub mod stall;
 pub mod status;
 pub mod table;

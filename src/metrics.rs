@@ -290,7 +290,9 @@ impl Metrics {
     }
 
     /// The text exposition, with the bus's counters brought up to date.
-    pub fn render(&self, bus: &Stats) -> String {
+    /// The text of a scrape: the bus's counters (`bus_up`: whether it is up now) caught
+    /// up, then every family.
+    pub fn render(&self, bus: &Stats, bus_up: bool) -> String {
         let _serial = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
         let catch_up = |c: &IntCounter, now: u64| c.inc_by(now.saturating_sub(c.get()));
         catch_up(
@@ -310,8 +312,7 @@ impl Metrics {
             .set(rv(&bus.window_oldest_resource_version).unwrap_or(i64::MAX));
         self.bus_window_newest
             .set(rv(&bus.window_newest_resource_version).unwrap_or(i64::MAX));
-        self.bus_up
-            .set(i64::from(!bus.down.load(Ordering::Relaxed)));
+        self.bus_up.set(i64::from(bus_up));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             self.runtime_alive_tasks
                 .set(i64::try_from(rt.metrics().num_alive_tasks()).unwrap_or(i64::MAX));
@@ -465,7 +466,7 @@ mod tests {
         guard.stalled_counter().inc();
         let stats = Stats::default();
         stats.published_events.store(3, Ordering::Relaxed);
-        let text = m.render(&stats);
+        let text = m.render(&stats, true);
         assert!(
             text.contains("kube_audit_stream_ingest_requests_total{code=\"200\"} 1"),
             "{text}"
@@ -480,12 +481,12 @@ mod tests {
         assert!(text.contains("kube_audit_stream_watch_stalled_total{resource=\"events\"} 1"));
         // A second scrape adds nothing new.
         assert!(
-            m.render(&stats)
+            m.render(&stats, true)
                 .contains("kube_audit_stream_bus_published_events_total 3")
         );
         drop(guard);
         assert!(
-            m.render(&stats)
+            m.render(&stats, true)
                 .contains("kube_audit_stream_watch_watchers{resource=\"events\"} 0")
         );
     }

@@ -179,8 +179,8 @@ impl Nats {
     /// reach the local bus, as every other replica's, by the stream.
     pub async fn publish(&self, source: &str, events: Vec<Event>) -> Result<(), ApiError> {
         let inner = &*self.inner;
-        if let Some(reason) = inner.bus.down() {
-            return Err(unavailable(&reason));
+        if let Some(down) = inner.bus.down() {
+            return Err(down.into());
         }
         let limit = match inner.client.server_info().max_payload {
             0 => MAX_MESSAGE_BYTES,
@@ -229,9 +229,7 @@ impl Nats {
 }
 
 fn unavailable(reason: &str) -> ApiError {
-    ApiError::ServiceUnavailable(format!(
-        "{reason}; this replica cannot serve now, another one may"
-    ))
+    bus::Down::new(reason).into()
 }
 
 impl Inner {

@@ -8,18 +8,24 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     ListMeta, Status, StatusCause, StatusDetails,
 };
 
-use crate::authz::Attributes;
-
-/// An error answered to a client. One variant per Kubernetes `reason`.
-/// What a 429 asks the client to wait, in its `Retry-After` header and its Status.
+/// What a 429 or a 503 asks the client to wait, in its `Retry-After` header and its
+/// Status (kube-apiserver's max-in-flight filter asks for one second too).
 pub const RETRY_AFTER_SECONDS: i32 = 1;
 
+/// An error answered to a client. One variant per Kubernetes `reason`. This module knows
+/// no other module of the crate: each layer converts its own errors into `ApiError` with
+/// a `From` impl beside them (as `k8s.io/apimachinery`'s `apierrors` knows nothing above it).
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("Unauthorized")]
     Unauthorized,
-    #[error("{}", forbidden_message(.0, .1))]
-    Forbidden(Box<Attributes>, String),
+    /// An authorization decision's denial: the message in kube-apiserver's words, and
+    /// the `details` it gives (the authorizer's layer builds both).
+    #[error("{message}")]
+    Forbidden {
+        message: String,
+        details: Box<ForbiddenDetails>,
+    },
     /// A forbidden answer that is not about an authorization decision (e.g. an ingest
     /// client certificate whose CN is not allowed).
     #[error("forbidden: {0}")]
@@ -83,7 +89,7 @@ impl ApiError {
     pub fn code_reason(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
-            ApiError::Forbidden(..) | ApiError::ForbiddenPlain(_) => {
+            ApiError::Forbidden { .. } | ApiError::ForbiddenPlain(_) => {
                 (StatusCode::FORBIDDEN, "Forbidden")
             }
             ApiError::NotFound(_) | ApiError::ObjectNotFound { .. } => {
@@ -117,10 +123,10 @@ impl ApiError {
     pub fn to_status(&self) -> Status {
         let (code, reason) = self.code_reason();
         let details = match self {
-            ApiError::Forbidden(attrs, _) => Some(StatusDetails {
-                group: attrs.resource_request.then(|| attrs.api_group.clone()),
-                kind: attrs.resource_request.then(|| attrs.resource.clone()),
-                name: (!attrs.name.is_empty()).then(|| attrs.name.clone()),
+            ApiError::Forbidden { details, .. } => Some(StatusDetails {
+                group: details.group.clone(),
+                kind: details.kind.clone(),
+                name: details.name.clone(),
                 ..Default::default()
             }),
             ApiError::ObjectNotFound {
@@ -139,7 +145,7 @@ impl ApiError {
                     message: Some("Too large resource version".to_owned()),
                     field: None,
                 }]),
-                retry_after_seconds: Some(1),
+                retry_after_seconds: Some(RETRY_AFTER_SECONDS),
                 ..Default::default()
             }),
             // As kube-apiserver's max-in-flight filter answers: come back in a second.
@@ -188,88 +194,12 @@ impl ApiError {
     }
 }
 
-impl From<crate::bus::Refused> for ApiError {
-    fn from(e: crate::bus::Refused) -> Self {
-        match e {
-            crate::bus::Refused::Expired(e) => e.into(),
-            crate::bus::Refused::Unavailable(reason) => {
-                ApiError::ServiceUnavailable(reason.to_string())
-            }
-        }
-    }
-}
-
-impl From<crate::bus::Expired> for ApiError {
-    fn from(e: crate::bus::Expired) -> Self {
-        ApiError::Expired {
-            requested: e.requested,
-            oldest: e.oldest,
-        }
-    }
-}
-
-impl From<crate::selector::Error> for ApiError {
-    fn from(e: crate::selector::Error) -> Self {
-        ApiError::BadRequest(e.to_string())
-    }
-}
-
-impl From<crate::watch::registry::Full> for ApiError {
-    fn from(e: crate::watch::registry::Full) -> Self {
-        ApiError::TooManyRequests(e.to_string())
-    }
-}
-
-/// Bad credentials: a plain 401, as kube-apiserver gives no reason.
-impl From<crate::authn::Error> for ApiError {
-    fn from(_: crate::authn::Error) -> Self {
-        ApiError::Unauthorized
-    }
-}
-
-/// An authorizer that cannot answer: the request fails closed, as a 500.
-impl From<crate::authz::Error> for ApiError {
-    fn from(e: crate::authz::Error) -> Self {
-        ApiError::Internal(format!("authorization failed: {e}"))
-    }
-}
-
-/// kube-apiserver's `ForbiddenStatusError` + `apierrors.NewForbidden` message.
-fn forbidden_message(a: &Attributes, reason: &str) -> String {
-    let mut msg = format!("User {} cannot {}", go_quote(&a.user.name), a.verb);
-    if a.resource_request {
-        let resource = if a.subresource.is_empty() {
-            a.resource.clone()
-        } else {
-            format!("{}/{}", a.resource, a.subresource)
-        };
-        msg.push_str(&format!(
-            " resource {} in API group {}",
-            go_quote(&resource),
-            go_quote(&a.api_group)
-        ));
-        if a.namespace.is_empty() {
-            msg.push_str(" at the cluster scope");
-        } else {
-            msg.push_str(&format!(" in the namespace {}", go_quote(&a.namespace)));
-        }
-    } else {
-        msg.push_str(&format!(" path {}", go_quote(&a.path)));
-    }
-    if !reason.is_empty() {
-        msg.push_str(": ");
-        msg.push_str(reason);
-    }
-    let qualified = match (a.resource_request, a.api_group.is_empty()) {
-        (false, _) => String::new(),
-        (true, true) => a.resource.clone(),
-        (true, false) => format!("{}.{}", a.resource, a.api_group),
-    };
-    match (qualified.is_empty(), a.name.is_empty()) {
-        (true, _) => format!("forbidden: {msg}"),
-        (false, true) => format!("{qualified} is forbidden: {msg}"),
-        (false, false) => format!("{qualified} {} is forbidden: {msg}", go_quote(&a.name)),
-    }
+/// The `details` of a 403, as kube-apiserver fills them for a resource request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForbiddenDetails {
+    pub group: Option<String>,
+    pub kind: Option<String>,
+    pub name: Option<String>,
 }
 
 /// Go's `%q` for the strings we print: a JSON string literal is the same for every
@@ -281,67 +211,30 @@ pub(crate) fn go_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::authn::UserInfo;
-
-    fn attrs(ns: &str, resource: &str) -> Attributes {
-        Attributes {
-            user: UserInfo::new("alice", &[]).into(),
-            verb: "watch".into(),
-            namespace: ns.into(),
-            api_group: "audit.k8s.io".into(),
-            api_version: "v1alpha1".into(),
-            resource: resource.into(),
-            resource_request: true,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn forbidden_in_namespace_matches_kube_apiserver() {
-        let err = ApiError::Forbidden(Box::new(attrs("team-b", "namespacedevents")), String::new());
-        assert_eq!(
-            err.to_string(),
-            r#"namespacedevents.audit.k8s.io is forbidden: User "alice" cannot watch resource "namespacedevents" in API group "audit.k8s.io" in the namespace "team-b""#
-        );
-    }
-
-    #[test]
-    fn forbidden_cluster_scope_and_path() {
-        let err = ApiError::Forbidden(Box::new(attrs("", "events")), "no policy".into());
-        assert_eq!(
-            err.to_string(),
-            r#"events.audit.k8s.io is forbidden: User "alice" cannot watch resource "events" in API group "audit.k8s.io" at the cluster scope: no policy"#
-        );
-        let mut a = attrs("", "");
-        a.resource_request = false;
-        a.verb = "get".into();
-        a.path = "/metrics".into();
-        let err = ApiError::Forbidden(Box::new(a), String::new());
-        assert_eq!(
-            err.to_string(),
-            r#"forbidden: User "alice" cannot get path "/metrics""#
-        );
-    }
 
     #[test]
     fn status_body_has_kind_api_version_and_failure() {
-        let err = ApiError::Forbidden(Box::new(attrs("team-b", "namespacedevents")), String::new());
+        let err = ApiError::Forbidden {
+            message: "namespacedevents.audit.k8s.io is forbidden: no".into(),
+            details: Box::new(ForbiddenDetails {
+                group: Some("audit.k8s.io".into()),
+                kind: Some("namespacedevents".into()),
+                name: None,
+            }),
+        };
         let v: serde_json::Value = serde_json::from_slice(&err.to_json()).unwrap();
         assert_eq!(v["kind"], "Status");
         assert_eq!(v["apiVersion"], "v1");
         assert_eq!(v["status"], "Failure");
         assert_eq!(v["reason"], "Forbidden");
         assert_eq!(v["code"], 403);
+        assert_eq!(
+            v["message"],
+            "namespacedevents.audit.k8s.io is forbidden: no"
+        );
         assert_eq!(v["details"]["group"], "audit.k8s.io");
         assert_eq!(v["details"]["kind"], "namespacedevents");
-    }
-
-    #[test]
-    fn quotes_in_user_names_stay_inside_the_string() {
-        let mut a = attrs("ns", "events");
-        a.user = UserInfo::new("ev\"il", &[]).into();
-        let msg = ApiError::Forbidden(Box::new(a), String::new()).to_string();
-        assert!(msg.contains(r#"User "ev\"il" cannot"#), "{msg}");
+        assert!(v["details"].get("name").is_none());
     }
 
     #[test]

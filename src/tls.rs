@@ -44,7 +44,7 @@ pub enum Error {
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
     #[error(transparent)]
-    Read(#[from] crate::config::ReadError),
+    Read(#[from] crate::source::ReadError),
     #[error("{origin}: {source}")]
     Pem {
         origin: String,
@@ -179,7 +179,10 @@ fn self_signed(hosts: &[String], cert_dir: Option<&Path>) -> Result<(String, Str
     if let Some(dir) = cert_dir {
         let (crt, key) = (dir.join("apiserver.crt"), dir.join("apiserver.key"));
         if crt.exists() && key.exists() {
-            let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| file_err(p, e));
+            let read = |p: &Path| match crate::source::read_text(p) {
+                Ok((text, _)) => Ok(text),
+                Err(e) => Err(file_err(p, e.source)),
+            };
             return Ok((read(&crt)?, read(&key)?));
         }
         let generated = rcgen::generate_simple_self_signed(hosts.to_vec())?;
@@ -362,7 +365,7 @@ impl ClientCa {
     }
 
     pub fn load(path: &Path) -> Result<Self, CaError> {
-        let pem = std::fs::read(path).map_err(crate::config::ReadError::new(path))?;
+        let pem = crate::source::read(path)?;
         Self::from_pem(&pem, &path.display().to_string())
     }
 

@@ -24,7 +24,7 @@ impl std::fmt::Debug for TokenFile {
 #[derive(Debug, thiserror::Error)]
 pub enum TokenFileError {
     #[error(transparent)]
-    Read(#[from] crate::config::ReadError),
+    Read(#[from] crate::source::ReadError),
     #[error("token file {origin:?}: {source}")]
     Csv {
         origin: String,
@@ -87,8 +87,8 @@ impl TokenFile {
     }
 
     pub fn load(path: &std::path::Path) -> Result<Self, TokenFileError> {
-        let text = std::fs::read_to_string(path).map_err(crate::config::ReadError::new(path))?;
-        Self::parse(&text, &path.display().to_string())
+        let (text, name) = crate::source::read_text(path)?;
+        Self::parse(&text, &name)
     }
 
     pub fn lookup(&self, token: &str) -> Option<&UserInfo> {

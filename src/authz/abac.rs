@@ -70,8 +70,8 @@ impl Abac {
     }
 
     pub fn load(path: &std::path::Path) -> Result<Self, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(crate::config::ReadError::new(path))?;
-        Self::parse(&text, &path.display().to_string())
+        let (text, name) = crate::source::read_text(path)?;
+        Self::parse(&text, &name)
     }
 }
 
@@ -79,7 +79,7 @@ impl Abac {
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error(transparent)]
-    Read(#[from] crate::config::ReadError),
+    Read(#[from] crate::source::ReadError),
     #[error("policy file {origin:?}, line {line}: {source}")]
     Json {
         origin: String,

@@ -16,6 +16,7 @@ pub use request::request_attributes;
 pub use sar::SubjectAccessReviewer;
 
 use crate::authn::UserInfo;
+use crate::status::{ApiError, ForbiddenDetails, go_quote};
 
 /// What is being asked for, in kube-apiserver's terms.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +39,57 @@ impl Attributes {
     pub fn is_read_only(&self) -> bool {
         matches!(self.verb.as_str(), "get" | "list" | "watch")
     }
+
+    /// The 403 for a denial of these attributes: kube-apiserver's `ForbiddenStatusError`
+    /// message (`reason` is the authorizer's, empty when it gave none) and details.
+    pub fn forbidden(&self, reason: &str) -> ApiError {
+        ApiError::Forbidden {
+            message: forbidden_message(self, reason),
+            details: Box::new(ForbiddenDetails {
+                group: self.resource_request.then(|| self.api_group.clone()),
+                kind: self.resource_request.then(|| self.resource.clone()),
+                name: (!self.name.is_empty()).then(|| self.name.clone()),
+            }),
+        }
+    }
+}
+
+/// kube-apiserver's `ForbiddenStatusError` + `apierrors.NewForbidden` message.
+fn forbidden_message(a: &Attributes, reason: &str) -> String {
+    let mut msg = format!("User {} cannot {}", go_quote(&a.user.name), a.verb);
+    if a.resource_request {
+        let resource = if a.subresource.is_empty() {
+            a.resource.clone()
+        } else {
+            format!("{}/{}", a.resource, a.subresource)
+        };
+        msg.push_str(&format!(
+            " resource {} in API group {}",
+            go_quote(&resource),
+            go_quote(&a.api_group)
+        ));
+        if a.namespace.is_empty() {
+            msg.push_str(" at the cluster scope");
+        } else {
+            msg.push_str(&format!(" in the namespace {}", go_quote(&a.namespace)));
+        }
+    } else {
+        msg.push_str(&format!(" path {}", go_quote(&a.path)));
+    }
+    if !reason.is_empty() {
+        msg.push_str(": ");
+        msg.push_str(reason);
+    }
+    let qualified = match (a.resource_request, a.api_group.is_empty()) {
+        (false, _) => String::new(),
+        (true, true) => a.resource.clone(),
+        (true, false) => format!("{}.{}", a.resource, a.api_group),
+    };
+    match (qualified.is_empty(), a.name.is_empty()) {
+        (true, _) => format!("forbidden: {msg}"),
+        (false, true) => format!("{qualified} is forbidden: {msg}"),
+        (false, false) => format!("{qualified} {} is forbidden: {msg}", go_quote(&a.name)),
+    }
 }
 
 /// An authorizer's answer. Anything but `Allow` is a denial; the string is the reason
@@ -59,6 +111,13 @@ pub enum Error {
     /// The failure of a review another request was waiting for too (the cache shares it).
     #[error("{0}")]
     Shared(#[source] Arc<Error>),
+}
+
+/// An authorizer that cannot answer: the request fails closed, as a 500.
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError::Internal(format!("authorization failed: {e}"))
+    }
 }
 
 #[async_trait]
@@ -103,6 +162,68 @@ impl AlwaysAllowPaths {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::authn::UserInfo;
+
+    fn attrs(ns: &str, resource: &str) -> Attributes {
+        Attributes {
+            user: UserInfo::new("alice", &[]).into(),
+            verb: "watch".into(),
+            namespace: ns.into(),
+            api_group: "audit.k8s.io".into(),
+            api_version: "v1alpha1".into(),
+            resource: resource.into(),
+            resource_request: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn forbidden_in_namespace_matches_kube_apiserver() {
+        let err = attrs("team-b", "namespacedevents").forbidden("");
+        assert_eq!(
+            err.to_string(),
+            r#"namespacedevents.audit.k8s.io is forbidden: User "alice" cannot watch resource "namespacedevents" in API group "audit.k8s.io" in the namespace "team-b""#
+        );
+    }
+
+    #[test]
+    fn forbidden_cluster_scope_and_path() {
+        let err = attrs("", "events").forbidden("no policy");
+        assert_eq!(
+            err.to_string(),
+            r#"events.audit.k8s.io is forbidden: User "alice" cannot watch resource "events" in API group "audit.k8s.io" at the cluster scope: no policy"#
+        );
+        let mut a = attrs("", "");
+        a.resource_request = false;
+        a.verb = "get".into();
+        a.path = "/metrics".into();
+        let err = a.forbidden("");
+        assert_eq!(
+            err.to_string(),
+            r#"forbidden: User "alice" cannot get path "/metrics""#
+        );
+    }
+
+    #[test]
+    fn status_body_has_kind_api_version_and_failure() {
+        let err = attrs("team-b", "namespacedevents").forbidden("");
+        let v: serde_json::Value = serde_json::from_slice(&err.to_json()).unwrap();
+        assert_eq!(v["kind"], "Status");
+        assert_eq!(v["apiVersion"], "v1");
+        assert_eq!(v["status"], "Failure");
+        assert_eq!(v["reason"], "Forbidden");
+        assert_eq!(v["code"], 403);
+        assert_eq!(v["details"]["group"], "audit.k8s.io");
+        assert_eq!(v["details"]["kind"], "namespacedevents");
+    }
+
+    #[test]
+    fn quotes_in_user_names_stay_inside_the_string() {
+        let mut a = attrs("ns", "events");
+        a.user = UserInfo::new("ev\"il", &[]).into();
+        let msg = a.forbidden("").to_string();
+        assert!(msg.contains(r#"User "ev\"il" cannot"#), "{msg}");
+    }
 
     #[test]
     fn always_allow_paths_exact_and_prefix() {

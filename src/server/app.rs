@@ -15,11 +15,12 @@ use crate::authn::{self, SharedAuthConfig, delegated};
 use crate::authz::{self, AlwaysAllowPaths, Authorizer};
 use crate::budget::{self, EgressShare};
 use crate::bus::Bus;
-use crate::config::{AuthzSettings, ConnectionLimits, ReadError, Settings};
+use crate::config::{AuthzSettings, ConnectionLimits, Settings};
 use crate::discovery::Discovery;
 use crate::ingest::{self, Ingest};
 use crate::metrics::Metrics;
 use crate::nats::Nats;
+use crate::source::{self, ReadError};
 use crate::tls;
 use crate::watch::Watches;
 
@@ -239,15 +240,7 @@ async fn authenticators(
     metrics: &Metrics,
 ) -> Result<authn::Chain, Error> {
     let certs = &settings.client_certs;
-    let read = |p: &Option<PathBuf>| -> Result<Option<(String, String)>, ReadError> {
-        p.as_ref()
-            .map(|p| {
-                std::fs::read_to_string(p)
-                    .map(|pem| (pem, p.display().to_string()))
-                    .map_err(ReadError::new(p))
-            })
-            .transpose()
-    };
+    let read = |p: &Option<PathBuf>| p.as_deref().map(source::read_text).transpose();
     let overrides = delegated::Overrides {
         client_ca_pem: read(&certs.client_ca_file)?,
         requestheader_ca_pem: read(&certs.requestheader_client_ca_file)?,

@@ -14,7 +14,7 @@ use super::App;
 use crate::authn::{self, UserInfo};
 use crate::authz::{self, Attributes, Decision};
 use crate::budget::Budget;
-use crate::bus::Scope;
+use crate::bus::{Down, Scope};
 use crate::discovery;
 use crate::event::{API_GROUP, API_VERSION};
 use crate::metrics::{self, Metrics};
@@ -69,7 +69,7 @@ impl App {
                 // Who was turned away, and why (never the credential itself). A failed
                 // authentication was logged where it failed, with what was presented;
                 // a refused push by ingest.
-                ApiError::Forbidden(..) | ApiError::ForbiddenPlain(_) if path != "/ingest" => {
+                ApiError::Forbidden { .. } | ApiError::ForbiddenPlain(_) if path != "/ingest" => {
                     tracing::info!(
                         %method, %path, peer = %peer.remote_addr, code = e.code_reason().0.as_u16(),
                         reason = %e, "request refused"
@@ -169,11 +169,11 @@ impl App {
             }
             Ok(Decision::Deny(reason)) => {
                 meters.authorized("deny");
-                Err(ApiError::Forbidden(Box::new(attrs.clone()), reason))
+                Err(attrs.forbidden(&reason))
             }
             Ok(Decision::NoOpinion(reason)) => {
                 meters.authorized("no_opinion");
-                Err(ApiError::Forbidden(Box::new(attrs.clone()), reason))
+                Err(attrs.forbidden(&reason))
             }
             // Fail closed: an authorizer that cannot answer never allows.
             Err(e) => {
@@ -204,11 +204,12 @@ impl App {
                 "/healthz" | "/livez" => {
                     reply::bytes(StatusCode::OK, "text/plain; charset=utf-8", "ok")
                 }
-                "/readyz" => readyz(app.bus.down().as_deref(), req.uri().query()),
+                "/readyz" => readyz(app.bus.down().as_ref().map(Down::reason), req.uri().query()),
                 "/metrics" => reply::bytes(
                     StatusCode::OK,
                     "text/plain; version=0.0.4",
-                    app.metrics.render(app.bus.stats()),
+                    app.metrics
+                        .render(app.bus.stats(), app.bus.down().is_none()),
                 ),
                 path => {
                     let accept = req

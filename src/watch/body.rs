@@ -417,8 +417,8 @@ impl WatchBody {
                 Poll::Ready(None) => {
                     // Ended by the bus going down: say so, so the client re-watches
                     // elsewhere from its last resourceVersion.
-                    if let Some(reason) = this.sub.failure() {
-                        let e = ApiError::ServiceUnavailable(reason.to_string());
+                    if let Some(down) = this.sub.failure() {
+                        let e = ApiError::from(down.clone());
                         this.finish("bus_down");
                         frame.extend_from_slice(&e.to_watch_event());
                         return this.ready(frame);

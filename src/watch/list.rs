@@ -98,7 +98,7 @@ pub fn list(
             inconsistent_continue: Continue::encode(0, range.after),
         },
         ListError::Expired(_) => ApiError::ListExpired,
-        ListError::Unavailable(reason) => ApiError::ServiceUnavailable(reason.to_string()),
+        ListError::Unavailable(down) => down.into(),
     })?;
     let continue_token = page
         .more
@@ -164,7 +164,7 @@ pub fn get(
                 && e.get(Field::Stage).eq_ignore_ascii_case(stage)
                 && scope.matches(e)
         })
-        .map_err(|reason| ApiError::ServiceUnavailable(reason.to_string()))?
+        .map_err(ApiError::from)?
         .ok_or_else(not_found)?;
     let mut out = Vec::with_capacity(found.wire_len(false) + 256);
     match format {

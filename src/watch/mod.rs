@@ -29,6 +29,13 @@ pub use crate::table::IncludeObject;
 pub use list::{get, list};
 pub use registry::Watches;
 
+/// A field selector that does not parse: 400, as kube-apiserver answers it.
+impl From<crate::selector::Error> for ApiError {
+    fn from(e: crate::selector::Error) -> Self {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
 /// kube-apiserver's `--min-request-timeout` default: a watch without `timeoutSeconds`
 /// lasts about this long (jittered so that reconnects do not come in waves).
 pub const DEFAULT_WATCH_TIMEOUT_SECONDS: u64 = 1800;
@@ -287,10 +294,7 @@ pub fn serve(
     };
     let sub = match bus.subscribe(filter, since) {
         Ok(sub) => sub,
-        // Down: a plain 503, so that the client (or the aggregator) tries elsewhere.
-        Err(crate::bus::Refused::Unavailable(reason)) => {
-            return Err(ApiError::ServiceUnavailable(reason.to_string()));
-        }
+        Err(crate::bus::Refused::Unavailable(down)) => return Err(down.into()),
         Err(crate::bus::Refused::Expired(expired)) => {
             let e = ApiError::from(expired);
             return Ok(stream_response(crate::reply::full(e.to_watch_event())));

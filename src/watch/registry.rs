@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::Closer;
+use crate::status::ApiError;
 
 /// No slot for another watch.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,13 @@ pub enum Full {
     Server(usize),
     #[error("too many open watches for user {user:?} (limit {limit}), please try again later")]
     User { user: String, limit: usize },
+}
+
+/// Over a watch limit: 429, as kube-apiserver's max-in-flight filter answers.
+impl From<Full> for ApiError {
+    fn from(e: Full) -> Self {
+        ApiError::TooManyRequests(e.to_string())
+    }
 }
 
 /// The open watches. Cheap to clone.
