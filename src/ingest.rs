@@ -126,6 +126,19 @@ impl SourceLabels {
 /// How long a push's body may take to arrive: kube-apiserver's default request timeout.
 /// A pusher trickling its body holds an in-flight slot no longer than this.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What `config` makes of the ingest flags.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Who may push.
+    pub gate: crate::authn::pusher::Settings,
+    pub max_request_bytes: u64,
+    /// Ingest requests in flight at most, in all and per pusher.
+    pub max_inflight: usize,
+    pub max_inflight_per_pusher: usize,
+    /// How long a push's body may take to arrive (no flag: `BODY_TIMEOUT`; tests shorten it).
+    pub body_timeout: Duration,
+}
 /// kube-apiserver's max-in-flight answer.
 const TOO_MANY: &str = "Too many requests, please try again later.";
 

@@ -7,9 +7,18 @@ use std::sync::{Arc, RwLock};
 use tokio_util::sync::CancellationToken;
 
 use crate::authn::{TokenFile, bearer_token};
-use crate::config::IngestSettings;
 use crate::status::ApiError;
 use crate::tls::{self, ClientCa, Peer};
+
+/// Who may push, as the flags say (`--ingest-*`).
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// `--dev`: any client on a loopback address may push.
+    pub open_on_loopback: bool,
+    pub token_file: Option<std::path::PathBuf>,
+    pub client_ca_file: Option<std::path::PathBuf>,
+    pub allowed_names: Vec<String>,
+}
 
 /// Who may push.
 pub struct Gate {
@@ -31,7 +40,7 @@ pub enum GateError {
 
 impl Gate {
     /// Load the token file and CA; the CA is reloaded when its file changes, until `shutdown`.
-    pub fn new(settings: &IngestSettings, shutdown: CancellationToken) -> Result<Self, GateError> {
+    pub fn new(settings: &Settings, shutdown: CancellationToken) -> Result<Self, GateError> {
         let ca = match &settings.client_ca_file {
             Some(path) => {
                 let ca = Arc::new(RwLock::new(ClientCa::load(path)?));

@@ -154,7 +154,7 @@ impl App {
                 authz,
                 always_allow: AlwaysAllowPaths::new(&settings.always_allow_paths),
                 ingest: Ingest {
-                    gate: ingest::Gate::new(&settings.ingest, shutdown.clone())?,
+                    gate: ingest::Gate::new(&settings.ingest.gate, shutdown.clone())?,
                     bus,
                     nats,
                     meters: ingest::Meters::new(&metrics),
