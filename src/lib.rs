@@ -2,7 +2,19 @@
 //! as an authorized, bandwidth-bounded WATCH stream of the aggregated API
 //! `audit.k8s.io/v1alpha1`.
 //!
-//! Data flows one way: `ingest` → `bus` → `watch`, never back.
+//! The crate in layers: a module imports only from its own layer or the ones below, with
+//! no circle, and data flows `ingest` → `bus` → `watch`, never back (`tests/layers.rs`
+//! reads this picture and checks every `crate::` path of `src/` against it).
+//!
+//! ```text
+//! L6 main · bin · plugin: the server's thin main; `kubectl audit`, a client of the API
+//! L5 server: app (wiring) · router (authn → authz → handler) · accept (TLS, HTTP/1.1, h2)
+//! L4 config: flags → each module's own settings type; only main and server import it
+//! L3 ingest · watch: POST /ingest → bus · bus → WATCH, LIST, GET, Table, budgets
+//! L2 nats · authn · authz · table · metrics: the shared stream; who asks, may they
+//! L1 bus · event · selector · budget · tls · discovery · reply: window, fan-out, lines
+//! L0 status · source · logging · stall · coalesce: know nothing of the crate
+//! ```
 //!
 //! * [`config`]: flags, their validation into `Settings`, the `--dev` preset.
 //! * [`server`]: wiring (`App`, the shared handles, and typed start-up errors), routing
@@ -30,7 +42,9 @@
 //! * [`table`]: server-side printing, the `meta.k8s.io` Table kubectl asks for.
 //! * [`budget`]: each watcher's byte budget: send whole, truncated, or drop.
 //! * [`discovery`]: `/apis` documents, legacy and aggregated.
-//! * [`status`]: `ApiError` → `meta.k8s.io/v1` `Status`.
+//! * [`status`]: `ApiError` → `meta.k8s.io/v1` `Status`; each layer converts its own
+//!   errors into it.
+//! * [`source`]: reading the files flags name (one reader, one error naming the file).
 //! * [`reply`]: the response body type and plain responses.
 //! * [`metrics`]: Prometheus metrics in the app's own registry.
 //! * [`logging`]: the log's format (text or component-base JSON) and `-v` verbosity.
