@@ -14,7 +14,7 @@
 //! its head (`v` length, bytes), where the metadata ends in it (`v`), the stage time (`i64`
 //! microseconds, `i64::MIN` for none), then `0`, or `1` and the truncation: two cuts and
 //! the edit's range (start, end each, `v`, from the head's end; an empty cut as `0, 0`),
-//! the edit's index in `EDITS` (one byte). Hand-written because it is a dozen integers
+//! the edit's number (`Edit`, one byte). Hand-written because it is a dozen integers
 //! around two byte strings, and the reader must put a message's lines in one buffer, not
 //! one allocation per event.
 
@@ -23,7 +23,7 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 
-use super::{EDITS, Event, FIELD_COUNT, LINE_END, Truncation, write_head};
+use super::{Edit, Event, FIELD_COUNT, LINE_END, Truncation, write_head};
 
 /// `stage_micros` absent.
 const NO_STAGE: i64 = i64::MIN;
@@ -71,8 +71,7 @@ impl Event {
                 for n in self.truncation_ranges(t) {
                     put_varint(out, n);
                 }
-                let index = EDITS.iter().position(|e| *e == t.edit.1).unwrap_or(0);
-                out.push(index as u8);
+                out.push(t.edit.1.wire_number());
             }
         }
     }
@@ -178,8 +177,7 @@ impl Reader<'_> {
                     let (s, e) = (self.varint()?, self.varint()?);
                     *range = head_len.saturating_add(s)..head_len.saturating_add(e);
                 }
-                let with = *EDITS
-                    .get(usize::from(self.u8()?))
+                let with = Edit::from_wire_number(self.u8()?)
                     .ok_or(WireError("unknown annotation edit"))?;
                 let [c0, c1, edit] = ranges;
                 Some(Box::new(truncation(
@@ -217,7 +215,7 @@ fn varint_len(n: usize) -> usize {
 fn truncation(
     cut: [Range<usize>; 2],
     edit: Range<usize>,
-    with: &'static [u8],
+    with: Edit,
     meta_end: usize,
     line_len: usize,
 ) -> Result<Truncation, WireError> {
@@ -234,7 +232,7 @@ fn truncation(
         len += c.start.max(at) - at;
         at = at.max(c.end);
     }
-    len += edit.start - at + with.len() + (line_len - edit.end);
+    len += edit.start - at + with.bytes().len() + (line_len - edit.end);
     Ok(Truncation {
         cut,
         edit: (edit, with),
@@ -391,17 +389,10 @@ mod tests {
                     let _ = e.wire_len(truncated);
                 }
                 let _ = e.metadata_parts();
-                for f in FIELDS {
+                for f in crate::event::Field::ALL {
                     let _ = e.get(f);
                 }
             }
         }
     }
-
-    const FIELDS: [crate::event::Field; FIELD_COUNT] = {
-        use crate::event::Field::*;
-        [
-            AuditId, Stage, Level, Verb, Username, Namespace, Resource, Name, ApiGroup, Code,
-        ]
-    };
 }

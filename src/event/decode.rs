@@ -1,0 +1,642 @@
+//! Decoding a webhook `EventList` in one pass: each item's members are taken as raw text
+//! (validated as they are skipped), the routing fields read from that text, and the line
+//! written by copying each value once (`json` writes it).
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::fmt;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+use super::json::{write_raw, write_seconds, write_str};
+use super::truncate::{Edit, Truncation};
+use super::*;
+
+/// Why a pushed body was refused. Nothing of a refused body reaches the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("malformed JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("malformed JSON: {0}")]
+    Utf8(#[from] std::str::Utf8Error),
+    #[error(
+        "expected kind \"EventList\" with apiVersion audit.k8s.io/v1 or v1beta1, got kind {kind:?} apiVersion {api_version:?}"
+    )]
+    NotEventList { kind: String, api_version: String },
+    #[error("items[{index}]: {reason}")]
+    Item { index: usize, reason: String },
+    /// `\ud800`…`\udfff` not in a pair: JSON's grammar lets it through, but it is no
+    /// character, and strict readers (serde_json, so kube-rs watchers) refuse the line.
+    #[error("malformed JSON: unpaired surrogate escape at byte {0}")]
+    LoneSurrogate(usize),
+}
+
+/// Decode a webhook body (`audit.k8s.io/v1` or `v1beta1` `EventList`) into events ready
+/// for the bus. `source` names the pushing apiserver; `now` (RFC 3339) stands in for an
+/// event that carries no timestamp at all.
+pub fn decode_event_list(body: &[u8], source: &str, now: &str) -> Result<Vec<Event>, DecodeError> {
+    let ctx = Ctx {
+        source,
+        now,
+        multiline: memchr::memchr2(b'\n', b'\r', body).is_some(),
+        item_error: RefCell::new(None),
+        scratch: RefCell::new(Scratch::default()),
+    };
+    // Checked once here, so that serde_json reads a `str` and checks no string again.
+    let text = std::str::from_utf8(body)?;
+    // Values are copied as raw text, which serde_json checks for syntax only; a string
+    // escape that is half a surrogate pair would reach every watcher. kube-apiserver
+    // never writes one (Go escapes bad UTF-8 as \ufffd), so the search is all it costs.
+    if let Some(at) = lone_surrogate(text) {
+        return Err(DecodeError::LoneSurrogate(at));
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    // `end`: nothing but whitespace may follow the list, as for any JSON reader
+    // (kube-apiserver's too); without it a body with trailing garbage was taken.
+    let envelope = match ListSeed(&ctx)
+        .deserialize(&mut de)
+        .and_then(|env| de.end().map(|()| env))
+    {
+        Ok(envelope) => envelope,
+        Err(e) => return Err(ctx.item_error.take().unwrap_or(DecodeError::Json(e))),
+    };
+    let kind = envelope.kind.as_deref().unwrap_or_default();
+    let api_version = envelope.api_version.as_deref().unwrap_or_default();
+    if kind != "EventList" || !ACCEPTED_LIST_VERSIONS.contains(&api_version) {
+        return Err(DecodeError::NotEventList {
+            kind: kind.to_owned(),
+            api_version: api_version.to_owned(),
+        });
+    }
+    Ok(envelope.items)
+}
+
+/// The byte offset of the first `\uXXXX` escape that is half a surrogate pair without its
+/// other half; `None` when there is none (at once when no `\u` is followed by `d`).
+/// Written by hand: serde_json has no strict check that keeps the text as it is.
+fn lone_surrogate(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    let maybe =
+        memchr::memmem::find_iter(b, br"\u").any(|i| matches!(b.get(i + 2), Some(b'd' | b'D')));
+    if !maybe {
+        return None;
+    }
+    let hex4 = |i: usize| -> Option<u16> {
+        let s = text.get(i..i + 4)?;
+        u16::from_str_radix(s, 16).ok()
+    };
+    let (mut i, mut in_string) = (0, false);
+    while i < b.len() {
+        match (in_string, b[i]) {
+            (false, b'"') => in_string = true,
+            (true, b'"') => in_string = false,
+            (true, b'\\') if b.get(i + 1) == Some(&b'u') => {
+                let unit = hex4(i + 2).unwrap_or(0);
+                match unit {
+                    0xD800..=0xDBFF => {
+                        let low = (b.get(i + 6) == Some(&b'\\') && b.get(i + 7) == Some(&b'u'))
+                            .then(|| hex4(i + 8))
+                            .flatten();
+                        if !matches!(low, Some(0xDC00..=0xDFFF)) {
+                            return Some(i);
+                        }
+                        i += 12;
+                        continue;
+                    }
+                    0xDC00..=0xDFFF => return Some(i),
+                    _ => {
+                        i += 6;
+                        continue;
+                    }
+                }
+            }
+            // Any other escape is two bytes; skipping both keeps `\\` from starting one.
+            (true, b'\\') => {
+                i += 2;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// What a batch's decode shares: the push's constants, the first item error (serde only
+/// carries strings, and an item error must not read as malformed JSON), and scratch
+/// space reused by every item.
+struct Ctx<'s> {
+    source: &'s str,
+    now: &'s str,
+    /// Whether the body has a line break at all: only then may a value span lines.
+    multiline: bool,
+    item_error: RefCell<Option<DecodeError>>,
+    scratch: RefCell<Scratch>,
+}
+
+#[derive(Default)]
+struct Scratch {
+    out: Vec<u8>,
+    strings: String,
+}
+
+struct Envelope<'a> {
+    kind: Option<Cow<'a, str>>,
+    api_version: Option<Cow<'a, str>>,
+    items: Vec<Event>,
+}
+
+struct ListSeed<'c, 's>(&'c Ctx<'s>);
+
+impl<'de> DeserializeSeed<'de> for ListSeed<'_, '_> {
+    type Value = Envelope<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ListSeed<'_, '_> {
+    type Value = Envelope<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an audit EventList object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut env = Envelope {
+            kind: None,
+            api_version: None,
+            items: Vec::new(),
+        };
+        let mut seen_items = false;
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            match &*key {
+                "kind" => env.kind = map.next_value()?,
+                "apiVersion" => env.api_version = map.next_value()?,
+                "items" if seen_items => return Err(de::Error::duplicate_field("items")),
+                "items" => {
+                    seen_items = true;
+                    if let Some(items) = map.next_value_seed(ItemsSeed(self.0))? {
+                        env.items = items;
+                    }
+                }
+                _ => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(env)
+    }
+}
+
+/// `items`: `null` or an array, each element decoded as it is reached.
+struct ItemsSeed<'c, 's>(&'c Ctx<'s>);
+
+impl<'de> DeserializeSeed<'de> for ItemsSeed<'_, '_> {
+    type Value = Option<Vec<Event>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ItemsSeed<'_, '_> {
+    type Value = Option<Vec<Event>>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of audit Events")
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(64));
+        // One item's members at a time, in one buffer for the whole batch.
+        let mut members = Vec::with_capacity(32);
+        let mut annotations = Vec::with_capacity(8);
+        while let Some(is_object) = seq.next_element_seed(MembersSeed(&mut members))? {
+            let index = out.len();
+            if !is_object {
+                return Err(self.fail(index, "expected an audit Event object".into()));
+            }
+            match decode_event(&members, &mut annotations, self.0) {
+                Ok(ev) => out.push(ev),
+                Err(reason) => return Err(self.fail(index, reason)),
+            }
+        }
+        Ok(Some(out))
+    }
+}
+
+impl ItemsSeed<'_, '_> {
+    /// Keep the item's error for the caller; serde only needs to stop.
+    fn fail<E: de::Error>(&self, index: usize, reason: String) -> E {
+        *self.0.item_error.borrow_mut() = Some(DecodeError::Item { index, reason });
+        E::custom("invalid item")
+    }
+}
+
+/// One item's members in their order, values as raw text, into a reused buffer; `false`
+/// when the item is not an object.
+struct MembersSeed<'m, 'a>(&'m mut Vec<(Key<'a>, &'a RawValue)>);
+
+impl<'de> DeserializeSeed<'de> for MembersSeed<'_, 'de> {
+    type Value = bool;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        self.0.clear();
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for MembersSeed<'_, 'de> {
+    type Value = bool;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an audit Event object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            self.0.push((key, map.next_value::<&'de RawValue>()?));
+        }
+        Ok(true)
+    }
+    // Anything but an object is the item's error, not the body's.
+    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_unit<E>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+        Ok(false)
+    }
+}
+
+/// A map key borrowed from the body when it has no escapes (serde's own `Cow<str>`
+/// always allocates).
+#[derive(Debug)]
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A string borrowed from the body when it has no escapes.
+#[derive(Deserialize, Default)]
+#[serde(transparent)]
+struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
+
+#[derive(Deserialize, Default)]
+struct UserRef<'a> {
+    #[serde(borrow, default)]
+    username: Option<Str<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+struct ObjectRef<'a> {
+    #[serde(borrow, default)]
+    namespace: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    resource: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    name: Option<Str<'a>>,
+    #[serde(borrow, default, rename = "apiGroup")]
+    api_group: Option<Str<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+struct ResponseStatus {
+    #[serde(default)]
+    code: Option<i64>,
+}
+
+/// Read a member's value as `T`; `None` for absent or `null`.
+fn parse<'a, T: Deserialize<'a>>(
+    key: &str,
+    raw: Option<&'a RawValue>,
+) -> Result<Option<T>, String> {
+    match raw.map(RawValue::get) {
+        None | Some("null") => Ok(None),
+        Some(text) => serde_json::from_str(text)
+            .map(Some)
+            .map_err(|e| format!("{key}: {e}")),
+    }
+}
+
+/// A string member. Most are plain (no escapes): read straight from the raw text.
+fn string<'a>(key: &str, raw: Option<&'a RawValue>) -> Result<Cow<'a, str>, String> {
+    if let Some(text) = raw.map(RawValue::get)
+        && text.len() >= 2
+        && text.starts_with('"')
+        && !text.contains('\\')
+    {
+        return Ok(Cow::Borrowed(&text[1..text.len() - 1]));
+    }
+    Ok(parse::<Str<'a>>(key, raw)?.unwrap_or_default().0)
+}
+
+fn required<'a>(key: &str, raw: Option<&'a RawValue>) -> Result<Cow<'a, str>, String> {
+    match string(key, raw)? {
+        s if s.is_empty() => Err(format!("{key} is required")),
+        s => Ok(s),
+    }
+}
+
+/// The members an event's decoding reads, found in one walk over its members.
+#[derive(Default)]
+struct Known<'a> {
+    kind: Option<&'a RawValue>,
+    audit_id: Option<&'a RawValue>,
+    stage: Option<&'a RawValue>,
+    level: Option<&'a RawValue>,
+    verb: Option<&'a RawValue>,
+    user: Option<&'a RawValue>,
+    object_ref: Option<&'a RawValue>,
+    response_status: Option<&'a RawValue>,
+    annotations: Option<&'a RawValue>,
+    timestamps: [Option<&'a RawValue>; 3],
+    has_bodies: bool,
+    /// Which of `BODY_FIELDS` were seen.
+    bodies_seen: [bool; 2],
+}
+
+impl<'a> Known<'a> {
+    fn find(members: &[(Key<'a>, &'a RawValue)]) -> Result<Self, String> {
+        let mut k = Known::default();
+        for (Key(key), raw) in members {
+            let slot = match &**key {
+                "kind" => &mut k.kind,
+                "auditID" => &mut k.audit_id,
+                "stage" => &mut k.stage,
+                "level" => &mut k.level,
+                "verb" => &mut k.verb,
+                "user" => &mut k.user,
+                "objectRef" => &mut k.object_ref,
+                "responseStatus" => &mut k.response_status,
+                "annotations" => &mut k.annotations,
+                "stageTimestamp" => &mut k.timestamps[0],
+                "requestReceivedTimestamp" => &mut k.timestamps[1],
+                "timestamp" => &mut k.timestamps[2],
+                b if BODY_FIELDS.contains(&b) => {
+                    // Twice, the truncated form would keep one copy: refused, as a
+                    // routed field twice is.
+                    let i = usize::from(b == BODY_FIELDS[1]);
+                    if std::mem::replace(&mut k.bodies_seen[i], true) {
+                        return Err(format!("duplicate field {key:?}"));
+                    }
+                    k.has_bodies |= raw.get() != "null";
+                    continue;
+                }
+                _ => continue,
+            };
+            // Routed by one value and read by clients as another: refused.
+            if slot.replace(raw).is_some() {
+                return Err(format!("duplicate field {key:?}"));
+            }
+        }
+        Ok(k)
+    }
+}
+
+fn decode_event<'a>(
+    members: &[(Key<'a>, &'a RawValue)],
+    annotations: &mut Vec<(Str<'a>, Str<'a>)>,
+    ctx: &Ctx<'_>,
+) -> Result<Event, String> {
+    let k = Known::find(members)?;
+    let kind = string("kind", k.kind)?;
+    if !kind.is_empty() && kind != "Event" {
+        return Err(format!("kind must be \"Event\", got {kind:?}"));
+    }
+    let audit_id = required("auditID", k.audit_id)?;
+    let stage = required("stage", k.stage)?;
+    let level = required("level", k.level)?;
+    let verb = string("verb", k.verb)?;
+    let user: UserRef<'_> = parse("user", k.user)?.unwrap_or_default();
+    let object_ref: ObjectRef<'_> = parse("objectRef", k.object_ref)?.unwrap_or_default();
+    // Read only for selectors and tables: a malformed one is kept as sent, not refused.
+    let code = parse::<ResponseStatus>("responseStatus", k.response_status)
+        .ok()
+        .flatten()
+        .and_then(|s| s.code);
+    annotations.clear();
+    if let Some(text) = k.annotations.map(RawValue::get).filter(|t| *t != "null") {
+        let mut de = serde_json::Deserializer::from_str(text);
+        AnnotationsSeed(annotations)
+            .deserialize(&mut de)
+            .and_then(|()| de.end())
+            .map_err(|e| format!("annotations: {e}"))?;
+    }
+    let stage_micros = string("stageTimestamp", k.timestamps[0])
+        .ok()
+        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .map(|t| t.as_microsecond());
+    let mut timestamp = Cow::Borrowed(ctx.now);
+    for raw in k.timestamps {
+        let t = string("timestamp", raw)?;
+        if !t.is_empty() {
+            timestamp = t;
+            break;
+        }
+    }
+    let namespace = object_ref.namespace.map(|s| s.0).unwrap_or_default();
+
+    let mut scratch = ctx.scratch.borrow_mut();
+    let Scratch { out, strings } = &mut *scratch;
+
+    // The routing strings, one allocation.
+    strings.clear();
+    let mut ends = [0u32; FIELD_COUNT];
+    let mut code_digits = itoa::Buffer::new();
+    let code = code.map_or("", |c| code_digits.format(c));
+    let fields: [&str; FIELD_COUNT] = [
+        &audit_id,
+        &stage,
+        &level,
+        &verb,
+        user.username.as_ref().map_or("", |s| &s.0),
+        &namespace,
+        object_ref.resource.as_ref().map_or("", |s| &s.0),
+        object_ref.name.as_ref().map_or("", |s| &s.0),
+        object_ref.api_group.as_ref().map_or("", |s| &s.0),
+        code,
+    ];
+    for (end, s) in ends.iter_mut().zip(fields) {
+        strings.push_str(s);
+        *end = u32::try_from(strings.len()).map_err(|_| "event too large".to_owned())?;
+    }
+
+    // The line.
+    out.clear();
+    write_head(out, &audit_id, &stage, &namespace);
+    let head_len = out.len();
+    out.extend_from_slice(br#"","creationTimestamp":"#);
+    write_seconds(out, &timestamp);
+    out.push(b'}');
+    let meta_end = out.len();
+    let mut cut = [0..0, 0..0];
+    let mut cuts = 0;
+    for (member, value) in members {
+        let key = &*member.0;
+        if matches!(key, "kind" | "apiVersion" | "metadata" | "annotations") {
+            continue;
+        }
+        let start = out.len();
+        out.push(b',');
+        write_key(out, member);
+        out.push(b':');
+        write_raw(out, value, ctx.multiline);
+        if k.has_bodies && BODY_FIELDS.contains(&key) {
+            // Two body fields at most: `Known::find` refused a repeated one.
+            if let Some(slot) = cut.get_mut(cuts) {
+                *slot = start..out.len();
+                cuts += 1;
+            }
+        }
+    }
+
+    // Annotations: ours set, sorted by key as Go's encoder writes a map; a repeated key
+    // keeps its last value, as a map would.
+    let ours = (!ctx.source.is_empty()).then_some(ctx.source);
+    if ours.is_some() {
+        annotations.retain(|(key, _)| key.0 != SOURCE_ANNOTATION);
+    }
+    annotations.sort_by(|a, b| a.0.0.cmp(&b.0.0));
+    annotations.dedup_by(|later, earlier| {
+        let same = later.0.0 == earlier.0.0;
+        if same {
+            std::mem::swap(later, earlier);
+        }
+        same
+    });
+    let split = ours.map_or(usize::MAX, |_| {
+        annotations.partition_point(|(key, _)| &*key.0 < SOURCE_ANNOTATION)
+    });
+    let pairs = annotations.iter().map(|(k, v)| (&*k.0, &*v.0));
+    let merged = pairs
+        .clone()
+        .take(split)
+        .chain(ours.map(|source| (SOURCE_ANNOTATION, source)))
+        .chain(pairs.skip(split));
+    let mut edit = None;
+    if annotations.is_empty() && ours.is_none() {
+        let at = out.len();
+        edit = Some((at..at, Edit::AddAnnotations));
+    } else {
+        out.extend_from_slice(br#","annotations":{"#);
+        for (i, (key, value)) in merged.enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            if edit.is_none() && key > TRUNCATED_ANNOTATION {
+                let at = out.len();
+                edit = Some((at..at, Edit::InsertBefore));
+            }
+            write_str(out, key);
+            out.push(b':');
+            let value_at = out.len();
+            write_str(out, value);
+            if key == TRUNCATED_ANNOTATION {
+                // Pushed with a value of its own: the truncated form says "true".
+                edit = Some((value_at..out.len(), Edit::ReplaceValue));
+            }
+        }
+        if edit.is_none() {
+            let at = out.len();
+            edit = Some((at..at, Edit::Append));
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"}}\n");
+
+    let truncation = k.has_bodies.then(|| {
+        let (range, with) = edit.unwrap_or((out.len()..out.len(), Edit::Nothing));
+        let cut_len: usize = cut.iter().map(|c| c.len()).sum();
+        Box::new(Truncation {
+            len: out.len() - cut_len - range.len() + with.bytes().len(),
+            cut,
+            edit: (range, with),
+            line: OnceLock::new(),
+        })
+    });
+    Ok(Event {
+        strings: strings.as_str().into(),
+        ends,
+        // Copied out of the scratch buffer at its exact size: `Bytes` keeps its whole
+        // allocation for as long as the event lives in the window.
+        line: Bytes::copy_from_slice(out),
+        head_len,
+        meta_end,
+        truncation,
+        cells: OnceLock::new(),
+        stage_micros,
+    })
+}
+
+/// `annotations`: a map of strings, read as pairs in their order into a reused buffer.
+struct AnnotationsSeed<'v, 'a>(&'v mut Vec<(Str<'a>, Str<'a>)>);
+
+impl<'de> DeserializeSeed<'de> for AnnotationsSeed<'_, 'de> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for AnnotationsSeed<'_, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a map of strings")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(entry) = map.next_entry::<Str<'de>, Str<'de>>()? {
+            self.0.push(entry);
+        }
+        Ok(())
+    }
+}
+
+/// A member's key: one borrowed from the body had no escapes, so it goes out as it came.
+fn write_key(out: &mut Vec<u8>, Key(key): &Key<'_>) {
+    match key {
+        Cow::Borrowed(k) => {
+            out.push(b'"');
+            out.extend_from_slice(k.as_bytes());
+            out.push(b'"');
+        }
+        Cow::Owned(k) => write_str(out, k),
+    }
+}
