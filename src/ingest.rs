@@ -19,7 +19,7 @@ use crate::bus::Bus;
 use crate::event::{self, Event};
 use crate::metrics::{self, Metrics};
 use crate::nats::Nats;
-use crate::reply::{self, Body};
+use crate::response::{self, Body};
 use crate::status::ApiError;
 use crate::tls::Peer;
 
@@ -337,7 +337,7 @@ impl Ingest {
             message: Some(format!("{count} events accepted")),
             ..Default::default()
         };
-        Ok(reply::json(
+        Ok(response::json(
             StatusCode::OK,
             serde_json::to_vec(&status).unwrap_or_default(),
         ))

@@ -12,17 +12,16 @@
 //! L4 config: flags → each module's own settings type; only main and server import it
 //! L3 ingest · watch: POST /ingest → bus · bus → WATCH, LIST, GET, Table, budgets
 //! L2 nats · authn · authz · table · metrics: the shared stream; who asks, may they
-//! L1 bus · event · selector · budget · tls · discovery · reply: window, fan-out, lines
-//! L0 status · source · logging · stall · coalesce: know nothing of the crate
+//! L1 bus · event · selector · budget · tls · discovery · response: window, fan-out, lines
+//! L0 status · source · logging: know nothing of the crate
 //! ```
 //!
 //! * [`config`]: flags, their validation into `Settings`, the `--dev` preset.
 //! * [`server`]: wiring (`App`, the shared handles, and typed start-up errors), routing
 //!   (authentication and authorization of every request, then the handler for its path
 //!   and verb), and the accept loop (`run(app, listener, shutdown)`: TLS, HTTP/1.1 and
-//!   HTTP/2, graceful shutdown), a file each.
-//! * [`stall`]: cuts off connections whose peer stopped reading.
-//! * [`coalesce`]: gathers a connection's small writes into one TLS write per flush.
+//!   HTTP/2, graceful shutdown, and the connection I/O wrappers that cut off a peer that
+//!   stopped reading and gather small writes into one TLS write), a file each.
 //! * [`tls`]: rustls configuration, serving-certificate reload, client-certificate checks.
 //! * [`authn`]: who is asking (`UserInfo`, the authenticator chain, static tokens), and
 //!   who may push (`authn::pusher`).
@@ -45,7 +44,8 @@
 //! * [`status`]: `ApiError` → `meta.k8s.io/v1` `Status`; each layer converts its own
 //!   errors into it.
 //! * [`source`]: reading the files flags name (one reader, one error naming the file).
-//! * [`reply`]: the response body type and plain responses.
+//! * [`response`]: the response body type every handler returns, plain responses, and
+//!   where a panic stops.
 //! * [`metrics`]: Prometheus metrics in the app's own registry.
 //! * [`logging`]: the log's format (text or component-base JSON) and `-v` verbosity.
 //! * [`plugin`]: `kubectl audit`, the kubectl plugin (the `kubectl-audit` binary): `tail`
@@ -57,7 +57,6 @@ pub mod authn;
 pub mod authz;
 pub mod budget;
 pub mod bus;
-pub mod coalesce;
 pub mod config;
 pub mod discovery;
 pub mod event;
@@ -65,11 +64,10 @@ pub mod ingest;
 pub mod logging;
 pub mod metrics;
 pub mod nats;
-pub mod reply;
+pub mod response;
 pub mod selector;
 pub mod server;
 pub mod source;
-pub mod stall;
 pub mod status;
 pub mod table;
 pub mod tls;

@@ -23,8 +23,8 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use super::App;
-use crate::coalesce::Coalesce;
-use crate::stall::StallGuard;
+use super::stalled_write::StallGuard;
+use super::write_coalescing::Coalesce;
 use crate::tls::Peer;
 
 /// Open connections at most; the accept loop waits for a free slot beyond this.

@@ -9,10 +9,15 @@
 //!   authorizer was asked. A new resource or verb is one arm of `Router::resource`.
 //! * `accept`: `run(app, listener, shutdown)` accepts TLS connections, serves HTTP/1.1
 //!   and HTTP/2 on them, and drains on shutdown.
+//! * `stalled_write` and `write_coalescing`: what `accept` wraps each connection's I/O
+//!   in: a write that makes no progress for too long fails (a peer that stopped
+//!   reading), and small writes go to TLS together at a flush.
 
 mod accept;
 mod app;
 mod router;
+mod stalled_write;
+mod write_coalescing;
 
 pub use accept::run;
 pub use app::{App, Error};

@@ -18,7 +18,7 @@ use crate::bus::{Down, Scope};
 use crate::discovery;
 use crate::event::{API_GROUP, API_VERSION};
 use crate::metrics::{self, Metrics};
-use crate::reply::{self, Body};
+use crate::response::{self, Body};
 use crate::status::ApiError;
 use crate::table;
 use crate::tls::Peer;
@@ -30,11 +30,11 @@ impl App {
     pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
         if let Err(e) = self.check_head(&req) {
             tracing::debug!(peer = %peer.remote_addr, error = %e, "request head refused");
-            return reply::error(&e);
+            return response::error(&e);
         }
         let what = format!("{} {}", req.method(), req.uri().path());
         let panics = self.inner.metrics.panic_counter("handler");
-        reply::answer_panics(self.answer(req, peer), &panics, &what).await
+        response::answer_panics(self.answer(req, peer), &panics, &what).await
     }
 
     /// The URL and head size limits, before anything reads the request. hyper and h2
@@ -77,7 +77,7 @@ impl App {
                 }
                 _ => {}
             }
-            reply::error(&e)
+            response::error(&e)
         });
         let code = resp.status().as_u16();
         self.inner.requests.request(verb, resource, code);
@@ -202,10 +202,10 @@ impl App {
                 // Alive while the bus is down: the replica recovers by itself, and a
                 // restart would not bring NATS back.
                 "/healthz" | "/livez" => {
-                    reply::bytes(StatusCode::OK, "text/plain; charset=utf-8", "ok")
+                    response::bytes(StatusCode::OK, "text/plain; charset=utf-8", "ok")
                 }
                 "/readyz" => readyz(app.bus.down().as_ref().map(Down::reason), req.uri().query()),
-                "/metrics" => reply::bytes(
+                "/metrics" => response::bytes(
                     StatusCode::OK,
                     "text/plain; version=0.0.4",
                     app.metrics
@@ -217,7 +217,7 @@ impl App {
                         .get(http::header::ACCEPT)
                         .and_then(|v| v.to_str().ok());
                     let doc = app.discovery.document(path, accept).ok_or_else(not_found)?;
-                    let mut resp = reply::bytes(StatusCode::OK, &doc.content_type, doc.body);
+                    let mut resp = response::bytes(StatusCode::OK, &doc.content_type, doc.body);
                     resp.headers_mut()
                         .insert(http::header::VARY, http::HeaderValue::from_static("Accept"));
                     resp
@@ -434,15 +434,15 @@ fn readyz(bus_down: Option<&str>, query: Option<&str>) -> Response<Body> {
     });
     let text = "text/plain; charset=utf-8";
     match bus_down {
-        None if !verbose => reply::bytes(StatusCode::OK, text, "ok"),
-        None => reply::bytes(
+        None if !verbose => response::bytes(StatusCode::OK, text, "ok"),
+        None => response::bytes(
             StatusCode::OK,
             text,
             "[+]ping ok\n[+]bus ok\nreadyz check passed\n",
         ),
         Some(reason) => {
             tracing::debug!(%reason, "readyz: bus check failed");
-            reply::bytes(
+            response::bytes(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 text,
                 "[+]ping ok\n[-]bus failed: reason withheld\nreadyz check failed\n",

@@ -362,7 +362,7 @@ impl http_body::Body for WatchBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        // Still set when the body is dropped: a panic left the poll (`reply::Guarded`
+        // Still set when the body is dropped: a panic left the poll (`response::Guarded`
         // caught it), which the end line says.
         self.in_poll = true;
         let poll = self.poll_next(cx);

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::{Query, ResourceVersionMatch};
 use crate::bus::{At, Bus, Filter, ListError, ListRange, Scope};
 use crate::event::{API_GROUP, Field, GROUP_VERSION};
-use crate::reply::{self, Body};
+use crate::response::{self, Body};
 use crate::status::ApiError;
 use crate::table::Format;
 
@@ -139,7 +139,7 @@ pub fn list(
             out.extend_from_slice(b"]}");
         }
     }
-    Ok(reply::json(StatusCode::OK, out))
+    Ok(response::json(StatusCode::OK, out))
 }
 
 /// GET one event by name (`<auditID>-<stage in lower case>`) while the window holds it;
@@ -182,7 +182,7 @@ pub fn get(
             out.extend_from_slice(tail);
         }
     }
-    Ok(reply::json(StatusCode::OK, out))
+    Ok(response::json(StatusCode::OK, out))
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use crate::budget::Budget;
 use crate::bus::{Bus, Filter, Scope};
 use crate::event::{DROPPED_ANNOTATION, GROUP_VERSION, KIND};
 use crate::metrics::WatchGuard;
-use crate::reply::Body;
+use crate::response::Body;
 pub use crate::selector::FieldSelector;
 use crate::status::ApiError;
 use crate::table::Format;
@@ -285,7 +285,7 @@ pub fn serve(
     let current = bus.resource_version();
     if let Some(requested) = query.resource_version.filter(|rv| *rv > current) {
         let e = ApiError::TooLargeResourceVersion { requested, current };
-        return Ok(stream_response(crate::reply::full(e.to_watch_event())));
+        return Ok(stream_response(crate::response::full(e.to_watch_event())));
     }
     let since = if query.sends_initial_events() {
         Some(0)
@@ -297,14 +297,14 @@ pub fn serve(
         Err(crate::bus::Refused::Unavailable(down)) => return Err(down.into()),
         Err(crate::bus::Refused::Expired(expired)) => {
             let e = ApiError::from(expired);
-            return Ok(stream_response(crate::reply::full(e.to_watch_event())));
+            return Ok(stream_response(crate::response::full(e.to_watch_event())));
         }
     };
     let registration = watches.register(&ctx.user, sub.closer(), ctx.guard.stalled_counter())?;
     let panics = ctx.guard.panic_counter();
     let body = body::WatchBody::new(sub, registration, query, ctx);
     Ok(stream_response(
-        crate::reply::Guarded::new(body, panics).boxed_unsync(),
+        crate::response::Guarded::new(body, panics).boxed_unsync(),
     ))
 }
 
