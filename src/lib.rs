@@ -53,6 +53,9 @@
 //!   the server's internals (it shares only the API's names and annotations, and the
 //!   latency format of its Table).
 
+// No unsafe code anywhere in the crate, and it stays so: the compiler refuses it.
+#![forbid(unsafe_code)]
+
 pub mod authn;
 pub mod authz;
 pub mod budget;

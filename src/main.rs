@@ -1,6 +1,8 @@
 //! The `kube-audit-stream` binary: flags → tracing → bind → `server::run` → exit code.
 //! Everything else lives in the library.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -1,6 +1,8 @@
 //! The `kubectl-audit` binary, `kubectl audit` once on the PATH: flags → runtime →
 //! `plugin::run`, and Ctrl-C → exit 0. Everything else lives in `kube_audit_stream::plugin`.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::Parser;
