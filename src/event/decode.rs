@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::json::{write_raw, write_seconds, write_str};
+use super::json::{write_raw, write_seconds, write_str, write_text};
 use super::truncate::{Edit, Truncation};
 use super::*;
 
@@ -36,12 +36,23 @@ pub enum DecodeError {
 }
 
 /// Decode a webhook body (`audit.k8s.io/v1` or `v1beta1` `EventList`) into events ready
-/// for the bus. `source` names the pushing apiserver; `now` (RFC 3339) stands in for an
-/// event that carries no timestamp at all.
+/// for the bus, every redaction rule on (the server's default). `source` names the pushing
+/// apiserver; `now` (RFC 3339) stands in for an event that carries no timestamp at all.
 pub fn decode_event_list(body: &[u8], source: &str, now: &str) -> Result<Vec<Event>, DecodeError> {
+    decode_event_list_with(body, source, now, &Redaction::default())
+}
+
+/// `decode_event_list` with these redaction rules (`--redact`, `--redaction-key-file`).
+pub fn decode_event_list_with(
+    body: &[u8],
+    source: &str,
+    now: &str,
+    redaction: &Redaction,
+) -> Result<Vec<Event>, DecodeError> {
     let ctx = Ctx {
         source,
         now,
+        redaction,
         multiline: memchr::memchr2(b'\n', b'\r', body).is_some(),
         item_error: RefCell::new(None),
         scratch: RefCell::new(Scratch::default()),
@@ -132,6 +143,7 @@ fn lone_surrogate(text: &str) -> Option<usize> {
 struct Ctx<'s> {
     source: &'s str,
     now: &'s str,
+    redaction: &'s Redaction,
     /// Whether the body has a line break at all: only then may a value span lines.
     multiline: bool,
     item_error: RefCell<Option<DecodeError>>,
@@ -244,7 +256,7 @@ impl ItemsSeed<'_, '_> {
 
 /// One item's members in their order, values as raw text, into a reused buffer; `false`
 /// when the item is not an object.
-struct MembersSeed<'m, 'a>(&'m mut Vec<(Key<'a>, &'a RawValue)>);
+pub(super) struct MembersSeed<'m, 'a>(pub(super) &'m mut Vec<(Key<'a>, &'a RawValue)>);
 
 impl<'de> DeserializeSeed<'de> for MembersSeed<'_, 'de> {
     type Value = bool;
@@ -293,7 +305,7 @@ impl<'de> Visitor<'de> for MembersSeed<'_, 'de> {
 /// A map key borrowed from the body when it has no escapes (serde's own `Cow<str>`
 /// always allocates).
 #[derive(Debug)]
-struct Key<'a>(Cow<'a, str>);
+pub(super) struct Key<'a>(pub(super) Cow<'a, str>);
 
 impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -335,6 +347,9 @@ struct ObjectRef<'a> {
     name: Option<Str<'a>>,
     #[serde(borrow, default, rename = "apiGroup")]
     api_group: Option<Str<'a>>,
+    /// Read for redaction only (`serviceaccounts/token`).
+    #[serde(borrow, default)]
+    subresource: Option<Str<'a>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -472,7 +487,19 @@ fn decode_event<'a>(
             break;
         }
     }
-    let namespace = object_ref.namespace.map(|s| s.0).unwrap_or_default();
+    let resource = object_ref.resource.as_ref().map_or("", |s| &s.0);
+    let name = object_ref.name.as_ref().map_or("", |s| &s.0);
+    let api_group = object_ref.api_group.as_ref().map_or("", |s| &s.0);
+    let mut namespace = object_ref
+        .namespace
+        .as_ref()
+        .map_or(Cow::Borrowed(""), |s| s.0.clone());
+    // kube-apiserver records a namespace's create with its name and no namespace (its
+    // get, patch and delete carry both): served in that namespace too, so that its owners
+    // can see who created it.
+    if namespace.is_empty() && api_group.is_empty() && resource == "namespaces" {
+        namespace = Cow::Borrowed(name);
+    }
 
     let mut scratch = ctx.scratch.borrow_mut();
     let Scratch { out, strings } = &mut *scratch;
@@ -489,9 +516,9 @@ fn decode_event<'a>(
         &verb,
         user.username.as_ref().map_or("", |s| &s.0),
         &namespace,
-        object_ref.resource.as_ref().map_or("", |s| &s.0),
-        object_ref.name.as_ref().map_or("", |s| &s.0),
-        object_ref.api_group.as_ref().map_or("", |s| &s.0),
+        resource,
+        name,
+        api_group,
         code,
     ];
     for (end, s) in ends.iter_mut().zip(fields) {
@@ -509,6 +536,12 @@ fn decode_event<'a>(
     let meta_end = out.len();
     let mut cut = [0..0, 0..0];
     let mut cuts = 0;
+    let mut redacted = Rules::default();
+    let target = Target {
+        api_group,
+        resource,
+        subresource: object_ref.subresource.as_ref().map_or("", |s| &s.0),
+    };
     for (member, value) in members {
         let key = &*member.0;
         if matches!(key, "kind" | "apiVersion" | "metadata" | "annotations") {
@@ -518,8 +551,15 @@ fn decode_event<'a>(
         out.push(b',');
         write_key(out, member);
         out.push(b':');
-        write_raw(out, value, ctx.multiline);
-        if k.has_bodies && BODY_FIELDS.contains(&key) {
+        let body = k.has_bodies && BODY_FIELDS.contains(&key);
+        match body.then(|| ctx.redaction.body(target, value)).flatten() {
+            Some((text, rules)) => {
+                redacted = redacted.with_all(rules);
+                write_text(out, &text, ctx.multiline);
+            }
+            None => write_raw(out, value, ctx.multiline),
+        }
+        if body {
             // Two body fields at most: `Known::find` refused a repeated one.
             if let Some(slot) = cut.get_mut(cuts) {
                 *slot = start..out.len();
@@ -529,11 +569,18 @@ fn decode_event<'a>(
     }
 
     // Annotations: ours set, sorted by key as Go's encoder writes a map; a repeated key
-    // keeps its last value, as a map would.
-    let ours = (!ctx.source.is_empty()).then_some(ctx.source);
-    if ours.is_some() {
-        annotations.retain(|(key, _)| key.0 != SOURCE_ANNOTATION);
-    }
+    // keeps its last value, as a map would. A pushed `redacted` is never kept: only this
+    // server says what it redacted.
+    let ours: Vec<(&str, &str)> = [
+        (!redacted.is_empty()).then_some((REDACTED_ANNOTATION, "true")),
+        (!ctx.source.is_empty()).then_some((SOURCE_ANNOTATION, ctx.source)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    annotations.retain(|(key, _)| {
+        key.0 != REDACTED_ANNOTATION && !ours.iter().any(|(ours, _)| key.0 == *ours)
+    });
     annotations.sort_by(|a, b| a.0.0.cmp(&b.0.0));
     annotations.dedup_by(|later, earlier| {
         let same = later.0.0 == earlier.0.0;
@@ -542,17 +589,17 @@ fn decode_event<'a>(
         }
         same
     });
-    let split = ours.map_or(usize::MAX, |_| {
-        annotations.partition_point(|(key, _)| &*key.0 < SOURCE_ANNOTATION)
+    // Both sorted: merged in one pass (ours sorts by key too).
+    let mut pushed = annotations.iter().map(|(k, v)| (&*k.0, &*v.0)).peekable();
+    let mut own = ours.iter().copied().peekable();
+    let merged = std::iter::from_fn(|| match (pushed.peek(), own.peek()) {
+        (Some(p), Some(o)) if p.0 < o.0 => pushed.next(),
+        (_, Some(_)) => own.next(),
+        (Some(_), None) => pushed.next(),
+        (None, None) => None,
     });
-    let pairs = annotations.iter().map(|(k, v)| (&*k.0, &*v.0));
-    let merged = pairs
-        .clone()
-        .take(split)
-        .chain(ours.map(|source| (SOURCE_ANNOTATION, source)))
-        .chain(pairs.skip(split));
     let mut edit = None;
-    if annotations.is_empty() && ours.is_none() {
+    if annotations.is_empty() && ours.is_empty() {
         let at = out.len();
         edit = Some((at..at, Edit::AddAnnotations));
     } else {
@@ -603,6 +650,7 @@ fn decode_event<'a>(
         truncation,
         cells: OnceLock::new(),
         stage_micros,
+        redacted,
     })
 }
 

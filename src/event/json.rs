@@ -61,6 +61,15 @@ pub(super) fn write_raw(out: &mut Vec<u8>, value: &RawValue, multiline: bool) {
     }
 }
 
+/// Write JSON text this server made (a redacted body), as `write_raw` writes a pushed one.
+pub(super) fn write_text(out: &mut Vec<u8>, text: &str, multiline: bool) {
+    if multiline && memchr::memchr2(b'\n', b'\r', text.as_bytes()).is_some() {
+        compact(out, text.as_bytes());
+    } else {
+        out.extend_from_slice(text.as_bytes());
+    }
+}
+
 /// Copy validated JSON without the whitespace between tokens, every token byte for byte
 /// (re-serialising through `serde_json::Value` would reorder keys and rewrite numbers).
 /// Written here because it is a dozen lines on text serde_json has already validated.

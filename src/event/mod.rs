@@ -23,13 +23,15 @@ use bytes::Bytes;
 
 mod decode;
 mod json;
+mod redact;
 #[cfg(test)]
 mod tests;
 mod truncate;
 mod wire;
 
-pub use decode::{DecodeError, decode_event_list};
+pub use decode::{DecodeError, decode_event_list, decode_event_list_with};
 use json::write_head;
+pub use redact::{REDACTED_ANNOTATION, Redaction, Rule, Rules, Target};
 pub use truncate::Limited;
 use truncate::{Edit, Truncation};
 pub use wire::WireError;
@@ -116,6 +118,9 @@ pub struct Event {
     /// `stageTimestamp` in microseconds since the epoch, if the event has a valid one:
     /// ingest measures the audit delay from it.
     stage_micros: Option<i64>,
+    /// The redaction rules that replaced something in this event, for ingest's metrics
+    /// (the line says it in its `audit.k8s.io/redacted` annotation).
+    redacted: Rules,
 }
 
 impl Event {
@@ -159,6 +164,11 @@ impl Event {
     /// The Table cells of this event, built by `build` the first time they are asked for.
     pub fn cells(&self, build: impl FnOnce(&Event) -> Vec<u8>) -> &[u8] {
         self.cells.get_or_init(|| build(self).into_boxed_slice())
+    }
+
+    /// The redaction rules that replaced something in this event at ingest.
+    pub fn redacted(&self) -> Rules {
+        self.redacted
     }
 
     /// The event's `stageTimestamp`, in microseconds since the epoch.

@@ -394,7 +394,9 @@ fn real_fixtures_round_trip() {
     ] {
         let text = std::fs::read_to_string(dir.join(name)).unwrap();
         let items: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        let evs = decode_event_list(list(&items).as_bytes(), "src", NOW).unwrap();
+        // Redaction off: every field must come out as it went in.
+        let evs =
+            decode_event_list_with(list(&items).as_bytes(), "src", NOW, &Redaction::off()).unwrap();
         assert_eq!(evs.len(), items.len(), "{name}");
         for (item, ev) in items.iter().zip(&evs) {
             let original: serde_json::Value = serde_json::from_str(item).unwrap();
@@ -427,4 +429,67 @@ fn every_field_is_listed_in_its_place() {
     for (i, f) in Field::ALL.iter().enumerate() {
         assert_eq!(*f as usize, i, "{f:?}");
     }
+}
+
+/// With the default rules, a real event carrying kubectl's last-applied annotation (a
+/// ClusterRole update in `all-events.jsonl`) loses that value, says so in its own
+/// annotations, in key order, and keeps everything else; its truncated form too.
+#[test]
+fn redaction_marks_the_event_and_keeps_the_rest() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/audit");
+    let text = std::fs::read_to_string(dir.join("all-events.jsonl")).unwrap();
+    let item = text
+        .lines()
+        .find(|l| l.contains("last-applied-configuration"))
+        .expect("a fixture event with the annotation");
+    let ev = one(item, "src");
+    assert_eq!(
+        ev.redacted(),
+        Rules::default().with(Rule::LastAppliedConfiguration)
+    );
+    for truncated in [false, true] {
+        let v = line(&ev, 7, truncated);
+        let annotations = v["object"]["annotations"].as_object().unwrap();
+        assert_eq!(annotations[REDACTED_ANNOTATION], "true");
+        let keys: Vec<&String> = annotations.keys().collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted, "Go writes a map's keys sorted");
+    }
+    let v = line(&ev, 7, false);
+    let original: serde_json::Value = serde_json::from_str(item).unwrap();
+    let body = &v["object"]["requestObject"];
+    assert_eq!(
+        body["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"],
+        "<redacted>"
+    );
+    assert_eq!(body["rules"], original["requestObject"]["rules"]);
+
+    // A pushed `audit.k8s.io/redacted` is not the server's word: dropped.
+    let forged = r#"{"level":"Metadata","auditID":"f","stage":"ResponseComplete","verb":"get","annotations":{"audit.k8s.io/redacted":"true"}}"#;
+    let v = line(&one(forged, "src"), 1, false);
+    assert!(
+        v["object"]["annotations"]
+            .get(REDACTED_ANNOTATION)
+            .is_none()
+    );
+}
+
+/// A namespace's create names it only in `objectRef.name`: it is routed to that namespace.
+#[test]
+fn a_namespace_create_belongs_to_that_namespace() {
+    let create = r#"{"level":"Metadata","auditID":"n","stage":"ResponseComplete","verb":"create","objectRef":{"resource":"namespaces","name":"team-a","apiVersion":"v1"}}"#;
+    let ev = one(create, "src");
+    assert_eq!(ev.namespace(), Some("team-a"));
+    let v = line(&ev, 1, false);
+    assert_eq!(v["object"]["metadata"]["namespace"], "team-a");
+    assert!(
+        v["object"]["objectRef"].get("namespace").is_none(),
+        "the event as received"
+    );
+    // Another cluster-scoped object with a name: still cluster-scoped.
+    let node = create.replace("namespaces", "nodes");
+    assert_eq!(one(&node, "src").namespace(), None);
+    let grouped = create.replace(r#""name":"team-a""#, r#""name":"team-a","apiGroup":"x.io""#);
+    assert_eq!(one(&grouped, "src").namespace(), None);
 }

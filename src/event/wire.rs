@@ -152,6 +152,8 @@ impl Reader<'_> {
             stage_micros: None,
             truncation: None,
             cells: OnceLock::new(),
+            // Counted by the replica that took the push; the line says it to everyone.
+            redacted: super::Rules::default(),
         };
         write_head(
             lines,
