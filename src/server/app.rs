@@ -102,7 +102,7 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let tls = tls::server_config(&settings.cert, shutdown.clone())?;
         let authn = authenticators(settings, &shutdown, &metrics).await?;
-        let authz: Arc<dyn Authorizer> = match &settings.authorization {
+        let mode: Arc<dyn Authorizer> = match &settings.authorization {
             AuthzSettings::AlwaysAllow => Arc::new(authz::AlwaysAllow),
             AuthzSettings::Abac(source) => {
                 let (text, origin) = source.read()?;
@@ -125,6 +125,7 @@ impl App {
                 ))
             }
         };
+        let authz: Arc<dyn Authorizer> = Arc::new(authz::Privileged::new(mode));
         let bus = Bus::new(settings.bus.clone());
         let nats = match &settings.nats {
             None => {
