@@ -533,49 +533,19 @@ impl Drop for WatchBody {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use http_body_util::BodyExt;
     use prometheus::IntCounter;
 
     use super::*;
-    use crate::bus::{Bus, Config, Filter, Scope};
-    use crate::metrics::Metrics;
+    use crate::bus::{Filter, Scope};
     use crate::watch::Watches;
-
-    /// A log the test reads back.
-    #[derive(Clone, Default)]
-    struct Log(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Log {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::watch::tests::{Log, alice, bus};
 
     /// A watch whose re-authorization answers `answer`, run to its end: its last line and
     /// the line its end leaves in the log.
     async fn rechecked(answer: fn() -> ApiError) -> (serde_json::Value, String) {
-        let log = Log::default();
-        let out = log.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || out.clone())
-            .with_ansi(false)
-            .without_time()
-            .finish();
-        // This thread's only: the test runtime polls the body here.
-        let _log = tracing::subscriber::set_default(subscriber);
-
-        let bus = Bus::new(Config {
-            window_events: 10,
-            window_bytes: 1 << 20,
-            subscriber_queue_events: 10,
-            subscriber_queue_bytes: 1 << 20,
-        });
+        let log = Log::capture();
+        let bus = bus();
         let watches = Watches::new(10, 10, Duration::from_secs(60));
         let sub = bus.subscribe(Filter::scope(Scope::All), None).unwrap();
         let registration = watches
@@ -586,20 +556,7 @@ mod tests {
         let every = Duration::from_secs(10);
         let ctx = WatchCtx {
             recheck: Some((recheck, every)),
-            budget: Budget::new(
-                crate::budget::Config {
-                    bytes_per_second: 0,
-                    burst_bytes: 0,
-                },
-                None,
-                Instant::now(),
-            ),
-            lag_bytes: 1 << 20,
-            guard: Metrics::new().watch_started("events"),
-            format: None,
-            user: "alice".into(),
-            resource: "events",
-            namespace: String::new(),
+            ..alice()
         };
         let query = Query::parse(Some("watch=1&timeoutSeconds=60")).unwrap();
         let mut body = WatchBody::new(sub, registration, &query, ctx);
@@ -608,13 +565,7 @@ mod tests {
         let line = serde_json::from_slice(&frame.into_data().unwrap()).unwrap();
         assert!(body.frame().await.is_none(), "then the stream ends");
         drop(body);
-        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
-        let ended = text
-            .lines()
-            .find(|l| l.contains("watch ended"))
-            .unwrap_or_else(|| panic!("no end line: {text}"))
-            .to_owned();
-        (line, ended)
+        (line, log.line("watch ended"))
     }
 
     #[tokio::test(start_paused = true)]
