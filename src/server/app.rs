@@ -78,7 +78,7 @@ pub(super) struct Inner {
     pub(super) discovery: Discovery,
     pub(super) metrics: Arc<Metrics>,
     /// Requests, authentication and authorization decisions, counted by the router.
-    pub(super) requests: super::router::Meters,
+    pub(super) requests: super::router::RequestMeters,
     pub(super) watches: Watches,
     pub(super) budget: budget::Config,
     /// The server-wide egress cap, if any, shared by every watch's budget.
@@ -168,7 +168,7 @@ impl App {
                     body_timeout: settings.ingest.body_timeout,
                 },
                 discovery: Discovery::new(),
-                requests: super::router::Meters::new(&metrics),
+                requests: super::router::RequestMeters::new(&metrics),
                 metrics,
                 watches,
                 budget: settings.budget,

@@ -311,15 +311,15 @@ impl App {
 }
 
 /// What the router counts. Every label comes from a closed set.
-pub struct Meters {
+pub struct RequestMeters {
     requests: IntCounterVec,
     authentication: IntCounterVec,
     authorization: IntCounterVec,
 }
 
-impl Meters {
+impl RequestMeters {
     pub fn new(m: &Metrics) -> Self {
-        Meters {
+        RequestMeters {
             requests: m.register(IntCounterVec::new(
                 metrics::opts(
                     "http",
