@@ -15,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use prometheus::{Histogram, IntGaugeVec};
 
 pub use crate::authn::pusher::Gate;
+use crate::authn::pusher::Refusal;
 use crate::bus::Bus;
 use crate::event::{self, Event};
 use crate::metrics::{self, Metrics};
@@ -225,21 +226,24 @@ impl Ingest {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let credential = crate::authn::presented(req.headers(), peer);
-        let result = self.push(req, peer).await;
+        let (result, refusal) = match self.push(req, peer).await {
+            Ok(resp) => (Ok(resp), None),
+            Err(Failed::Refused(refusal)) => (Err(refusal.answer()), Some(refusal)),
+            Err(Failed::Error(e)) => (Err(e), None),
+        };
         let code = result
             .as_ref()
             .map_or_else(|e| e.code_reason().0, |r| r.status());
         self.metrics.ingest_request(code.as_u16());
         if let Err(e) = &result {
-            // The gate answers a bare 401 (as kube-apiserver does); what it refused follows
-            // from what was presented, as `Gate::admit` checks a token first.
-            let reason = match (e, credential) {
-                (ApiError::Unauthorized, "none") => "no credentials".to_owned(),
-                (ApiError::Unauthorized, "client certificate") => {
-                    "client certificate not signed by --ingest-client-ca-file".to_owned()
-                }
-                (ApiError::Unauthorized, _) => "bearer token not in --ingest-token-file".to_owned(),
-                (e, _) => e.to_string(),
+            let reason = match refusal {
+                // Answered with a bare 401, as kube-apiserver does: the log says which
+                // credential the gate could not believe.
+                Some(
+                    r @ (Refusal::NoCredentials | Refusal::CertNotVerified | Refusal::UnknownToken),
+                ) => r.to_string(),
+                // Answered with its reason.
+                Some(Refusal::CertNotAllowed { .. }) | None => e.to_string(),
             };
             // Who was turned away and why; never the credential nor the body.
             tracing::info!(
@@ -253,7 +257,7 @@ impl Ingest {
         result
     }
 
-    async fn push<B>(&self, req: Request<B>, peer: &Peer) -> Result<Response<Body>, ApiError>
+    async fn push<B>(&self, req: Request<B>, peer: &Peer) -> Result<Response<Body>, Failed>
     where
         B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -268,7 +272,7 @@ impl Ingest {
             Some(slot) => Ok((a.source, slot)),
             None => {
                 self.metrics.refused("ingest_inflight");
-                Err(ApiError::TooManyRequests(TOO_MANY.into()))
+                Err(ApiError::TooManyRequests(TOO_MANY.into()).into())
             }
         });
         let (source, _slot) = match admitted {
@@ -291,12 +295,11 @@ impl Ingest {
             Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
                 return Err(ApiError::RequestEntityTooLarge {
                     limit: max_request_bytes,
-                });
+                }
+                .into());
             }
             Err(e) => {
-                return Err(ApiError::BadRequest(format!(
-                    "reading the request body: {e}"
-                )));
+                return Err(ApiError::BadRequest(format!("reading the request body: {e}")).into());
             }
         };
 
@@ -363,6 +366,25 @@ where
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, read).await;
 }
 
+/// Why a push was not taken: the gate refused its credentials (the log says which), or
+/// anything else.
+enum Failed {
+    Refused(Refusal),
+    Error(ApiError),
+}
+
+impl From<Refusal> for Failed {
+    fn from(r: Refusal) -> Self {
+        Failed::Refused(r)
+    }
+}
+
+impl From<ApiError> for Failed {
+    fn from(e: ApiError) -> Self {
+        Failed::Error(e)
+    }
+}
+
 /// Who is pushing (their in-flight share is counted by this name) and the source their
 /// events are annotated with.
 struct Admitted {
@@ -376,12 +398,13 @@ fn admit(
     peer: &Peer,
     gate: &Gate,
     max_request_bytes: u64,
-) -> Result<Admitted, ApiError> {
+) -> Result<Admitted, Failed> {
     if parts.method != Method::POST {
         return Err(ApiError::MethodNotAllowed(format!(
             "the server does not allow this method on the requested resource: {} /ingest (use POST)",
             parts.method
-        )));
+        ))
+        .into());
     }
     let mut pusher = gate.admit(&parts.headers, peer)?;
     if pusher.is_empty() {
@@ -399,7 +422,8 @@ fn admit(
     if declared.is_some_and(|n| n > max_request_bytes) {
         return Err(ApiError::RequestEntityTooLarge {
             limit: max_request_bytes,
-        });
+        }
+        .into());
     }
     Ok(Admitted { pusher, source })
 }

@@ -1,8 +1,9 @@
 //! Prometheus metrics, in a registry of our own (never the process-wide default: many
 //! servers run in one test process). Call sites use verbs (`ingest_accepted`, …) and never
 //! touch labels; the bus's own atomics are copied in when `/metrics` is scraped. Newer
-//! families are defined next to what they count (`ingest::Meters`, `server::router::Meters`,
-//! the TokenReview and SubjectAccessReview clients) and registered here with `register`.
+//! families are defined next to what they count (`ingest::Meters`,
+//! `server::router::RequestMeters`, the TokenReview and SubjectAccessReview clients) and
+//! registered here with `register`.
 
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;

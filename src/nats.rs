@@ -103,10 +103,69 @@ struct Inner {
     metrics: NatsMetrics,
 }
 
-/// Why `--bus=nats` could not start (an unreadable credentials file).
+/// Why `--bus=nats` could not start. NATS out of reach is not one of them: the replica
+/// starts not ready and keeps trying.
 #[derive(Debug, thiserror::Error)]
-#[error("--nats-creds-file: {0}")]
-pub struct Error(#[from] std::io::Error);
+pub enum Error {
+    /// The credentials file could not be read.
+    #[error("--nats-creds-file: {0}")]
+    Creds(#[source] std::io::Error),
+    /// The client could not be made: an address it cannot read.
+    #[error("--nats-url: {0}")]
+    Connect(#[source] async_nats::ConnectError),
+}
+
+/// Why following the stream stopped. The bus is down for this reason (the log's and the
+/// 503s' words) until the stream is read again.
+#[derive(Debug, thiserror::Error)]
+enum Lost {
+    #[error("the JetStream stream {stream:?} on {url}: {source}")]
+    Find {
+        stream: String,
+        url: String,
+        #[source]
+        source: FindError,
+    },
+    #[error("the JetStream stream {stream:?}: {source}")]
+    Info {
+        stream: String,
+        #[source]
+        source: stream::InfoError,
+    },
+    #[error("reading the stream {stream:?}: {source}")]
+    Consumer {
+        stream: String,
+        #[source]
+        source: stream::ConsumerError,
+    },
+    #[error("reading the stream {stream:?}: {source}")]
+    Messages {
+        stream: String,
+        #[source]
+        source: consumer::StreamError,
+    },
+    #[error("reading the stream {stream:?}: {source}")]
+    Read {
+        stream: String,
+        #[source]
+        source: consumer::pull::OrderedError,
+    },
+    #[error("the stream {stream:?} ended")]
+    Ended { stream: String },
+    #[error("a message without its stream sequence: {0}")]
+    NoSequence(#[source] async_nats::Error),
+    #[error("lost the connection to NATS at {url}")]
+    Disconnected { url: String },
+}
+
+/// Why the stream could not be found or made.
+#[derive(Debug, thiserror::Error)]
+enum FindError {
+    #[error(transparent)]
+    Get(jetstream::context::GetStreamError),
+    #[error(transparent)]
+    Create(jetstream::context::CreateStreamError),
+}
 
 impl Nats {
     /// Connect and follow the stream into `bus`, in the background: NATS out of reach is
@@ -145,14 +204,17 @@ impl Nats {
             options = options.add_root_certificates(ca.clone()).require_tls(true);
         }
         if let Some(creds) = &settings.creds_file {
-            options = options.credentials_file(creds).await?;
+            options = options
+                .credentials_file(creds)
+                .await
+                .map_err(Error::Creds)?;
         }
         // With retry_on_initial_connect, connecting happens in the background: this
         // returns at once, whatever the state of NATS.
         let client = options
             .connect(url.as_str())
             .await
-            .map_err(|e| Error(std::io::Error::other(e)))?;
+            .map_err(Error::Connect)?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(ACK_TIMEOUT);
         let metrics_ = NatsMetrics::new(metrics);
@@ -311,7 +373,7 @@ impl Inner {
                 .await
             {
                 Ok(()) => return,
-                Err(reason) => self.set_down(reason),
+                Err(lost) => self.set_down(lost.to_string()),
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -327,17 +389,16 @@ impl Inner {
         position: &mut Option<Position>,
         connected: &mut watch::Receiver<bool>,
         shutdown: &CancellationToken,
-    ) -> Result<(), String> {
-        let mut stream = self.stream().await.map_err(|e| {
-            format!(
-                "the JetStream stream {:?} on {}: {e}",
-                self.stream, self.url
-            )
+    ) -> Result<(), Lost> {
+        let mut stream = self.stream().await.map_err(|source| Lost::Find {
+            stream: self.stream.clone(),
+            url: self.url.clone(),
+            source,
         })?;
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| format!("the JetStream stream {:?}: {e}", self.stream))?;
+        let info = stream.info().await.map_err(|source| Lost::Info {
+            stream: self.stream.clone(),
+            source,
+        })?;
         let created = bus::micros_since_epoch(info.created.unix_timestamp_nanos());
         let (first, last) = (info.state.first_sequence.max(1), info.state.last_sequence);
         let pos = match position {
@@ -366,11 +427,14 @@ impl Inner {
                 ..Default::default()
             })
             .await
-            .map_err(|e| format!("reading the stream {:?}: {e}", self.stream))?;
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| format!("reading the stream {:?}: {e}", self.stream))?;
+            .map_err(|source| Lost::Consumer {
+                stream: self.stream.clone(),
+                source,
+            })?;
+        let mut messages = consumer.messages().await.map_err(|source| Lost::Messages {
+            stream: self.stream.clone(),
+            source,
+        })?;
         if pos.next > last {
             self.set_up();
         }
@@ -379,7 +443,9 @@ impl Inner {
                 _ = shutdown.cancelled() => return Ok(()),
                 changed = connected.changed() => {
                     if changed.is_err() || !*connected.borrow_and_update() {
-                        return Err(format!("lost the connection to NATS at {}", self.url));
+                        return Err(Lost::Disconnected {
+                            url: self.url.clone(),
+                        });
                     }
                     continue;
                 }
@@ -387,13 +453,19 @@ impl Inner {
             };
             let message = match message {
                 Some(Ok(m)) => m,
-                Some(Err(e)) => return Err(format!("reading the stream {:?}: {e}", self.stream)),
-                None => return Err(format!("the stream {:?} ended", self.stream)),
+                Some(Err(source)) => {
+                    return Err(Lost::Read {
+                        stream: self.stream.clone(),
+                        source,
+                    });
+                }
+                None => {
+                    return Err(Lost::Ended {
+                        stream: self.stream.clone(),
+                    });
+                }
             };
-            let seq = message
-                .info()
-                .map_err(|e| format!("a message without its stream sequence: {e}"))?
-                .stream_sequence;
+            let seq = message.info().map_err(Lost::NoSequence)?.stream_sequence;
             if seq > pos.next {
                 // Messages left the stream before this replica read them: a watch from
                 // before them must be told it lost events, so the window starts over.
@@ -414,7 +486,7 @@ impl Inner {
 
     /// The stream, made if missing: in memory, sized like the window, with the retry
     /// window for duplicates.
-    async fn stream(&self) -> Result<stream::Stream, String> {
+    async fn stream(&self) -> Result<stream::Stream, FindError> {
         match self.js.get_stream(&self.stream).await {
             Ok(s) => {
                 if s.cached_info().config.storage != stream::StorageType::Memory {
@@ -425,7 +497,7 @@ impl Inner {
             Err(e)
                 if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
                     if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(FindError::Get(e)),
         }
         let (events, bytes) = self.window;
         let config = |replicas| stream::Config {
@@ -445,7 +517,10 @@ impl Inner {
         let made = match clustered {
             true => match self.js.create_stream(config(3)).await {
                 Ok(s) => Ok(s),
-                Err(_) => self.js.create_stream(config(1)).await,
+                Err(e) => {
+                    tracing::info!(stream = %self.stream, error = %e, "could not make the JetStream stream with 3 replicas; trying 1");
+                    self.js.create_stream(config(1)).await
+                }
             },
             false => self.js.create_stream(config(1)).await,
         };
@@ -454,12 +529,15 @@ impl Inner {
                 tracing::info!(stream = %self.stream, "made the JetStream stream");
                 Ok(s)
             }
-            // Another replica made it first.
-            Err(_) => self
-                .js
-                .get_stream(&self.stream)
-                .await
-                .map_err(|e| e.to_string()),
+            Err(created) => match self.js.get_stream(&self.stream).await {
+                // Another replica made it first.
+                Ok(s) => Ok(s),
+                // Made by no one: why making it failed is the reason.
+                Err(e) => {
+                    tracing::debug!(stream = %self.stream, error = %e, "the JetStream stream is still missing after making it failed");
+                    Err(FindError::Create(created))
+                }
+            },
         }
     }
 
@@ -574,6 +652,43 @@ impl NatsMetrics {
 mod tests {
     use super::*;
     use crate::event::decode_event_list;
+
+    /// `Nats::start` with `settings`, which must fail before reaching for NATS.
+    async fn start_error(settings: Settings) -> Error {
+        let bus = Bus::new(bus::Config {
+            window_events: 10,
+            window_bytes: 1 << 20,
+            subscriber_queue_events: 10,
+            subscriber_queue_bytes: 1 << 20,
+        });
+        let metrics = Metrics::new();
+        let started = Nats::start(
+            &settings,
+            bus,
+            (10, 1 << 20),
+            &metrics,
+            CancellationToken::new(),
+        );
+        started.await.err().expect("refused at start")
+    }
+
+    #[tokio::test]
+    async fn start_failures_name_their_flag() {
+        let settings = |url: &str, creds: Option<&str>| Settings {
+            urls: vec![url.to_owned()],
+            stream: "audit".into(),
+            ca_file: None,
+            creds_file: creds.map(PathBuf::from),
+        };
+        let err = start_error(settings("http://127.0.0.1:4222", None)).await;
+        assert!(matches!(err, Error::Connect(_)), "{err}");
+        assert!(err.to_string().starts_with("--nats-url: "), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.creds");
+        let err = start_error(settings("nats://127.0.0.1:4222", missing.to_str())).await;
+        assert!(matches!(err, Error::Creds(_)), "{err}");
+        assert!(err.to_string().starts_with("--nats-creds-file: "), "{err}");
+    }
 
     #[test]
     fn resource_versions_grow_across_messages_and_a_new_stream() {

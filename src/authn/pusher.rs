@@ -29,6 +29,38 @@ pub struct Gate {
     allowed_names: Vec<String>,
 }
 
+/// Why a push was refused: which credential failed, and how. Never the credential.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No token, no client certificate, and not an anonymous push on an open loopback.
+    #[error("no credentials")]
+    NoCredentials,
+    /// A client certificate this gate cannot verify (not signed by the CA, or no CA is
+    /// given), and no token.
+    #[error("client certificate not signed by --ingest-client-ca-file")]
+    CertNotVerified,
+    /// A verified client certificate whose CN is not in `--ingest-allowed-names`, and no
+    /// token.
+    #[error("client certificate CN {cn:?} is not allowed to push audit events")]
+    CertNotAllowed { cn: String },
+    /// A bearer token not in `--ingest-token-file` (or no token file is given).
+    #[error("bearer token not in --ingest-token-file")]
+    UnknownToken,
+}
+
+impl Refusal {
+    /// The answer: kube-apiserver's bare 401 for credentials it cannot believe, 403 with
+    /// the reason for a pusher it knows but does not allow.
+    pub fn answer(&self) -> ApiError {
+        match self {
+            Refusal::CertNotAllowed { .. } => ApiError::ForbiddenPlain(self.to_string()),
+            Refusal::NoCredentials | Refusal::CertNotVerified | Refusal::UnknownToken => {
+                ApiError::Unauthorized
+            }
+        }
+    }
+}
+
 /// Who may push cannot be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum GateError {
@@ -72,35 +104,42 @@ impl Gate {
     }
 
     /// The pusher's name (client certificate CN or token user; empty for an anonymous
-    /// loopback push in `--dev`), or why it may not push.
-    pub fn admit(&self, headers: &http::HeaderMap, peer: &Peer) -> Result<String, ApiError> {
-        let mut refusal = None;
-        if let (Some(ca), Some(certs)) = (&self.ca, &peer.certs) {
-            let verified = ca.read().unwrap_or_else(|e| e.into_inner()).verify(certs);
-            match verified {
-                Ok(id) if self.allowed_names.contains(&id.common_name) => return Ok(id.common_name),
-                Ok(id) => {
-                    refusal = Some(ApiError::ForbiddenPlain(format!(
-                        "client certificate CN {:?} is not allowed to push audit events",
-                        id.common_name
-                    )))
-                }
-                Err(reason) => {
-                    tracing::debug!(%reason, peer = %peer.remote_addr, "ingest client certificate refused");
-                    refusal = Some(ApiError::Unauthorized);
+    /// loopback push in `--dev`), or why it may not push. The client certificate is
+    /// checked first, and admits at once if its CN is allowed; otherwise a bearer token,
+    /// when there is one, decides alone; only a push with neither is anonymous.
+    pub fn admit(&self, headers: &http::HeaderMap, peer: &Peer) -> Result<String, Refusal> {
+        let refused_cert = match (&self.ca, &peer.certs) {
+            (Some(ca), Some(certs)) => {
+                let verified = ca.read().unwrap_or_else(|e| e.into_inner()).verify(certs);
+                match verified {
+                    Ok(id) if self.allowed_names.contains(&id.common_name) => {
+                        return Ok(id.common_name);
+                    }
+                    Ok(id) => Some(Refusal::CertNotAllowed { cn: id.common_name }),
+                    Err(reason) => {
+                        tracing::debug!(%reason, peer = %peer.remote_addr, "ingest client certificate refused");
+                        Some(Refusal::CertNotVerified)
+                    }
                 }
             }
-        }
+            // Without a CA, or without a certificate, there is none to refuse.
+            _ => None,
+        };
         if let Some(token) = bearer_token(headers) {
             return match self.tokens.as_ref().and_then(|t| t.lookup(token)) {
                 Some(user) => Ok(user.name.clone()),
-                None => Err(ApiError::Unauthorized),
+                None => Err(Refusal::UnknownToken),
             };
         }
-        if self.open_on_loopback && peer.remote_addr.ip().is_loopback() && refusal.is_none() {
-            return Ok(String::new());
+        match refused_cert {
+            Some(refusal) => Err(refusal),
+            None if self.open_on_loopback && peer.remote_addr.ip().is_loopback() => {
+                Ok(String::new())
+            }
+            // A certificate with no CA to check it against.
+            None if peer.certs.is_some() => Err(Refusal::CertNotVerified),
+            None => Err(Refusal::NoCredentials),
         }
-        Err(refusal.unwrap_or(ApiError::Unauthorized))
     }
 }
 
@@ -136,22 +175,39 @@ mod tests {
             g.admit(&headers(Some("push-token")), &local).unwrap(),
             "apiserver-1"
         );
-        assert!(matches!(
+        assert_eq!(
             g.admit(&headers(Some("other")), &local),
-            Err(ApiError::Unauthorized)
-        ));
+            Err(Refusal::UnknownToken)
+        );
+        assert_eq!(g.admit(&headers(None), &local), Err(Refusal::NoCredentials));
         assert!(matches!(
-            g.admit(&headers(None), &local),
-            Err(ApiError::Unauthorized)
+            Refusal::UnknownToken.answer(),
+            ApiError::Unauthorized
         ));
+        // A pusher known but not allowed is told why.
+        let not_allowed = Refusal::CertNotAllowed {
+            cn: "kubelet".into(),
+        }
+        .answer();
+        assert_eq!(not_allowed.code_reason().0, http::StatusCode::FORBIDDEN);
+        assert_eq!(
+            not_allowed.to_string(),
+            r#"forbidden: client certificate CN "kubelet" is not allowed to push audit events"#
+        );
         let open = gate(true, "push-token,apiserver-1,uid\n");
         assert_eq!(open.admit(&headers(None), &local).unwrap(), "");
         // A wrong token is refused even where loopback is open.
-        assert!(open.admit(&headers(Some("other")), &local).is_err());
+        assert_eq!(
+            open.admit(&headers(Some("other")), &local),
+            Err(Refusal::UnknownToken)
+        );
         let remote = Peer {
             remote_addr: "10.1.2.3:5555".parse().unwrap(),
             certs: None,
         };
-        assert!(open.admit(&headers(None), &remote).is_err());
+        assert_eq!(
+            open.admit(&headers(None), &remote),
+            Err(Refusal::NoCredentials)
+        );
     }
 }

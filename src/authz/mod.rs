@@ -4,6 +4,7 @@
 //! attributes and asks.
 
 mod abac;
+mod privileged;
 mod request;
 mod sar;
 
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use abac::{Abac, PolicyError};
+pub use privileged::Privileged;
 pub use request::request_attributes;
 pub use sar::SubjectAccessReviewer;
 

@@ -79,7 +79,7 @@ pub(super) struct Inner {
     pub(super) discovery: Discovery,
     pub(super) metrics: Arc<Metrics>,
     /// Requests, authentication and authorization decisions, counted by the router.
-    pub(super) requests: super::router::Meters,
+    pub(super) requests: super::router::RequestMeters,
     pub(super) watches: Watches,
     pub(super) budget: budget::Config,
     /// The server-wide egress cap, if any, shared by every watch's budget.
@@ -103,7 +103,7 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let tls = tls::server_config(&settings.cert, shutdown.clone())?;
         let authn = authenticators(settings, &shutdown, &metrics).await?;
-        let authz: Arc<dyn Authorizer> = match &settings.authorization {
+        let mode: Arc<dyn Authorizer> = match &settings.authorization {
             AuthzSettings::AlwaysAllow => Arc::new(authz::AlwaysAllow),
             AuthzSettings::Abac(source) => {
                 let (text, origin) = source.read()?;
@@ -126,6 +126,7 @@ impl App {
                 ))
             }
         };
+        let authz: Arc<dyn Authorizer> = Arc::new(authz::Privileged::new(mode));
         let bus = Bus::new(settings.bus.clone());
         let nats = match &settings.nats {
             None => {
@@ -168,7 +169,7 @@ impl App {
                     body_timeout: settings.ingest.body_timeout,
                 },
                 discovery: Discovery::new(),
-                requests: super::router::Meters::new(&metrics),
+                requests: super::router::RequestMeters::new(&metrics),
                 metrics,
                 watches,
                 budget: settings.budget,

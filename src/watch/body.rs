@@ -23,7 +23,7 @@ use futures_util::future::BoxFuture;
 use http_body::Frame;
 use tokio::time::{Instant, Sleep};
 
-use super::registry::Registration;
+use super::registry::{Ended, Registration};
 use super::{BOOKMARK_INTERVAL, Query, Recheck, WatchCtx, bookmark, initial_events_end};
 use crate::budget::{Budget, Verdict};
 use crate::bus::{Published, Subscription};
@@ -37,6 +37,55 @@ const FRAME_BYTES: usize = 64 * 1024;
 /// About the size of a dropped-count bookmark: what the budget must allow before one
 /// is sent without an event to ride along with.
 const BOOKMARK_BYTES: usize = 160;
+
+/// Why a watch ended: the `reason` of the line its end leaves in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EndReason {
+    /// Its timeoutSeconds (or the default timeout) passed.
+    Timeout,
+    /// Its subscription ended with no reason given.
+    Closed,
+    /// The registry's sweeper ended it: its client took nothing for the stall limit.
+    Stalled,
+    /// The server is shutting down.
+    ShutDown,
+    /// Re-authorization refused it (403).
+    Revoked,
+    /// Re-authorization could not be confirmed (fail closed).
+    AuthorizationError,
+    /// The bus went down; the client re-watches elsewhere.
+    BusDown,
+    /// Dropped before it ended: its client went away.
+    ClientClosed,
+    /// Dropped in the middle of a poll: a panic left it (`reply::Guarded` caught it).
+    Panic,
+}
+
+impl EndReason {
+    /// The log's word for it.
+    fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Timeout => "timeout",
+            EndReason::Closed => "closed",
+            EndReason::Stalled => "stalled",
+            EndReason::ShutDown => "shutdown",
+            EndReason::Revoked => "revoked",
+            EndReason::AuthorizationError => "authorization_error",
+            EndReason::BusDown => "bus_down",
+            EndReason::ClientClosed => "client_closed",
+            EndReason::Panic => "panic",
+        }
+    }
+
+    /// Ended from outside, or else closed.
+    fn from_outside(ended: Option<Ended>) -> Self {
+        match ended {
+            Some(Ended::Stalled) => EndReason::Stalled,
+            Some(Ended::ShutDown) => EndReason::ShutDown,
+            None => EndReason::Closed,
+        }
+    }
+}
 
 /// Where the watch is.
 enum State {
@@ -78,8 +127,9 @@ pub(super) struct WatchBody {
     counts: WatchCounts,
     /// Everything counted since the watch started, for the line its end leaves.
     totals: WatchCounts,
-    /// Why the watch ended, once it has; dropped before that, its client went away.
-    end: Option<&'static str>,
+    /// Why the watch ended, once it has (set by `finish` alone); dropped before that,
+    /// its client went away.
+    end: Option<EndReason>,
     started: Instant,
     user: Arc<str>,
     resource: &'static str,
@@ -152,15 +202,16 @@ impl WatchBody {
         body
     }
 
-    /// Nothing more will be sent, for this reason.
-    fn finish(&mut self, why: &'static str) {
-        self.end.get_or_insert(why);
+    /// Nothing more will be sent, for this reason. Called once: a finished body is not
+    /// polled further.
+    fn finish(&mut self, why: EndReason) {
+        self.end = Some(why);
         self.state = State::Done;
     }
 
-    /// Drive re-authorization; the `ERROR` line that ends the watch when access was
-    /// revoked, or could not be confirmed (fail closed).
-    fn poll_recheck(&mut self, cx: &mut Context<'_>, now: Instant) -> Option<Bytes> {
+    /// Drive re-authorization; when access was revoked, or could not be confirmed (fail
+    /// closed), why the watch ends and the `ERROR` line that ends it.
+    fn poll_recheck(&mut self, cx: &mut Context<'_>, now: Instant) -> Option<(EndReason, Bytes)> {
         if let (State::Streaming, Some((recheck, _))) = (&self.state, &self.recheck)
             && now >= self.next_recheck
         {
@@ -179,12 +230,12 @@ impl WatchBody {
             }
             Poll::Ready(Err(e)) => {
                 tracing::info!(user = %self.user, error = %e, "watch no longer authorized; ending it");
-                self.end = Some(if e.code_reason().0 == http::StatusCode::FORBIDDEN {
-                    "revoked"
+                let why = if e.code_reason().0 == http::StatusCode::FORBIDDEN {
+                    EndReason::Revoked
                 } else {
-                    "authorization_error"
-                });
-                Some(e.to_watch_event())
+                    EndReason::AuthorizationError
+                };
+                Some((why, e.to_watch_event()))
             }
         }
     }
@@ -389,18 +440,18 @@ impl WatchBody {
             // Ended from outside (stalled, shutdown) or by its deadline: no more lines.
             if !this.registration.polled(now) {
                 this.flush_counts();
-                let why = this.registration.ended().map_or("closed", |e| e.as_str());
+                let why = EndReason::from_outside(this.registration.ended());
                 this.finish(why);
                 continue;
             }
             if now >= this.deadline {
                 this.flush_counts();
-                this.finish("timeout");
+                this.finish(EndReason::Timeout);
                 continue;
             }
             let mut frame = BytesMut::new();
-            if let Some(error) = this.poll_recheck(cx, now) {
-                this.finish("revoked");
+            if let Some((why, error)) = this.poll_recheck(cx, now) {
+                this.finish(why);
                 frame.extend_from_slice(&error);
                 return this.ready(frame);
             }
@@ -419,11 +470,11 @@ impl WatchBody {
                     // elsewhere from its last resourceVersion.
                     if let Some(down) = this.sub.failure() {
                         let e = ApiError::from(down.clone());
-                        this.finish("bus_down");
+                        this.finish(EndReason::BusDown);
                         frame.extend_from_slice(&e.to_watch_event());
                         return this.ready(frame);
                     }
-                    let why = this.registration.ended().map_or("closed", |e| e.as_str());
+                    let why = EndReason::from_outside(this.registration.ended());
                     this.finish(why);
                     continue;
                 }
@@ -467,8 +518,70 @@ impl Drop for WatchBody {
             dropped = t.dropped_budget + t.dropped_queue_full,
             dropped_budget = t.dropped_budget,
             dropped_queue_full = t.dropped_queue_full,
-            reason = %self.end.unwrap_or(if self.in_poll { "panic" } else { "client_closed" }),
+            reason = %self
+                .end
+                .unwrap_or(if self.in_poll {
+                    EndReason::Panic
+                } else {
+                    EndReason::ClientClosed
+                })
+                .as_str(),
             "watch ended"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+    use prometheus::IntCounter;
+
+    use super::*;
+    use crate::bus::{Filter, Scope};
+    use crate::watch::Watches;
+    use crate::watch::tests::{Log, alice, bus};
+
+    /// A watch whose re-authorization answers `answer`, run to its end: its last line and
+    /// the line its end leaves in the log.
+    async fn rechecked(answer: fn() -> ApiError) -> (serde_json::Value, String) {
+        let log = Log::capture();
+        let bus = bus();
+        let watches = Watches::new(10, 10, Duration::from_secs(60));
+        let sub = bus.subscribe(Filter::scope(Scope::All), None).unwrap();
+        let registration = watches
+            .register("alice", sub.closer(), IntCounter::new("s", "s").unwrap())
+            .unwrap();
+        let recheck: super::super::Recheck =
+            Arc::new(move || Box::pin(async move { Err(answer()) }));
+        let every = Duration::from_secs(10);
+        let ctx = WatchCtx {
+            recheck: Some((recheck, every)),
+            ..alice()
+        };
+        let query = Query::parse(Some("watch=1&timeoutSeconds=60")).unwrap();
+        let mut body = WatchBody::new(sub, registration, &query, ctx);
+        tokio::time::advance(every).await;
+        let frame = body.frame().await.expect("the ERROR line").unwrap();
+        let line = serde_json::from_slice(&frame.into_data().unwrap()).unwrap();
+        assert!(body.frame().await.is_none(), "then the stream ends");
+        drop(body);
+        (line, log.line("watch ended"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_revoked_watch_ends_with_403_and_says_revoked() {
+        let (line, ended) = rechecked(|| ApiError::ForbiddenPlain("no longer".into())).await;
+        assert_eq!(
+            (line["type"].as_str(), line["object"]["code"].as_u64()),
+            (Some("ERROR"), Some(403))
+        );
+        assert!(ended.contains("reason=revoked"), "{ended}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_recheck_that_fails_ends_the_watch_as_an_authorization_error() {
+        let (line, ended) = rechecked(|| ApiError::Internal("no answer".into())).await;
+        assert_eq!(line["object"]["code"], 500);
+        assert!(ended.contains("reason=authorization_error"), "{ended}");
     }
 }

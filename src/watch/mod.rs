@@ -300,7 +300,28 @@ pub fn serve(
             return Ok(stream_response(crate::response::full(e.to_watch_event())));
         }
     };
-    let registration = watches.register(&ctx.user, sub.closer(), ctx.guard.stalled_counter())?;
+    let registration = match watches.register(&ctx.user, sub.closer(), ctx.guard.stalled_counter())
+    {
+        Ok(registration) => registration,
+        Err(full) => {
+            // Who was turned away, at which limit, as the router logs a refusal.
+            let (flag, limit) = match &full {
+                registry::Full::Server(limit) => ("--max-watchers", *limit),
+                registry::Full::User { limit, .. } => ("--max-watchers-per-user", *limit),
+            };
+            tracing::info!(
+                user = %ctx.user,
+                resource = %ctx.resource,
+                namespace = %ctx.namespace,
+                code = 429,
+                flag,
+                limit,
+                reason = %full,
+                "request refused"
+            );
+            return Err(full.into());
+        }
+    };
     let panics = ctx.guard.panic_counter();
     let body = body::WatchBody::new(sub, registration, query, ctx);
     Ok(stream_response(
@@ -360,8 +381,110 @@ pub fn initial_events_end(resource_version: u64) -> Bytes {
 pub const INITIAL_EVENTS_END_ANNOTATION: &str = "k8s.io/initial-events-end";
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
+    use crate::metrics::Metrics;
+
+    /// What this thread logs while it lives, for the test to read back.
+    pub(super) struct Log {
+        text: Arc<Mutex<Vec<u8>>>,
+        _guard: tracing::subscriber::DefaultGuard,
+    }
+
+    /// Where the subscriber writes.
+    #[derive(Clone)]
+    struct Writer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Writer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Log {
+        /// Start capturing. This thread's only: a current-thread test runtime polls its
+        /// watches here.
+        pub(super) fn capture() -> Log {
+            let text = Arc::default();
+            let out = Writer(Arc::clone(&text));
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || out.clone())
+                .with_ansi(false)
+                .without_time()
+                .finish();
+            Log {
+                text,
+                _guard: tracing::subscriber::set_default(subscriber),
+            }
+        }
+
+        /// The one line with `msg`.
+        pub(super) fn line(&self, msg: &str) -> String {
+            let text = String::from_utf8(self.text.lock().unwrap().clone()).unwrap();
+            let mut lines = text.lines().filter(|l| l.contains(msg));
+            match (lines.next(), lines.next()) {
+                (Some(line), None) => line.to_owned(),
+                _ => panic!("not one {msg:?} line: {text}"),
+            }
+        }
+    }
+
+    pub(super) fn bus() -> Bus {
+        Bus::new(crate::bus::Config {
+            window_events: 10,
+            window_bytes: 1 << 20,
+            subscriber_queue_events: 10,
+            subscriber_queue_bytes: 1 << 20,
+        })
+    }
+
+    /// alice's watch of every event: no re-authorization, no budget.
+    pub(super) fn alice() -> WatchCtx {
+        WatchCtx {
+            recheck: None,
+            budget: Budget::new(
+                crate::budget::Config {
+                    bytes_per_second: 0,
+                    burst_bytes: 0,
+                },
+                None,
+                tokio::time::Instant::now(),
+            ),
+            lag_bytes: 1 << 20,
+            guard: Metrics::new().watch_started("events"),
+            format: None,
+            user: "alice".into(),
+            resource: "events",
+            namespace: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watch_over_a_limit_is_refused_and_logged() {
+        let log = Log::capture();
+        let bus = bus();
+        let query = Query::parse(Some("watch=1")).unwrap();
+        let watches = Watches::new(10, 1, Duration::from_secs(60));
+        let first = serve(&bus, &watches, Scope::All, &query, alice()).unwrap();
+        let refused = serve(&bus, &watches, Scope::All, &query, alice()).unwrap_err();
+        assert_eq!(refused.code_reason().0, StatusCode::TOO_MANY_REQUESTS);
+        let line = log.line("request refused");
+        for field in [
+            "user=alice",
+            "code=429",
+            "flag=\"--max-watchers-per-user\"",
+            "limit=1",
+        ] {
+            assert!(line.contains(field), "{field}: {line}");
+        }
+        drop(first);
+    }
 
     // Found by the watch_query fuzz target: `watch=1&watch=0` was authorized as a watch
     // (the first value) and served as a LIST (the last one).

@@ -95,14 +95,15 @@ pub enum Ended {
 }
 
 impl Ended {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Ended::Stalled => "stalled",
-            Ended::ShutDown => "shutdown",
-        }
+    /// Back from its value in `Entry::ended`.
+    fn from_u8(v: u8) -> Option<Ended> {
+        [Ended::Stalled, Ended::ShutDown]
+            .into_iter()
+            .find(|e| *e as u8 == v)
     }
 }
 
+/// `Entry::ended` of a watch still open.
 const NOT_ENDED: u8 = 0;
 
 /// What the sweeper knows of one watch, shared with its body.
@@ -111,10 +112,9 @@ struct Entry {
     last_poll: AtomicU64,
     /// The body holds events it could not hand over yet.
     backlog: AtomicBool,
-    /// Ended from outside (stalled, or shutdown): the body ends at its next poll.
-    ended: AtomicBool,
-    /// Why it was ended from outside: one of `Ended`'s values, or `NOT_ENDED`.
-    why: AtomicU8,
+    /// Why it was ended from outside (one of `Ended`'s values), or `NOT_ENDED`: the body
+    /// ends at its next poll once it is set.
+    ended: AtomicU8,
     /// The `last_poll` at which the sweeper first found it stalled; it is ended only if
     /// still unpolled at the next sweep, so a watch woken just before a sweep is spared.
     suspect: AtomicU64,
@@ -170,8 +170,7 @@ impl Watches {
         let entry = Arc::new(Entry {
             last_poll: AtomicU64::new(self.millis(Instant::now())),
             backlog: AtomicBool::new(false),
-            ended: AtomicBool::new(open.shut_down),
-            why: AtomicU8::new(if open.shut_down {
+            ended: AtomicU8::new(if open.shut_down {
                 Ended::ShutDown as u8
             } else {
                 NOT_ENDED
@@ -206,8 +205,7 @@ impl Watches {
             open.entries.values().cloned().collect()
         };
         for entry in entries {
-            entry.why.store(Ended::ShutDown as u8, Ordering::Relaxed);
-            entry.ended.store(true, Ordering::Relaxed);
+            entry.ended.store(Ended::ShutDown as u8, Ordering::Relaxed);
             entry.closer.close();
         }
     }
@@ -240,7 +238,8 @@ impl Watches {
             open.entries.retain(|_, e| {
                 let last = e.last_poll.load(Ordering::Relaxed);
                 let waiting = e.backlog.load(Ordering::Relaxed) || e.closer.has_pending();
-                if e.ended.load(Ordering::Relaxed) || now.saturating_sub(last) < limit || !waiting {
+                let ended = e.ended.load(Ordering::Relaxed) != NOT_ENDED;
+                if ended || now.saturating_sub(last) < limit || !waiting {
                     return true;
                 }
                 if e.suspect.swap(last, Ordering::Relaxed) != last {
@@ -260,8 +259,7 @@ impl Watches {
                 stall_limit = ?self.inner.stall_limit,
                 "watch stalled: its client took nothing for too long; ending it"
             );
-            e.why.store(Ended::Stalled as u8, Ordering::Relaxed);
-            e.ended.store(true, Ordering::Relaxed);
+            e.ended.store(Ended::Stalled as u8, Ordering::Relaxed);
             e.stalled.inc();
             e.closer.close();
         }
@@ -285,16 +283,12 @@ impl Registration {
         self.entry
             .last_poll
             .store(self.watches.millis(now), Ordering::Relaxed);
-        !self.entry.ended.load(Ordering::Relaxed)
+        self.entry.ended.load(Ordering::Relaxed) == NOT_ENDED
     }
 
     /// Why the watch was ended from outside, if it was.
     pub fn ended(&self) -> Option<Ended> {
-        match self.entry.why.load(Ordering::Relaxed) {
-            1 => Some(Ended::Stalled),
-            2 => Some(Ended::ShutDown),
-            _ => None,
-        }
+        Ended::from_u8(self.entry.ended.load(Ordering::Relaxed))
     }
 
     /// Whether the body still holds events it has not handed over; set as each poll
@@ -406,6 +400,8 @@ mod tests {
         }
         assert_eq!(stalled.get(), 1);
         assert!(!r_stuck.polled(Instant::now()), "ended");
+        assert_eq!(r_stuck.ended(), Some(Ended::Stalled));
+        assert_eq!(r_busy.ended(), None);
         assert!(
             r_idle.polled(Instant::now()),
             "nothing to send: not stalled"
@@ -425,10 +421,12 @@ mod tests {
             .unwrap();
         watches.shut_down();
         assert!(!r.polled(Instant::now()));
+        assert_eq!(r.ended(), Some(Ended::ShutDown));
         let late = bus.subscribe(Filter::scope(Scope::All), None).unwrap();
         let r = watches
             .register("u", late.closer(), IntCounter::new("s", "s").unwrap())
             .unwrap();
         assert!(!r.polled(Instant::now()));
+        assert_eq!(r.ended(), Some(Ended::ShutDown));
     }
 }
