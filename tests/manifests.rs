@@ -181,7 +181,6 @@ async fn apiservice_and_roles_match_what_the_server_serves() {
         served.keys().cloned().collect(),
         "every served resource has a viewer role"
     );
-    server.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -199,7 +198,6 @@ async fn the_probe_paths_answer_without_credentials() {
         assert_eq!(code, StatusCode::OK, "{path} without credentials");
         assert_eq!(&body[..], b"ok");
     }
-    server.stop().await.unwrap();
 }
 
 #[test]

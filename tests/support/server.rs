@@ -161,16 +161,23 @@ impl TestServer {
         assert_eq!(code, http::StatusCode::OK, "{status}");
     }
 
-    /// Ask the server to stop and wait until `run` returns.
-    pub async fn stop(mut self) -> std::io::Result<()> {
+    /// Ask the server to stop and wait until `run` has returned; the test fails if that
+    /// takes longer than `DEADLINE`. What a stopped server should look like from outside
+    /// (its port closed, its watches ended) is for the caller to check: `run` returns
+    /// `Ok` on every path, so its result says nothing (an `Err`, should one appear,
+    /// fails here).
+    pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         let handle = self.handle.take().unwrap();
-        tokio::time::timeout(super::DEADLINE, handle)
+        let ran = tokio::time::timeout(super::DEADLINE, handle)
             .await
             .expect("server did not stop")
-            .unwrap()
+            .expect("the server's task panicked");
+        if let Err(e) = ran {
+            panic!("server::run failed: {e}");
+        }
     }
 }
 
