@@ -107,6 +107,25 @@ impl TestServer {
             );
         }
         argv.extend(extra.iter().map(|s| s.to_string()));
+        Self::launch(dir, ca, argv, tune).await
+    }
+
+    /// The server with exactly `args` (what follows the program name, `serve` first), and
+    /// nothing added: for a command line a test must run as given (the Deployment's).
+    /// `ca` is the CA of the serving certificate `args` name, `dir` holds the test's files.
+    pub async fn start_args(dir: tempfile::TempDir, ca: Ca, args: &[String]) -> TestServer {
+        let argv = std::iter::once("kube-audit-stream".to_owned())
+            .chain(args.iter().cloned())
+            .collect();
+        Self::launch(dir, ca, argv, |_| {}).await
+    }
+
+    async fn launch(
+        dir: tempfile::TempDir,
+        ca: Ca,
+        argv: Vec<String>,
+        tune: impl FnOnce(&mut Settings),
+    ) -> TestServer {
         let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command;
         let mut settings = args.validate().unwrap();
         tune(&mut settings);
