@@ -341,5 +341,4 @@ async fn an_http2_watch_whose_client_stops_reading_is_ended_and_the_connection_l
         metric_on(&mut conn.clone(), &admin, watchers).await == Some(0.0)
     })
     .await;
-    srv.stop().await.unwrap();
 }

@@ -19,6 +19,7 @@ use http::StatusCode;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{APIGroup, APIResourceList};
 use kube_audit_stream::config::{Cli, Command as CliCommand};
 use serde_json::Value;
+use support::cluster::Cluster;
 use support::server::{ADMIN_TOKEN, TestServer};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -181,25 +182,95 @@ async fn apiservice_and_roles_match_what_the_server_serves() {
         served.keys().cloned().collect(),
         "every served resource has a viewer role"
     );
-    server.stop().await.unwrap();
 }
 
+/// The Deployment's args, adapted only where a test cannot run them as they are:
+/// `--secure-port=0` and `--bind-address=127.0.0.1` (an ephemeral loopback port, not
+/// 0.0.0.0:8443); where an arg names a file in a mounted Secret, a file of this test's
+/// (`secret_file` says what each Secret key holds); and `--kubeconfig` for the fake
+/// kube-apiserver, where the pod would use its in-cluster ServiceAccount. Every other arg
+/// is passed as the Deployment has it.
+fn deployment_args_for_a_test(
+    deployment: &Value,
+    dir: &std::path::Path,
+    secret_file: impl Fn(&str, &str) -> String,
+    kubeconfig: &std::path::Path,
+) -> Vec<String> {
+    let mut args = vec![];
+    for a in strings(&container(deployment)["args"]) {
+        let Some((flag, value)) = a.split_once('=') else {
+            args.push(a);
+            continue;
+        };
+        assert!(
+            !matches!(flag, "--bind-address" | "--kubeconfig"),
+            "the Deployment passes {flag}: adapt it here"
+        );
+        if flag == "--secure-port" {
+            args.push("--secure-port=0".to_owned());
+        } else if value.starts_with('/') {
+            let (secret, key) = secret_behind(deployment, value);
+            let path = dir.join(&secret).join(&key);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, secret_file(&secret, &key)).unwrap();
+            args.push(format!("{flag}={}", path.display()));
+        } else {
+            args.push(a);
+        }
+    }
+    args.push("--bind-address=127.0.0.1".to_owned());
+    args.push(format!("--kubeconfig={}", kubeconfig.display()));
+    args
+}
+
+/// The probes, against a server run with the Deployment's own args (in cluster mode,
+/// against a fake kube-apiserver): the kubelet's requests, with no credentials, answered.
 #[tokio::test]
 async fn the_probe_paths_answer_without_credentials() {
     let deployment = base("deployment.yaml");
     let c = container(&deployment);
-    let server = TestServer::start(&[]).await;
+    let cluster = Cluster::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let serving_ca = support::pki::Ca::new("serving-ca");
+    let serving = serving_ca.server();
+    let ingest_ca = support::pki::Ca::new("ingest-ca");
+    let args = deployment_args_for_a_test(
+        &deployment,
+        dir.path(),
+        |secret, key| match (secret, key) {
+            ("kube-audit-stream-serving-cert", "tls.crt") => serving.cert.clone(),
+            ("kube-audit-stream-serving-cert", "tls.key") => serving.key.clone(),
+            ("kube-audit-stream-ingest-ca", "ca.crt") => ingest_ca.pem(),
+            _ => panic!("the Deployment mounts {secret}/{key}: say here what it holds"),
+        },
+        &cluster.fake.kubeconfig(dir.path()),
+    );
+    let server = TestServer::start_args(dir, serving_ca, &args).await;
+    let https_port = c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "https")
+        .expect("a port named https")["containerPort"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(arg(&deployment, "--secure-port"), https_port.to_string());
     let anonymous = server.client(None);
     for (probe, path) in [("livenessProbe", "/livez"), ("readinessProbe", "/readyz")] {
         let get = &c[probe]["httpGet"];
         assert_eq!(get["path"], path, "{probe}");
         assert_eq!(get["scheme"], "HTTPS", "{probe}");
-        assert_eq!(get["port"], "https", "{probe} uses the named port");
+        assert_eq!(
+            get["port"], "https",
+            "{probe} uses the named port, the server's --secure-port"
+        );
         let (code, body) = anonymous.get(path).await;
         assert_eq!(code, StatusCode::OK, "{path} without credentials");
         assert_eq!(&body[..], b"ok");
     }
-    server.stop().await.unwrap();
+    // Only the probes: the API itself still wants credentials.
+    let (code, _) = anonymous.get("/apis/audit.k8s.io/v1alpha1/events").await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
 }
 
 #[test]

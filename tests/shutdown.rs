@@ -1,4 +1,5 @@
-//! Graceful shutdown, black-box: open watches end cleanly and `run` returns.
+//! Graceful shutdown, black-box: `run` returns, the port is closed, and open watches
+//! end cleanly after their last event.
 
 mod support;
 
@@ -28,7 +29,17 @@ async fn shutdown_ends_every_watch_and_returns() {
     assert_eq!(admin.added(1).await[0]["auditID"], "s-1");
     assert_eq!(alice.added(1).await[0]["auditID"], "s-1");
 
-    srv.stop().await.expect("run returns Ok");
+    let addr = srv.addr;
+    srv.stop().await;
+    // Nothing listens any more: a new connection is refused, not left in a backlog.
+    let refused = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect_err("the port still takes connections after the server stopped");
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{refused}"
+    );
     // Both streams end with a clean end of body (HTTP/1.1 chunked terminator, HTTP/2 END_STREAM).
     assert!(admin.next().await.is_none());
     assert!(alice.next().await.is_none());

@@ -75,12 +75,40 @@ impl Client {
         TlsConnector::from(Arc::new(config))
     }
 
-    /// Whether a TLS handshake succeeds: the server's certificate is trusted by this
-    /// client's CA (and, with a client certificate, the handshake accepts it).
-    pub async fn handshake_ok(&self) -> bool {
-        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        let name = ServerName::try_from("localhost").unwrap();
-        self.connector().connect(name, tcp).await.is_ok()
+    /// Whether this client gets a TLS session the server answers on: this client trusts
+    /// the server's certificate, and the server accepted the session, this client's
+    /// certificate included. The client's side of a TLS 1.3 handshake completes before
+    /// the server has judged the client's certificate (a refusal comes as an alert,
+    /// afterwards), so a completed handshake alone shows only the first half: this sends
+    /// a request on the session (`GET /livez`, open to anyone) and waits for the answer.
+    pub async fn tls_session_ok(&self) -> bool {
+        let session = async {
+            let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            let Ok(tls) = self.connector().connect(name, tcp).await else {
+                return false;
+            };
+            let io = TokioIo::new(tls);
+            let req = self.request(Method::GET, "/livez", &[], Bytes::new());
+            if self.http2 {
+                let Ok((mut sender, conn)) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await
+                else {
+                    return false;
+                };
+                tokio::spawn(conn);
+                sender.send_request(req).await.is_ok()
+            } else {
+                let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(io).await else {
+                    return false;
+                };
+                tokio::spawn(conn);
+                sender.send_request(req).await.is_ok()
+            }
+        };
+        tokio::time::timeout(DEADLINE, session)
+            .await
+            .expect("no answer and no refusal within the deadline")
     }
 
     /// A request with this client's token.

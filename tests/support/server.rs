@@ -107,6 +107,25 @@ impl TestServer {
             );
         }
         argv.extend(extra.iter().map(|s| s.to_string()));
+        Self::launch(dir, ca, argv, tune).await
+    }
+
+    /// The server with exactly `args` (what follows the program name, `serve` first), and
+    /// nothing added: for a command line a test must run as given (the Deployment's).
+    /// `ca` is the CA of the serving certificate `args` name, `dir` holds the test's files.
+    pub async fn start_args(dir: tempfile::TempDir, ca: Ca, args: &[String]) -> TestServer {
+        let argv = std::iter::once("kube-audit-stream".to_owned())
+            .chain(args.iter().cloned())
+            .collect();
+        Self::launch(dir, ca, argv, |_| {}).await
+    }
+
+    async fn launch(
+        dir: tempfile::TempDir,
+        ca: Ca,
+        argv: Vec<String>,
+        tune: impl FnOnce(&mut Settings),
+    ) -> TestServer {
         let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command;
         let mut settings = args.validate().unwrap();
         tune(&mut settings);
@@ -161,16 +180,23 @@ impl TestServer {
         assert_eq!(code, http::StatusCode::OK, "{status}");
     }
 
-    /// Ask the server to stop and wait until `run` returns.
-    pub async fn stop(mut self) -> std::io::Result<()> {
+    /// Ask the server to stop and wait until `run` has returned; the test fails if that
+    /// takes longer than `DEADLINE`. What a stopped server should look like from outside
+    /// (its port closed, its watches ended) is for the caller to check: `run` returns
+    /// `Ok` on every path, so its result says nothing (an `Err`, should one appear,
+    /// fails here).
+    pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         let handle = self.handle.take().unwrap();
-        tokio::time::timeout(super::DEADLINE, handle)
+        let ran = tokio::time::timeout(super::DEADLINE, handle)
             .await
             .expect("server did not stop")
-            .unwrap()
+            .expect("the server's task panicked");
+        if let Err(e) = ran {
+            panic!("server::run failed: {e}");
+        }
     }
 }
 
