@@ -12,12 +12,12 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::Body as HttpBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
-use prometheus::{Histogram, IntGaugeVec};
+use prometheus::{Histogram, IntCounterVec, IntGaugeVec};
 
 pub use crate::authn::pusher::Gate;
 use crate::authn::pusher::Refusal;
 use crate::bus::Bus;
-use crate::event::{self, Event};
+use crate::event::{self, Event, Redaction, Rule};
 use crate::metrics::{self, Metrics};
 use crate::nats::Nats;
 use crate::response::{self, Body};
@@ -50,6 +50,8 @@ const AUDIT_DELAY_SECONDS_BUCKETS: &[f64] = &[
 
 /// Ingest's own metrics; the accepted events and bytes by source are `Metrics`'.
 pub struct Meters {
+    /// Events with something redacted, by rule (a closed set: three label values).
+    redacted: IntCounterVec,
     batch_seconds: Histogram,
     audit_delay_seconds: Histogram,
     last_push: IntGaugeVec,
@@ -59,6 +61,14 @@ pub struct Meters {
 impl Meters {
     pub fn new(m: &Metrics) -> Self {
         Meters {
+            redacted: m.register(IntCounterVec::new(
+                metrics::opts(
+                    "ingest",
+                    "redacted_events_total",
+                    "Events in which a redaction rule replaced a value before the bus, by rule (--redact).",
+                ),
+                &["rule"],
+            )),
             batch_seconds: m.register(Histogram::with_opts(metrics::histogram_opts(
                 "ingest",
                 "batch_duration_seconds",
@@ -80,6 +90,22 @@ impl Meters {
                 &["source"],
             )),
             sources: SourceLabels::default(),
+        }
+    }
+
+    /// Count the batch's redacted events by rule: a bit test per event, and nothing
+    /// more when none was redacted.
+    fn redacted(&self, events: &[Event]) {
+        let mut by_rule = [0u64; Rule::ALL.len()];
+        for rules in events.iter().map(Event::redacted).filter(|r| !r.is_empty()) {
+            for (n, rule) in by_rule.iter_mut().zip(Rule::ALL) {
+                *n += u64::from(rules.contains(rule));
+            }
+        }
+        for (n, rule) in by_rule.into_iter().zip(Rule::ALL) {
+            if n > 0 {
+                self.redacted.with_label_values(&[rule.as_str()]).inc_by(n);
+            }
         }
     }
 
@@ -139,6 +165,10 @@ pub struct Settings {
     pub max_inflight_per_pusher: usize,
     /// How long a push's body may take to arrive (no flag: `BODY_TIMEOUT`; tests shorten it).
     pub body_timeout: Duration,
+    /// `--redact`: which rules apply.
+    pub redact: event::Rules,
+    /// `--redaction-key-file`: values become HMACs under the key it holds.
+    pub redaction_key_file: Option<std::path::PathBuf>,
 }
 /// kube-apiserver's max-in-flight answer.
 const TOO_MANY: &str = "Too many requests, please try again later.";
@@ -216,6 +246,8 @@ pub struct Ingest {
     pub inflight: InFlight,
     /// `BODY_TIMEOUT`, unless a test shortens it.
     pub body_timeout: Duration,
+    /// What is taken out of each event before it reaches the bus.
+    pub redaction: Arc<Redaction>,
 }
 
 impl Ingest {
@@ -307,8 +339,8 @@ impl Ingest {
         let max_event_bytes = self.max_event_bytes;
         let label = self.meters.sources.label(&source);
         let decode = {
-            let source = source.clone();
-            move || decode(&body, &source, max_event_bytes)
+            let (source, redaction) = (source.clone(), self.redaction.clone());
+            move || decode(&body, &source, max_event_bytes, &redaction)
         };
         let decoded = if size > BLOCKING_DECODE_BYTES {
             tokio::task::spawn_blocking(decode)
@@ -319,6 +351,7 @@ impl Ingest {
         }?;
         self.metrics
             .ingest_oversized(decoded.truncated, decoded.dropped);
+        self.meters.redacted(&decoded.events);
         let count = decoded.events.len();
         let stages: Vec<i64> = decoded
             .events
@@ -434,9 +467,14 @@ struct Decoded {
     dropped: usize,
 }
 
-fn decode(body: &[u8], source: &str, max_event_bytes: usize) -> Result<Decoded, ApiError> {
+fn decode(
+    body: &[u8],
+    source: &str,
+    max_event_bytes: usize,
+    redaction: &Redaction,
+) -> Result<Decoded, ApiError> {
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let events = event::decode_event_list(body, source, &now)
+    let events = event::decode_event_list_with(body, source, &now, redaction)
         .map_err(|e| ApiError::BadRequest(format!("the body is not an audit EventList: {e}")))?;
     let mut out = Decoded {
         events: Vec::with_capacity(events.len()),

@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 
 use super::{Error, err};
 use crate::authn::pusher;
+use crate::event::Rules;
 use crate::{ingest, nats};
 
 #[derive(Args, Debug, Clone)]
@@ -35,6 +36,25 @@ pub struct IngestFlags {
     /// so that one apiserver retrying in a loop cannot take every slot from the others.
     #[arg(long, default_value_t = 16)]
     pub max_ingest_inflight_per_pusher: usize,
+    /// Redaction at ingest, before the bus (so before the window, NATS, LIST or any
+    /// watcher): the rules, comma-separated. secret-data: the values under data and
+    /// stringData of core secrets in request and response objects; tokens: status.token
+    /// of serviceaccounts/token responses and spec.token of tokenreviews; last-applied-
+    /// configuration: kubectl's annotation of that name on any object. A redacted value
+    /// becomes "<redacted>" and the event gets audit.k8s.io/redacted: "true". Empty
+    /// (--redact=) turns redaction off, for a cluster whose audit policy already keeps
+    /// Secrets at Metadata.
+    #[arg(
+        long,
+        value_name = "RULES",
+        default_value = "secret-data,tokens,last-applied-configuration"
+    )]
+    pub redact: String,
+    /// A file holding a secret key: redacted values become "hmac-sha256:<hex>" of the
+    /// value under it instead of "<redacted>", so that a reader can see that a value
+    /// changed, or equals another, without seeing it. Keep it from readers of the stream.
+    #[arg(long)]
+    pub redaction_key_file: Option<PathBuf>,
 }
 
 impl IngestFlags {
@@ -88,6 +108,8 @@ impl IngestFlags {
             max_inflight: self.max_ingest_inflight,
             max_inflight_per_pusher: self.max_ingest_inflight_per_pusher,
             body_timeout: ingest::BODY_TIMEOUT,
+            redact: Rules::parse(&self.redact).map_err(|e| err("--redact", e))?,
+            redaction_key_file: self.redaction_key_file.clone(),
         })
     }
 }

@@ -17,6 +17,7 @@ use crate::budget::{self, EgressShare};
 use crate::bus::Bus;
 use crate::config::{AuthzSettings, ConnectionLimits, Settings};
 use crate::discovery::Discovery;
+use crate::event::Redaction;
 use crate::ingest::{self, Ingest};
 use crate::metrics::Metrics;
 use crate::nats::Nats;
@@ -51,6 +52,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Read(#[from] ReadError),
+    #[error("--redaction-key-file: {}: the file is empty", .0.display())]
+    RedactionKey(PathBuf),
     #[error(transparent)]
     Policy(#[from] authz::PolicyError),
     #[error(transparent)]
@@ -167,6 +170,7 @@ impl App {
                         settings.ingest.max_inflight_per_pusher,
                     ),
                     body_timeout: settings.ingest.body_timeout,
+                    redaction: Arc::new(redaction(&settings.ingest)?),
                 },
                 discovery: Discovery::new(),
                 requests: super::router::RequestMeters::new(&metrics),
@@ -211,6 +215,25 @@ impl App {
         self.inner.watches.shut_down();
         self.inner.shutdown.cancel();
     }
+}
+
+/// `--redact` with the key of `--redaction-key-file`, if any (its bytes, less a trailing
+/// line break; an empty key would make every HMAC guessable).
+fn redaction(settings: &ingest::Settings) -> Result<Redaction, Error> {
+    let key = match &settings.redaction_key_file {
+        None => None,
+        Some(path) => {
+            let mut key = source::read(path)?;
+            while key.last().is_some_and(|b| matches!(b, b'\n' | b'\r')) {
+                key.pop();
+            }
+            if key.is_empty() {
+                return Err(Error::RedactionKey(path.clone()));
+            }
+            Some(key)
+        }
+    };
+    Ok(Redaction::new(settings.redact, key.as_deref()))
 }
 
 /// A client for kube-apiserver from a kubeconfig, or the in-cluster config.
