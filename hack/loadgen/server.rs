@@ -19,6 +19,11 @@ use kube_audit_stream::config::{Cli, Command};
 use kube_audit_stream::server::{self, App};
 use tokio::io::AsyncBufReadExt as _;
 
+// The tests' own lookup of nats-server (one file, compiled into both), so that the
+// generator starts the binary `hack/test` checked.
+#[path = "../../tests/support/nats_server.rs"]
+mod nats_server;
+
 /// The hidden subcommand the child runs.
 pub const SERVE_SUBCOMMAND: &str = "__serve";
 /// The child's first stdout line: this prefix and the bound address.
@@ -235,14 +240,7 @@ impl NatsProcess {
             .local_addr()?
             .port();
         let dir = tempfile::tempdir()?;
-        // From the PATH, else where Debian's package puts it (a non-root PATH may lack it).
-        let debian = std::path::Path::new("/usr/sbin/nats-server");
-        let exe = if which_on_path("nats-server") || !debian.is_file() {
-            std::path::PathBuf::from("nats-server")
-        } else {
-            debian.to_owned()
-        };
-        let child = tokio::process::Command::new(exe)
+        let child = tokio::process::Command::new(nats_server::binary())
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(dir.path())
             .stdin(Stdio::null())
@@ -250,7 +248,7 @@ impl NatsProcess {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .context("starting nats-server (Debian's nats-server package)")?;
+            .map_err(|e| anyhow::anyhow!(nats_server::cannot_start(&e)))?;
         let pid = child.id().context("nats-server has no id")?;
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         while tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -270,9 +268,4 @@ impl NatsProcess {
             _dir: dir,
         })
     }
-}
-
-fn which_on_path(name: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
 }
