@@ -13,6 +13,10 @@
 //! measured in the same run: serde_json split + routing read of the same bodies on one
 //! core, and `openssl speed` AES-128-GCM.
 //!
+//! `loadgen soak` is the soak run instead (soak.rs, docs/security.md "Soak"): the same
+//! server child, clients and pushers, steady ingest while watchers and hostile clients
+//! come and go, for half an hour (90 s with `--short`).
+//!
 //! Every loop is bounded in time, it stops by itself, and it only ever connects to the
 //! loopback address of the server it started. It exits non-zero when an event was lost
 //! without being reported (or a push failed, or resourceVersions went backwards).
@@ -23,6 +27,7 @@ mod client;
 mod measure;
 mod push;
 mod server;
+mod soak;
 mod watch;
 
 use std::net::SocketAddr;
@@ -33,14 +38,14 @@ use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use bytes::Bytes;
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use http::{Method, StatusCode};
 use http_body_util::BodyExt as _;
 use tokio::time::Instant;
 
 use crate::measure::{CpuSampler, CpuUse, Histogram, SplitRoute};
 use crate::push::{PushStats, Pusher, Rate, Templates};
-use crate::server::ServerProcess;
+use crate::server::{ServerProcess, Verdict};
 use crate::watch::{Group, Scope, WatchStats};
 
 /// After the pushers stop, watchers drain for at most this long.
@@ -56,9 +61,13 @@ const TABLE_RATE: f64 = 10_000.0;
 #[derive(Parser, Debug)]
 #[command(
     name = "loadgen",
-    about = "Load generator for kube-audit-stream: runs the server in a child process on 127.0.0.1, pushes audit EventLists over mTLS, watches them over HTTP/1.1 or HTTP/2, and prints throughput, latency, losses, server and generator CPU, RSS and same-run baselines"
+    about = "Load generator for kube-audit-stream: runs the server in a child process on 127.0.0.1, pushes audit EventLists over mTLS, watches them over HTTP/1.1 or HTTP/2, and prints throughput, latency, losses, server and generator CPU, RSS and same-run baselines",
+    // The flags below are the load generator's; `soak` has its own.
+    args_conflicts_with_subcommands = true
 )]
 struct Opts {
+    #[command(subcommand)]
+    mode: Option<Mode>,
     /// Run the preset for one row of the performance table (or `all`); other flags are
     /// then ignored except --duration and --fixture.
     #[arg(long, value_enum)]
@@ -108,6 +117,14 @@ struct Opts {
     /// (the scenarios pass the table's `--watcher-bytes-per-second=0 --max-event-bytes=4194304`).
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     server_args: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// Soak run: steady ingest with watchers and hostile clients coming and going; fails
+    /// on an upward trend of the server's RSS, fds, threads or tasks, or on an unreported
+    /// loss (docs/security.md "Soak").
+    Soak(soak::Opts),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,16 +180,27 @@ fn parse_rate(s: &str) -> Result<Rate, String> {
     }
 }
 
+/// How a load generator run ends: its last line only when a check failed.
+const VERDICT: Verdict = Verdict {
+    name: "loadgen",
+    log_level: "warn",
+    passed: None,
+    failed: "FAILED (see `check` above)",
+};
+
 fn main() -> ExitCode {
-    let verdict = server::Verdict {
-        name: "loadgen",
-        log_level: "warn",
-        passed: None,
-        failed: "FAILED (see `check` above)",
-    };
-    server::generator_main(verdict, || {
-        let opts = Opts::parse();
-        run(opts)
+    server::generator_main(|| {
+        let mut opts = Opts::parse();
+        let verdict = match opts.mode {
+            Some(Mode::Soak(_)) => soak::VERDICT,
+            None => VERDICT,
+        };
+        (verdict, async move {
+            match opts.mode.take() {
+                Some(Mode::Soak(soak)) => soak::run(soak).await,
+                None => run(opts).await,
+            }
+        })
     })
 }
 

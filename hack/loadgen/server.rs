@@ -2,14 +2,15 @@
 //! apart from the load generator's.
 //!
 //! The load generator runs itself again (`current_exe`) with the hidden `__serve`
-//! subcommand: that child builds the real server from the flags that follow, binds a
-//! free loopback port, prints the address on stdout, and serves until its stdin closes
-//! (the parent ended or dropped it: a crashed load generator cannot leave a server
-//! behind) or it gets SIGTERM.
+//! subcommand, its run's name and log level: that child builds the real server from the
+//! flags that follow, binds a free loopback port, prints the address on stdout, and
+//! serves until its stdin closes (the parent ended or dropped it: a crashed load
+//! generator cannot leave a server behind) or it gets SIGTERM.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::Stdio;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
@@ -17,6 +18,11 @@ use clap::Parser as _;
 use kube_audit_stream::config::{Cli, Command};
 use kube_audit_stream::server::{self, App};
 use tokio::io::AsyncBufReadExt as _;
+
+// The tests' own lookup of nats-server (one file, compiled into both), so that the
+// generator starts the binary `hack/test` checked.
+#[path = "../../tests/support/nats_server.rs"]
+mod nats_server;
 
 /// The hidden subcommand the child runs.
 pub const SERVE_SUBCOMMAND: &str = "__serve";
@@ -74,14 +80,22 @@ pub fn child_main(args: Vec<String>, log_level: &str) -> anyhow::Result<()> {
 }
 
 /// How a generator's run ended, for `generator_main`.
-pub struct Verdict<'a> {
-    pub name: &'a str,
+#[derive(Clone, Copy)]
+pub struct Verdict {
+    /// The run's name, which starts its last line and its server child's errors.
+    pub name: &'static str,
     /// The log filter without `RUST_LOG`, for the generator and its server child.
-    pub log_level: &'a str,
+    pub log_level: &'static str,
     /// Printed when the run passed, if anything.
-    pub passed: Option<&'a str>,
-    pub failed: &'a str,
+    pub passed: Option<&'static str>,
+    pub failed: &'static str,
 }
+
+/// The running generator's verdict, set once its flags are parsed. Which run it is (the
+/// load generator's or the soak's) is only known then, and its server children are
+/// started deep inside the run: they read their name and log level from here rather than
+/// through every phase's arguments.
+static RUNNING: OnceLock<Verdict> = OnceLock::new();
 
 /// The server binary's allocator, so that the server child measures as it ships.
 #[global_allocator]
@@ -98,18 +112,21 @@ fn init_tracing(level: &str) {
         .init();
 }
 
-/// A generator's whole `main` (the load generator's, the soak's): the server child when
-/// run as one, else `start` (which parses the flags, so that `--help` exits before a
-/// runtime exists) driven to its end: `Ok(true)` passed, `Ok(false)` a check failed.
-pub fn generator_main<F>(verdict: Verdict<'_>, start: impl FnOnce() -> F) -> std::process::ExitCode
+/// The generator's whole `main` (for the load generator's runs and the soak's): the
+/// server child when run as one, else `start` (which parses the flags, so that `--help`
+/// exits before a runtime exists, and says which run it is) driven to its end:
+/// `Ok(true)` passed, `Ok(false)` a check failed.
+pub fn generator_main<F>(start: impl FnOnce() -> (Verdict, F)) -> std::process::ExitCode
 where
     F: std::future::Future<Output = anyhow::Result<bool>>,
 {
     use std::process::ExitCode;
-    let name = verdict.name;
     let mut args = std::env::args();
     if args.nth(1).as_deref() == Some(SERVE_SUBCOMMAND) {
-        return match child_main(args.collect(), verdict.log_level) {
+        // `__serve NAME LOG_LEVEL FLAGS…`, as `ServerProcess::start` runs it.
+        let name = args.next().unwrap_or_default();
+        let log_level = args.next().unwrap_or_default();
+        return match child_main(args.collect(), &log_level) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("{name} server: {e:#}");
@@ -117,7 +134,9 @@ where
             }
         };
     }
-    let run = start();
+    let (verdict, run) = start();
+    let name = verdict.name;
+    let _ = RUNNING.set(verdict);
     init_tracing(verdict.log_level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -155,8 +174,11 @@ impl ServerProcess {
     /// Start the server with these `serve` flags and wait until it listens.
     pub async fn start(args: &[String]) -> anyhow::Result<ServerProcess> {
         let exe = std::env::current_exe().context("finding the load generator's executable")?;
+        let running = RUNNING
+            .get()
+            .context("a server started outside generator_main")?;
         let mut child = tokio::process::Command::new(exe)
-            .arg(SERVE_SUBCOMMAND)
+            .args([SERVE_SUBCOMMAND, running.name, running.log_level])
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -218,14 +240,7 @@ impl NatsProcess {
             .local_addr()?
             .port();
         let dir = tempfile::tempdir()?;
-        // From the PATH, else where Debian's package puts it (a non-root PATH may lack it).
-        let debian = std::path::Path::new("/usr/sbin/nats-server");
-        let exe = if which_on_path("nats-server") || !debian.is_file() {
-            std::path::PathBuf::from("nats-server")
-        } else {
-            debian.to_owned()
-        };
-        let child = tokio::process::Command::new(exe)
+        let child = tokio::process::Command::new(nats_server::binary())
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(dir.path())
             .stdin(Stdio::null())
@@ -233,7 +248,7 @@ impl NatsProcess {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .context("starting nats-server (Debian's nats-server package)")?;
+            .map_err(|e| anyhow::anyhow!(nats_server::cannot_start(&e)))?;
         let pid = child.id().context("nats-server has no id")?;
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         while tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -253,9 +268,4 @@ impl NatsProcess {
             _dir: dir,
         })
     }
-}
-
-fn which_on_path(name: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
 }

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod fake_apiserver;
 pub mod fixtures;
 pub mod nats;
+pub mod nats_server;
 pub mod pki;
 pub mod process;
 pub mod server;

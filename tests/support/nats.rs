@@ -5,6 +5,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 
 use super::DEADLINE;
+use super::nats_server;
 
 pub struct NatsServer {
     child: Option<Child>,
@@ -49,7 +50,7 @@ impl NatsServer {
     /// Start it (again) on the same port, and wait until it takes connections.
     pub fn restart(&mut self) {
         self.kill();
-        let child = Command::new(binary())
+        let child = Command::new(nats_server::binary())
             .args([
                 "-js",
                 "-a",
@@ -63,12 +64,7 @@ impl NatsServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run nats-server ({e}): the --bus=nats tests need a real NATS server \
-                     on the PATH (Debian's nats-server package; .ci/run installs it)"
-                )
-            });
+            .unwrap_or_else(|e| panic!("{}", nats_server::cannot_start(&e)));
         self.child = Some(child);
         let start = std::time::Instant::now();
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
@@ -81,19 +77,5 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// `nats-server` from the PATH, else where Debian's package puts it (`/usr/sbin`, which a
-/// non-root PATH may lack).
-fn binary() -> std::path::PathBuf {
-    let debian = std::path::Path::new("/usr/sbin/nats-server");
-    let on_path = std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| dir.join("nats-server").is_file())
-    });
-    if !on_path && debian.is_file() {
-        debian.to_owned()
-    } else {
-        "nats-server".into()
     }
 }

@@ -1,11 +1,11 @@
-//! Soak run for kube-audit-stream: the real server in a child process on 127.0.0.1 under
+//! The soak run (`loadgen soak`): the real server in a child process on 127.0.0.1 under
 //! steady ingest while watchers and hostile clients come and go (~10 a second) for a
 //! bounded time; fails when the server's memory, file descriptors, threads or live tasks
 //! trend upward after warm-up, when they do not come back down once everyone has left,
 //! or when an event is lost without being reported.
 //!
-//! Reuses the load generator's pieces (server child, client PKI and connections,
-//! pushers). Who comes and goes, each for a random short stay: fast HTTP/1.1 and HTTP/2
+//! Uses the load generator's pieces (server child, client PKI and connections, pushers,
+//! clock). Who comes and goes, each for a random short stay: fast HTTP/1.1 and HTTP/2
 //! watchers, slow readers, watchers that never read, LISTs, wrong tokens, garbage after
 //! the TLS handshake, garbage instead of TLS, a ClientHello cut off mid-way, and a request
 //! head sent a few bytes at a time. Two auditors watch the whole stream throughout
@@ -20,30 +20,17 @@
 //! After the run, with every client gone, fds and tasks must be back within a few of
 //! where they were before the first client came.
 //!
-//! Loopback only, stops by itself. Run: `cargo run --release --example soak -- --help`.
-
-#[allow(dead_code)]
-#[path = "../loadgen/client.rs"]
-mod client;
-#[allow(dead_code)]
-#[path = "../loadgen/measure.rs"]
-mod measure;
-#[allow(dead_code)]
-#[path = "../loadgen/push.rs"]
-mod push;
-#[allow(dead_code)]
-#[path = "../loadgen/server.rs"]
-mod server;
+//! Loopback only, stops by itself. Run:
+//! `cargo run --release --example loadgen -- soak --help`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
-use clap::Parser;
+use clap::Args;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt as _;
 use serde::Deserialize;
@@ -52,8 +39,9 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::push::{Pusher, Rate, Templates};
-use crate::server::ServerProcess;
+use crate::push::{self, Pusher, Rate, Templates};
+use crate::server::{ServerProcess, Verdict};
+use crate::{Clock, client};
 
 /// How long auditors may take, after the pushers stop, to receive what is still coming
 /// (on loopback at this rate, well under a second).
@@ -69,12 +57,9 @@ const EVENTS_PER_SECOND: f64 = 200.0;
 const QUIET_FDS: i64 = 4;
 const QUIET_TASKS: i64 = 8;
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "soak",
-    about = "Soak run: steady ingest with watchers and hostile clients coming and going; fails on an upward trend of the server's RSS, fds, threads or tasks, or on an unreported loss"
-)]
-struct Opts {
+// The soak run's flags (`loadgen soak --help`; its description is on `Mode::Soak`).
+#[derive(Args, Debug)]
+pub struct Opts {
     /// The short run for CI: 90 s, 30 s of it warm-up, a sample every 2 s (under 2
     /// minutes in all).
     #[arg(long)]
@@ -93,37 +78,15 @@ struct Opts {
     arrivals: f64,
 }
 
-/// The pushers' clock (shared with the load generator's pusher).
-#[derive(Clone, Copy)]
-pub struct Clock {
-    pub start: Instant,
-    pub push_end: Instant,
-    pub drain_end: Instant,
-}
-
-impl Clock {
-    pub fn nanos_since_start(&self) -> u64 {
-        u64::try_from(
-            Instant::now()
-                .saturating_duration_since(self.start)
-                .as_nanos(),
-        )
-        .unwrap_or(u64::MAX)
-    }
-}
-
-fn main() -> ExitCode {
-    let verdict = server::Verdict {
-        name: "soak",
-        log_level: "error",
-        passed: Some("PASSED"),
-        failed: "FAILED (see the checks above)",
-    };
-    server::generator_main(verdict, || {
-        let opts = Opts::parse();
-        run(opts)
-    })
-}
+/// How the soak run ends: a last line of its own, `soak: PASSED` included (its log is
+/// read once the run is over), and logs (its own and its server child's) at `error`
+/// unless `RUST_LOG` says otherwise: of a long run, only what went wrong is kept.
+pub const VERDICT: Verdict = Verdict {
+    name: "soak",
+    log_level: "error",
+    passed: Some("PASSED"),
+    failed: "FAILED (see the checks above)",
+};
 
 /// One reading of the server process.
 #[derive(Clone, Copy, Debug)]
@@ -136,7 +99,7 @@ struct Sample {
     connections: i64,
 }
 
-async fn run(opts: Opts) -> anyhow::Result<bool> {
+pub async fn run(opts: Opts) -> anyhow::Result<bool> {
     let duration = Duration::from_secs(opts.duration.unwrap_or(if opts.short { 90 } else { 1800 }));
     let warmup = opts.warmup.map_or_else(
         || {
