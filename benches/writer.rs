@@ -65,6 +65,7 @@ fn write(bencher: Bencher, fixture: &Fixture) {
     );
     let query = Query::parse(Some("watch=1")).expect("a valid query");
     let ctx = WatchCtx {
+        access: None,
         recheck: None,
         budget: Budget::new(
             budget::Config {

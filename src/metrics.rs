@@ -39,6 +39,7 @@ pub struct Metrics {
     watch_bytes_sent: IntCounterVec,
     watch_truncated: IntCounterVec,
     watch_dropped: IntCounterVec,
+    watch_withheld: IntCounterVec,
     watch_stalled: IntCounterVec,
     panics: IntCounterVec,
     bus_published: IntCounter,
@@ -136,6 +137,14 @@ impl Metrics {
                     "watch",
                     "dropped_events_total",
                     "Events watchers lost, by resource and reason (budget: over the byte budget; queue_full: not reading fast enough)."
+                ),
+                &["resource", "reason"]
+            )),
+            watch_withheld: reg!(IntCounterVec::new(
+                opts(
+                    "watch",
+                    "withheld_events_total",
+                    "Events a watch or LIST did not send under --authorization-granularity=resource, by resource and reason (denied: no get on the event's resource; failed: the check could not be answered, so the event was withheld)."
                 ),
                 &["resource", "reason"]
             )),
@@ -286,11 +295,12 @@ impl Metrics {
             dropped_queue_full: self
                 .watch_dropped
                 .with_label_values(&[resource, "queue_full"]),
+            withheld_denied: self.watch_withheld.with_label_values(&[resource, "denied"]),
+            withheld_failed: self.watch_withheld.with_label_values(&[resource, "failed"]),
             stalled: self.watch_stalled.with_label_values(&[resource]),
         }
     }
 
-    /// The text exposition, with the bus's counters brought up to date.
     /// The text of a scrape: the bus's counters (`bus_up`: whether it is up now) caught
     /// up, then every family.
     pub fn render(&self, bus: &Stats, bus_up: bool) -> String {
@@ -349,6 +359,8 @@ pub struct WatchGuard {
     truncated: IntCounter,
     dropped_budget: IntCounter,
     dropped_queue_full: IntCounter,
+    withheld_denied: IntCounter,
+    withheld_failed: IntCounter,
     stalled: IntCounter,
 }
 
@@ -361,6 +373,8 @@ pub struct WatchCounts {
     pub truncated: u64,
     pub dropped_budget: u64,
     pub dropped_queue_full: u64,
+    pub withheld_denied: u64,
+    pub withheld_failed: u64,
 }
 
 impl WatchCounts {
@@ -372,7 +386,11 @@ impl WatchCounts {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.sent == 0 && self.dropped_budget == 0 && self.dropped_queue_full == 0
+        self.sent == 0
+            && self.dropped_budget == 0
+            && self.dropped_queue_full == 0
+            && self.withheld_denied == 0
+            && self.withheld_failed == 0
     }
 }
 
@@ -383,6 +401,8 @@ impl std::ops::AddAssign<&WatchCounts> for WatchCounts {
         self.truncated += c.truncated;
         self.dropped_budget += c.dropped_budget;
         self.dropped_queue_full += c.dropped_queue_full;
+        self.withheld_denied += c.withheld_denied;
+        self.withheld_failed += c.withheld_failed;
     }
 }
 
@@ -396,6 +416,8 @@ impl WatchGuard {
             (&self.truncated, c.truncated),
             (&self.dropped_budget, c.dropped_budget),
             (&self.dropped_queue_full, c.dropped_queue_full),
+            (&self.withheld_denied, c.withheld_denied),
+            (&self.withheld_failed, c.withheld_failed),
         ] {
             if n > 0 {
                 counter.inc_by(n);

@@ -84,6 +84,17 @@ impl Bus {
     /// for a scan of the window from `range.after` on (a search finds where to start),
     /// comparing routing fields only; nothing is copied but `Arc`s.
     pub fn list(&self, filter: &Filter, range: ListRange) -> Result<Page, ListError> {
+        self.list_where(filter, range, |_| true)
+    }
+
+    /// `list`, keeping only the events `keep` accepts too (a reader's own visibility,
+    /// decided before the call): a page's `limit` counts what is kept.
+    pub fn list_where(
+        &self,
+        filter: &Filter,
+        range: ListRange,
+        keep: impl Fn(&Event) -> bool,
+    ) -> Result<Page, ListError> {
         let st = self.lock();
         if let Some(down) = &st.down {
             return Err(down.clone().into());
@@ -126,7 +137,7 @@ impl Bus {
             if p.resource_version > at {
                 break;
             }
-            if !filter.matches(&p.event) {
+            if !filter.matches(&p.event) || !keep(&p.event) {
                 continue;
             }
             if range.limit > 0 && page.items.len() == range.limit {

@@ -76,6 +76,24 @@ pub struct Authorization {
     /// How long a "denied" SubjectAccessReview answer is cached.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub authorization_webhook_cache_unauthorized_ttl: Duration,
+    /// What a watcher of a namespace must be allowed to see an event. namespace: watch
+    /// (list, get) on namespacedevents there, and then every event of it. resource: also
+    /// get on each event's objectRef resource (the parent of a subresource) in the
+    /// event's namespace, cluster-wide for cluster-scoped objects: one question per user,
+    /// group, resource and namespace, cached and asked again with the watch's
+    /// re-authorization; an event whose answer fails is withheld.
+    #[arg(long, value_enum, default_value = "namespace")]
+    pub authorization_granularity: Granularity,
+}
+
+/// `--authorization-granularity`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Granularity {
+    /// Who may watch a namespace's events sees all of them.
+    #[default]
+    Namespace,
+    /// Each event also needs `get` on the resource it is about.
+    Resource,
 }
 
 #[derive(Debug, Clone)]

@@ -17,6 +17,7 @@ use serving::self_signed_hosts;
 
 pub use auth::{
     Authentication, Authorization, AuthorizationMode, AuthzSettings, ClientCertSettings, Cluster,
+    Granularity,
 };
 pub use dev::{DEV_POLICY, DEV_TOKENS};
 pub use serving::{ConnectionLimits, SecureServing};
@@ -135,6 +136,8 @@ pub struct Settings {
     pub authorization: AuthzSettings,
     /// How often a long watch is authorized again.
     pub recheck_interval: Duration,
+    /// `--authorization-granularity`.
+    pub granularity: Granularity,
     pub always_allow_paths: Vec<String>,
     pub ingest: ingest::Settings,
     pub bus: bus::Config,
@@ -293,6 +296,7 @@ impl ServeArgs {
             cluster,
             authorization,
             recheck_interval,
+            granularity: authz.authorization_granularity,
             always_allow_paths: authz.authorization_always_allow_paths.clone(),
             ingest,
             bus: bus::Config {

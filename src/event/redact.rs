@@ -168,14 +168,12 @@ impl Redaction {
     pub fn body(&self, target: Target<'_>, body: &RawValue) -> Option<(String, Rules)> {
         let core = target.api_group.is_empty();
         let secret = self.rules.contains(Rule::SecretData) && core && target.resource == "secrets";
-        let token = self.rules.contains(Rule::Tokens).then(|| {
-            match (target.api_group, target.resource, target.subresource) {
-                ("", "serviceaccounts", "token") => Some("status"),
-                ("authentication.k8s.io", "tokenreviews", "") => Some("spec"),
-                _ => None,
-            }
-        });
-        let token = token.flatten();
+        let token = match (target.api_group, target.resource, target.subresource) {
+            _ if !self.rules.contains(Rule::Tokens) => None,
+            ("", "serviceaccounts", "token") => Some("status"),
+            ("authentication.k8s.io", "tokenreviews", "") => Some("spec"),
+            _ => None,
+        };
         let last_applied = self.rules.contains(Rule::LastAppliedConfiguration)
             && memchr::memmem::find(body.get().as_bytes(), LAST_APPLIED_NEEDLE).is_some();
         if !secret && token.is_none() && !last_applied {
@@ -357,7 +355,7 @@ impl Redaction {
         &self,
         v: &RawValue,
         out: &mut Vec<u8>,
-        f: &mut dyn FnMut(&Self, &str, &RawValue, &mut Vec<u8>) -> Option<bool>,
+        f: &mut MemberWriter<'_>,
     ) -> bool {
         let mut members: Vec<(Key<'_>, &RawValue)> = Vec::new();
         let mut de = serde_json::Deserializer::from_str(v.get());
@@ -405,6 +403,9 @@ impl Redaction {
         changed
     }
 }
+
+/// Writes the value of a member it handles (`Some(changed)`); `None` leaves it as it is.
+type MemberWriter<'f> = dyn FnMut(&Redaction, &str, &RawValue, &mut Vec<u8>) -> Option<bool> + 'f;
 
 /// The JSON Pointer of the annotation (`/` in its key written `~1`).
 const LAST_APPLIED_PATCH_PATH: &str =

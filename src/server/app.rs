@@ -15,7 +15,7 @@ use crate::authn::{self, SharedAuthConfig, delegated};
 use crate::authz::{self, AlwaysAllowPaths, Authorizer};
 use crate::budget::{self, EgressShare};
 use crate::bus::Bus;
-use crate::config::{AuthzSettings, ConnectionLimits, Settings};
+use crate::config::{AuthzSettings, ConnectionLimits, Granularity, Settings};
 use crate::discovery::Discovery;
 use crate::event::Redaction;
 use crate::ingest::{self, Ingest};
@@ -89,6 +89,7 @@ pub(super) struct Inner {
     pub(super) egress: Option<Arc<EgressShare>>,
     pub(super) lag_bytes: usize,
     pub(super) recheck_interval: Duration,
+    pub(super) granularity: Granularity,
     /// Request head, URL and timeouts for each connection.
     pub(super) limits: ConnectionLimits,
     /// A connection whose writes make no progress for this long is closed, and so is a
@@ -183,6 +184,7 @@ impl App {
                 // it gets truncated events until it catches up.
                 lag_bytes: settings.bus.subscriber_queue_bytes / 2,
                 recheck_interval: settings.recheck_interval,
+                granularity: settings.granularity,
                 limits: settings.limits,
                 stall_limit: settings.stall_limit,
                 shutdown,

@@ -14,8 +14,10 @@ use super::App;
 use crate::authn::{self, UserInfo};
 use crate::authz::{self, Attributes, Decision};
 use crate::budget::Budget;
-use crate::bus::{Down, Scope};
+use crate::bus::{Down, Filter, ListRange, Scope};
+use crate::config::Granularity;
 use crate::discovery;
+use crate::event::Event;
 use crate::event::{API_GROUP, API_VERSION};
 use crate::metrics::{self, Metrics};
 use crate::response::{self, Body};
@@ -23,6 +25,7 @@ use crate::status::ApiError;
 use crate::table;
 use crate::tls::Peer;
 use crate::watch;
+use crate::watch::access::{Access, ResourceCheck, ResourceKey};
 
 impl App {
     /// Serve one request; every failure becomes a `Status` response, a panic too (a 500,
@@ -117,7 +120,7 @@ impl App {
             }
             query = Some(q);
         }
-        self.dispatch(req, attrs, query)
+        self.dispatch(req, attrs, query).await
     }
 
     async fn authenticate(
@@ -186,7 +189,7 @@ impl App {
     }
 
     /// `query`: the request's options when `route` has already read them (a watch).
-    fn dispatch(
+    async fn dispatch(
         &self,
         req: Request<Incoming>,
         attrs: Attributes,
@@ -231,11 +234,11 @@ impl App {
             };
         }
 
-        self.resource(req, attrs, query)
+        self.resource(req, attrs, query).await
     }
 
     /// A resource request: which resource and scope the path names, then the verb.
-    fn resource(
+    async fn resource(
         &self,
         req: Request<Incoming>,
         attrs: Attributes,
@@ -271,8 +274,14 @@ impl App {
             include: query.include_object,
         });
         match (attrs.verb.as_str(), attrs.name.is_empty()) {
-            ("list", true) => watch::list(&app.bus, scope, &query, format),
-            ("get", false) => watch::get(&app.bus, scope, resource, &attrs.name, format),
+            ("list", true) => {
+                let visible = self.visible(&attrs, &scope, &query).await;
+                watch::list(&app.bus, scope, &query, format, &*visible)
+            }
+            ("get", false) => {
+                let visible = self.visible(&attrs, &scope, &query).await;
+                watch::get(&app.bus, scope, resource, &attrs.name, format, &*visible)
+            }
             ("watch", true) => self.watch(attrs, scope, resource, &query, format),
             // kube-apiserver's answer for a verb its resource does not serve.
             _ => Err(ApiError::MethodNotAllowed(
@@ -297,7 +306,11 @@ impl App {
                 Box::pin(async move { app.authorize(&attrs).await })
             })
         };
+        let access = self
+            .resource_check(&attrs)
+            .map(|check| Access::new(check, app.recheck_interval));
         let ctx = watch::WatchCtx {
+            access,
             recheck: Some((recheck, app.recheck_interval)),
             budget: Budget::new(app.budget, app.egress.clone(), tokio::time::Instant::now()),
             lag_bytes: app.lag_bytes,
@@ -308,6 +321,63 @@ impl App {
             namespace: attrs.namespace.clone(),
         };
         watch::serve(&app.bus, &app.watches, scope, query, ctx)
+    }
+}
+
+impl App {
+    /// `--authorization-granularity=resource`: the question each event asks for this
+    /// user, `get` on its resource where it is, put to the same authorizer (through its
+    /// cache) as the request's own.
+    fn resource_check(&self, attrs: &Attributes) -> Option<ResourceCheck> {
+        if self.inner.granularity != Granularity::Resource {
+            return None;
+        }
+        let (app, user) = (self.clone(), attrs.user.clone());
+        Some(Arc::new(move |key: ResourceKey| {
+            let (app, user) = (app.clone(), user.clone());
+            Box::pin(async move {
+                let attrs = Attributes {
+                    user,
+                    verb: "get".into(),
+                    namespace: key.namespace.into(),
+                    api_group: key.api_group.into(),
+                    resource: key.resource.into(),
+                    resource_request: true,
+                    ..Attributes::default()
+                };
+                match app.inner.authz.authorize(&attrs).await {
+                    Ok(Decision::Allow) => Ok(true),
+                    Ok(Decision::Deny(_) | Decision::NoOpinion(_)) => Ok(false),
+                    Err(e) => Err(ApiError::from(e)),
+                }
+            })
+        }))
+    }
+
+    /// What a LIST or GET may show: everything, or (by resource) what the answers for
+    /// the window's resources allow, each asked once.
+    async fn visible(
+        &self,
+        attrs: &Attributes,
+        scope: &Scope,
+        query: &watch::Query,
+    ) -> Box<dyn Fn(&Event) -> bool + Send + Sync> {
+        let Some(check) = self.resource_check(attrs) else {
+            return Box::new(|_| true);
+        };
+        let filter = Filter {
+            scope: scope.clone(),
+            selector: query.field_selector.clone(),
+        };
+        // A bus that is down answers the LIST itself with its 503.
+        let held = self
+            .inner
+            .bus
+            .list(&filter, ListRange::default())
+            .map(|page| page.items)
+            .unwrap_or_default();
+        let keys = held.iter().map(|p| ResourceKey::of(&p.event));
+        Box::new(watch::access::visible(&check, keys).await)
     }
 }
 

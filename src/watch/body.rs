@@ -23,6 +23,7 @@ use futures_util::future::BoxFuture;
 use http_body::Frame;
 use tokio::time::{Instant, Sleep};
 
+use super::access::{self, Access};
 use super::registry::{Ended, Registration};
 use super::{BOOKMARK_INTERVAL, Query, Recheck, WatchCtx, bookmark, initial_events_end};
 use crate::budget::{Budget, Verdict};
@@ -134,6 +135,8 @@ pub(super) struct WatchBody {
     user: Arc<str>,
     resource: &'static str,
     namespace: String,
+    /// `--authorization-granularity=resource`: who may see which event.
+    access: Option<Access>,
     /// Inside `poll_frame`; see there.
     in_poll: bool,
     guard: WatchGuard,
@@ -188,6 +191,7 @@ impl WatchBody {
             user: ctx.user,
             resource: ctx.resource,
             namespace: ctx.namespace,
+            access: ctx.access,
             in_poll: false,
             guard: ctx.guard,
             registration,
@@ -286,7 +290,7 @@ impl WatchBody {
 
     /// Write the events that are ready, as many as fit in one frame, each charged to the
     /// budget: whole, truncated, or dropped and reported before the next one sent.
-    fn fill(&mut self, frame: &mut BytesMut, now: Instant) {
+    fn fill(&mut self, frame: &mut BytesMut, cx: &mut Context<'_>, now: Instant) {
         loop {
             if self.taken.is_empty() {
                 self.taken_bytes = self.sub.take(&mut self.taken);
@@ -310,12 +314,34 @@ impl WatchBody {
             if !frame.is_empty() && frame.len() + full > FRAME_BYTES {
                 return;
             }
+            // Asked about first, in order: an event whose answer is pending holds the
+            // ones behind it (the answer wakes this body).
+            let verdict = match &mut self.access {
+                Some(access) if p.resource_version > self.skip_through => {
+                    access.verdict(&p.event, cx, now)
+                }
+                _ => access::Verdict::Send,
+            };
+            if verdict == access::Verdict::Pending {
+                return;
+            }
             let Some(p) = self.taken.pop_front() else {
                 return;
             };
             self.taken_bytes = self.taken_bytes.saturating_sub(p.wire_len(false));
             if p.resource_version <= self.skip_through {
                 continue;
+            }
+            match verdict {
+                access::Verdict::Denied => {
+                    self.counts.withheld_denied += 1;
+                    continue;
+                }
+                access::Verdict::Failed => {
+                    self.counts.withheld_failed += 1;
+                    continue;
+                }
+                access::Verdict::Send | access::Verdict::Pending => {}
             }
             // A Table row without the object is as long either way: nothing to truncate.
             let shrinks = self
@@ -455,7 +481,7 @@ impl WatchBody {
                 frame.extend_from_slice(&error);
                 return this.ready(frame);
             }
-            this.fill(&mut frame, now);
+            this.fill(&mut frame, cx, now);
             if !frame.is_empty() {
                 return this.ready(frame);
             }

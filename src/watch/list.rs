@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Query, ResourceVersionMatch};
 use crate::bus::{At, Bus, Filter, ListError, ListRange, Scope};
-use crate::event::{API_GROUP, Field, GROUP_VERSION};
+use crate::event::{API_GROUP, Event, Field, GROUP_VERSION};
 use crate::response::{self, Body};
 use crate::status::ApiError;
 use crate::table::Format;
@@ -79,27 +79,32 @@ fn range(query: &Query) -> Result<ListRange, ApiError> {
 }
 
 /// LIST the window's events that `scope` and the field selector select.
+/// `visible`: what this reader may see of what the scope selects (everything, unless
+/// `--authorization-granularity=resource`).
 pub fn list(
     bus: &Bus,
     scope: Scope,
     query: &Query,
     format: Option<Format>,
+    visible: &dyn Fn(&Event) -> bool,
 ) -> Result<Response<Body>, ApiError> {
     let range = range(query)?;
     let filter = Filter {
         scope,
         selector: query.field_selector.clone(),
     };
-    let page = bus.list(&filter, range).map_err(|e| match e {
-        ListError::TooLarge { requested, current } => {
-            ApiError::TooLargeResourceVersion { requested, current }
-        }
-        ListError::Expired(_) if query.continue_token.is_some() => ApiError::ContinueExpired {
-            inconsistent_continue: Continue::encode(0, range.after),
-        },
-        ListError::Expired(_) => ApiError::ListExpired,
-        ListError::Unavailable(down) => down.into(),
-    })?;
+    let page = bus
+        .list_where(&filter, range, visible)
+        .map_err(|e| match e {
+            ListError::TooLarge { requested, current } => {
+                ApiError::TooLargeResourceVersion { requested, current }
+            }
+            ListError::Expired(_) if query.continue_token.is_some() => ApiError::ContinueExpired {
+                inconsistent_continue: Continue::encode(0, range.after),
+            },
+            ListError::Expired(_) => ApiError::ListExpired,
+            ListError::Unavailable(down) => down.into(),
+        })?;
     let continue_token = page
         .more
         .then(|| page.items.last())
@@ -150,6 +155,7 @@ pub fn get(
     resource: &'static str,
     name: &str,
     format: Option<Format>,
+    visible: &dyn Fn(&Event) -> bool,
 ) -> Result<Response<Body>, ApiError> {
     let not_found = || ApiError::ObjectNotFound {
         group: API_GROUP,
@@ -163,6 +169,7 @@ pub fn get(
             e.audit_id() == audit_id
                 && e.get(Field::Stage).eq_ignore_ascii_case(stage)
                 && scope.matches(e)
+                && visible(e)
         })
         .map_err(ApiError::from)?
         .ok_or_else(not_found)?;

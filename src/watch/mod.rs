@@ -6,6 +6,7 @@
 //! decides who may see what: the router authorized the request, and hands a watch a
 //! `Recheck` to ask again.
 
+pub mod access;
 mod body;
 mod list;
 pub mod registry;
@@ -261,6 +262,8 @@ pub struct WatchCtx {
     /// What is watched, for the log: the resource and the namespace ("" for all).
     pub resource: &'static str,
     pub namespace: String,
+    /// `--authorization-granularity=resource`: each event's own check.
+    pub access: Option<access::Access>,
 }
 
 /// Start a watch of `scope`, taking one of the server's watch slots. Errors found before
@@ -447,6 +450,7 @@ pub(super) mod tests {
     /// alice's watch of every event: no re-authorization, no budget.
     pub(super) fn alice() -> WatchCtx {
         WatchCtx {
+            access: None,
             recheck: None,
             budget: Budget::new(
                 crate::budget::Config {

@@ -292,6 +292,11 @@ struct Inner {
     rules: Vec<Rule>,
     token_reviews: usize,
     subject_access_reviews: usize,
+    /// SubjectAccessReviews about these resources fail (a 500, as an overloaded
+    /// kube-apiserver answers).
+    failing_resources: Vec<String>,
+    /// (user, resource) of every resource SubjectAccessReview, in order.
+    resource_reviews: Vec<(String, String)>,
     last_subject_access_review: Option<serde_json::Value>,
     requests: Vec<String>,
     resource_version: u64,
@@ -394,6 +399,28 @@ current-context: fake
             .lock()
             .rules
             .retain(|r| r.user.as_deref() != Some(user));
+    }
+
+    /// Remove the rules `pred` picks.
+    pub fn revoke_where(&self, pred: impl Fn(&Rule) -> bool) {
+        self.state.lock().rules.retain(|r| !pred(r));
+    }
+
+    /// SubjectAccessReviews about `resource` fail from now on.
+    pub fn fail_reviews_of(&self, resource: &str) {
+        self.state
+            .lock()
+            .failing_resources
+            .push(resource.to_owned());
+    }
+
+    /// How many SubjectAccessReviews asked about `user` and `resource`.
+    pub fn resource_reviews(&self, user: &str, resource: &str) -> usize {
+        let s = self.state.lock();
+        s.resource_reviews
+            .iter()
+            .filter(|(u, r)| u == user && r == resource)
+            .count()
     }
 
     pub fn subject_access_reviews(&self) -> usize {
@@ -524,6 +551,18 @@ fn subject_access_review(
     let mut s = state.lock();
     s.subject_access_reviews += 1;
     s.last_subject_access_review = Some(raw);
+    if let Some(attrs) = &review.spec.resource_attributes {
+        let resource = attrs.resource.clone().unwrap_or_default();
+        let user = review.spec.user.clone().unwrap_or_default();
+        s.resource_reviews.push((user, resource.clone()));
+        if s.failing_resources.contains(&resource) {
+            return status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "Internal error occurred: the authorizer is overloaded",
+            );
+        }
+    }
     let rule = s.rules.iter().find(|r| r.allows(&review));
     review.status = Some(SubjectAccessReviewStatus {
         allowed: rule.is_some(),
