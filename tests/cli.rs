@@ -43,6 +43,14 @@ const CONTRACT_FLAGS: &[&str] = &[
     "--max-event-bytes",
     "--max-watchers",
     "--max-watchers-per-user",
+    "--redact",
+    "--redaction-key-file",
+    "--authorization-granularity",
+    "--bus",
+    "--nats-url",
+    "--nats-stream",
+    "--nats-ca-file",
+    "--nats-creds-file",
     "--dev",
 ];
 

@@ -351,12 +351,7 @@ impl Redaction {
 
     /// Copy an object member by member; `f` writes the value of a member it handles
     /// (`Some(changed)`), the others are copied as they are. Not an object: copied.
-    fn object(
-        &self,
-        v: &RawValue,
-        out: &mut Vec<u8>,
-        f: &mut MemberWriter<'_>,
-    ) -> bool {
+    fn object(&self, v: &RawValue, out: &mut Vec<u8>, f: &mut MemberWriter<'_>) -> bool {
         let mut members: Vec<(Key<'_>, &RawValue)> = Vec::new();
         let mut de = serde_json::Deserializer::from_str(v.get());
         if !matches!(MembersSeed(&mut members).deserialize(&mut de), Ok(true)) {
