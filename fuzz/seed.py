@@ -110,6 +110,20 @@ def main():
         '"spec":{"user":"alice","namespace":"team-a","resource":"*","apiGroup":"audit.k8s.io","readonly":true}}\n',
     )
     put("abac_policy", '{"apiVersion":"v1","kind":"Policy","spec":{}}\n# comment\n\n')
+    # Redaction: Secret shapes, and every fixture event's bodies.
+    for body in [
+        '{"kind":"Secret","data":{"a":"c2VjcmV0","b":null},"stringData":{"c":"x"}}',
+        '{"kind":"SecretList","items":[{"data":{"a":"eA=="}},{"stringData":{"b":"y"}}]}',
+        '{"kind":"Table","rows":[{"cells":["s"],"object":{"data":{"a":"eA=="}}}]}',
+        '[{"op":"add","path":"/data","value":{"a":"eA=="}},{"op":"replace","path":"/stringData/b","value":"y"}]',
+        '{"metadata":{"annotations":{"kubectl.kubernetes.io/last-applied-configuration":"{}"}},"data":{"d\\u0061ta":"x"}}',
+    ]:
+        put("redaction", body)
+    for line in (FIXTURES / "all-events.jsonl").read_text().splitlines():
+        event = json.loads(line)
+        for key in ("requestObject", "responseObject"):
+            if key in event:
+                put("redaction", json.dumps(event[key], separators=(",", ":")))
     put("token_file", (ROOT / "deploy" / "dev" / "tokens.csv").read_text())
     put("token_file", 'tok,user,uid,"g1,g2"\n,empty,uid\nshort,row\n')
     put("token_file", 'a,"multi\nline",uid\n"",x,y\n')
