@@ -137,6 +137,10 @@ impl Default for Redaction {
     }
 }
 
+/// What `Redaction::object` asks of each member (key, value): write the value and say
+/// whether it changed (`Some`), or leave the member to be copied as it is (`None`).
+type MemberWriter<'f> = dyn FnMut(&Redaction, &str, &RawValue, &mut Vec<u8>) -> Option<bool> + 'f;
+
 /// The resource an event's bodies are about (its `objectRef`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Target<'a> {
@@ -168,13 +172,13 @@ impl Redaction {
     pub fn body(&self, target: Target<'_>, body: &RawValue) -> Option<(String, Rules)> {
         let core = target.api_group.is_empty();
         let secret = self.rules.contains(Rule::SecretData) && core && target.resource == "secrets";
-        let token = self.rules.contains(Rule::Tokens).then(|| {
+        let token = self.rules.contains(Rule::Tokens).then_some(
             match (target.api_group, target.resource, target.subresource) {
                 ("", "serviceaccounts", "token") => Some("status"),
                 ("authentication.k8s.io", "tokenreviews", "") => Some("spec"),
                 _ => None,
-            }
-        });
+            },
+        );
         let token = token.flatten();
         let last_applied = self.rules.contains(Rule::LastAppliedConfiguration)
             && memchr::memmem::find(body.get().as_bytes(), LAST_APPLIED_NEEDLE).is_some();
@@ -353,12 +357,7 @@ impl Redaction {
 
     /// Copy an object member by member; `f` writes the value of a member it handles
     /// (`Some(changed)`), the others are copied as they are. Not an object: copied.
-    fn object(
-        &self,
-        v: &RawValue,
-        out: &mut Vec<u8>,
-        f: &mut dyn FnMut(&Self, &str, &RawValue, &mut Vec<u8>) -> Option<bool>,
-    ) -> bool {
+    fn object(&self, v: &RawValue, out: &mut Vec<u8>, f: &mut MemberWriter<'_>) -> bool {
         let mut members: Vec<(Key<'_>, &RawValue)> = Vec::new();
         let mut de = serde_json::Deserializer::from_str(v.get());
         if !matches!(MembersSeed(&mut members).deserialize(&mut de), Ok(true)) {
