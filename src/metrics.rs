@@ -39,6 +39,7 @@ pub struct Metrics {
     watch_bytes_sent: IntCounterVec,
     watch_truncated: IntCounterVec,
     watch_dropped: IntCounterVec,
+    watch_namespace_budget: IntCounterVec,
     watch_stalled: IntCounterVec,
     panics: IntCounterVec,
     bus_published: IntCounter,
@@ -139,6 +140,16 @@ impl Metrics {
                 ),
                 &["resource", "reason"]
             )),
+            // One label, not the namespace: thousands of namespaces would be thousands of
+            // series. Which namespace was over its share, the "watch ended" lines say.
+            watch_namespace_budget: reg!(IntCounterVec::new(
+                opts(
+                    "watch",
+                    "namespace_budget_events_total",
+                    "Events of namespace watches sent truncated or dropped because their namespace was over its share (--namespace-bytes-per-second), where the watcher's own budget would have sent more, by verdict: truncated, dropped. Also counted in truncated_events_total and dropped_events_total{reason=\"budget\"}."
+                ),
+                &["verdict"]
+            )),
             watch_stalled: reg!(IntCounterVec::new(
                 opts(
                     "watch",
@@ -216,6 +227,9 @@ impl Metrics {
         for limit in LIMITS {
             m.refused.with_label_values(&[limit]);
         }
+        for verdict in ["truncated", "dropped"] {
+            m.watch_namespace_budget.with_label_values(&[verdict]);
+        }
         m
     }
 
@@ -286,6 +300,10 @@ impl Metrics {
             dropped_queue_full: self
                 .watch_dropped
                 .with_label_values(&[resource, "queue_full"]),
+            namespace_truncated: self
+                .watch_namespace_budget
+                .with_label_values(&["truncated"]),
+            namespace_dropped: self.watch_namespace_budget.with_label_values(&["dropped"]),
             stalled: self.watch_stalled.with_label_values(&[resource]),
         }
     }
@@ -349,6 +367,8 @@ pub struct WatchGuard {
     truncated: IntCounter,
     dropped_budget: IntCounter,
     dropped_queue_full: IntCounter,
+    namespace_truncated: IntCounter,
+    namespace_dropped: IntCounter,
     stalled: IntCounter,
 }
 
@@ -361,6 +381,9 @@ pub struct WatchCounts {
     pub truncated: u64,
     pub dropped_budget: u64,
     pub dropped_queue_full: u64,
+    /// Of `truncated` and `dropped_budget`, those the namespace's share made.
+    pub namespace_truncated: u64,
+    pub namespace_dropped: u64,
 }
 
 impl WatchCounts {
@@ -383,6 +406,8 @@ impl std::ops::AddAssign<&WatchCounts> for WatchCounts {
         self.truncated += c.truncated;
         self.dropped_budget += c.dropped_budget;
         self.dropped_queue_full += c.dropped_queue_full;
+        self.namespace_truncated += c.namespace_truncated;
+        self.namespace_dropped += c.namespace_dropped;
     }
 }
 
@@ -396,6 +421,8 @@ impl WatchGuard {
             (&self.truncated, c.truncated),
             (&self.dropped_budget, c.dropped_budget),
             (&self.dropped_queue_full, c.dropped_queue_full),
+            (&self.namespace_truncated, c.namespace_truncated),
+            (&self.namespace_dropped, c.namespace_dropped),
         ] {
             if n > 0 {
                 counter.inc_by(n);
@@ -465,6 +492,17 @@ mod tests {
         guard.flush(&mut counts);
         assert!(counts.is_empty());
         guard.stalled_counter().inc();
+        // Every verdict's series is there from the start.
+        let ns = "kube_audit_stream_watch_namespace_budget_events_total";
+        let text = m.render(&Stats::default(), true);
+        assert!(
+            text.contains(&format!("{ns}{{verdict=\"truncated\"}} 0")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("{ns}{{verdict=\"dropped\"}} 0")));
+        counts.dropped_budget = 2;
+        counts.namespace_dropped = 1;
+        guard.flush(&mut counts);
         let stats = Stats::default();
         stats.published_events.store(3, Ordering::Relaxed);
         let text = m.render(&stats, true);
@@ -480,6 +518,7 @@ mod tests {
             text.contains("kube_audit_stream_watch_truncated_events_total{resource=\"events\"} 1")
         );
         assert!(text.contains("kube_audit_stream_watch_stalled_total{resource=\"events\"} 1"));
+        assert!(text.contains(&format!("{ns}{{verdict=\"dropped\"}} 1")));
         // A second scrape adds nothing new.
         assert!(
             m.render(&stats, true)
