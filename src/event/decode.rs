@@ -347,7 +347,12 @@ struct ObjectRef<'a> {
     name: Option<Str<'a>>,
     #[serde(borrow, default, rename = "apiGroup")]
     api_group: Option<Str<'a>>,
-    /// Read for redaction only (`serviceaccounts/token`).
+}
+
+/// `objectRef.subresource`, read only for an event with bodies to redact
+/// (`serviceaccounts/token`): a Metadata event does not pay for the field.
+#[derive(Deserialize, Default)]
+struct Subresource<'a> {
     #[serde(borrow, default)]
     subresource: Option<Str<'a>>,
 }
@@ -537,10 +542,15 @@ fn decode_event<'a>(
     let mut cut = [0..0, 0..0];
     let mut cuts = 0;
     let mut redacted = Rules::default();
+    let subresource: Subresource<'_> = if k.has_bodies && !ctx.redaction.is_off() {
+        parse("objectRef", k.object_ref)?.unwrap_or_default()
+    } else {
+        Subresource::default()
+    };
     let target = Target {
         api_group,
         resource,
-        subresource: object_ref.subresource.as_ref().map_or("", |s| &s.0),
+        subresource: subresource.subresource.as_ref().map_or("", |s| &s.0),
     };
     for (member, value) in members {
         let key = &*member.0;
@@ -585,8 +595,11 @@ fn decode_event<'a>(
         same
     });
     // Ours go where they sort (`redacted` < `source`): no allocation, per event.
-    let before_redacted = annotations.partition_point(|(key, _)| &*key.0 < REDACTED_ANNOTATION);
-    let before_source = annotations.partition_point(|(key, _)| &*key.0 < SOURCE_ANNOTATION);
+    let before = |ours: Option<_>, key: &str| {
+        ours.map_or(0, |_| annotations.partition_point(|(k, _)| &*k.0 < key))
+    };
+    let before_redacted = before(redacted_pair, REDACTED_ANNOTATION);
+    let before_source = before(source_pair, SOURCE_ANNOTATION).max(before_redacted);
     let pairs = annotations.iter().map(|(k, v)| (&*k.0, &*v.0));
     let merged = pairs
         .clone()
