@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod cli;
+mod escape;
 pub mod print;
 
 use std::time::Duration;
