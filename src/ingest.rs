@@ -3,7 +3,7 @@
 //! batch leaves nothing half-published. Never waits on a watcher: `Bus::publish` does not.
 //! Bounds the pushes in flight, in all and per pusher (`InFlight`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use crate::authn::pusher::Refusal;
 use crate::bus::Bus;
 use crate::event::{self, Event, Redaction, Rule};
 use crate::metrics::{self, Metrics};
-use crate::nats::Nats;
+use crate::nats::{self, Nats};
 use crate::response::{self, Body};
 use crate::status::ApiError;
 use crate::tls::Peer;
@@ -132,6 +132,15 @@ impl Meters {
             .with_label_values(&[source])
             .set(now.as_second());
     }
+
+    /// A push from `source` was answered as accepted without reaching the bus (a retry
+    /// of a batch already there): the source is alive.
+    fn pushed(&self, source: &str) {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        self.last_push
+            .with_label_values(&[source])
+            .set(now.as_second());
+    }
 }
 
 /// Source names as metric labels, bounded: the first `MAX_SOURCE_LABELS` names seen keep
@@ -153,6 +162,78 @@ impl SourceLabels {
         let name: Arc<str> = source.into();
         known.insert(name.clone());
         name
+    }
+}
+
+/// How long the memory bus recognises a webhook retry. kube-apiserver's webhook backend
+/// retries a batch it got no answer for (`webhook.DefaultRetryBackoffWithInitialDelay`:
+/// 5 attempts, waits of 10 s, 15 s, 22.5 s and 33.75 s with `--audit-webhook-initial-
+/// backoff`'s default, each up to 20 % longer, every attempt up to its 30 s timeout):
+/// the last attempt starts at most 4 × 30 s + 97.5 s ≈ 3.6 min after the first, so 5 min
+/// covers the whole default schedule. Longer than JetStream's window (`nats`, 2 min,
+/// which covers the first retries); no batch is sent again on purpose, so a longer
+/// window recognises nothing that is not a retry.
+const RETRY_WINDOW: Duration = Duration::from_secs(300);
+/// How many batches the memory bus remembers at most within `RETRY_WINDOW`: at the
+/// webhook's default `--audit-webhook-batch-throttle-qps` (10 batches a second), 5
+/// minutes of 5 apiservers pushing flat out; about 1.5 MiB. Past it the oldest are
+/// forgotten first (a retry of one of those is published again).
+const RETRY_BATCHES: usize = 16 * 1024;
+
+/// The batches the memory bus took recently, by `nats::content_key` (source and body),
+/// so that a webhook retry is answered as accepted and published once, as JetStream's
+/// duplicate window does for `--bus=nats`. Two different batches that share an
+/// `auditID` (a client can set its own) have different bodies: both are published.
+pub struct RecentBatches {
+    window: Duration,
+    max: usize,
+    state: Mutex<Recent>,
+}
+
+#[derive(Default)]
+struct Recent {
+    keys: HashSet<[u8; 32]>,
+    /// Oldest first.
+    order: VecDeque<([u8; 32], tokio::time::Instant)>,
+}
+
+impl Default for RecentBatches {
+    fn default() -> Self {
+        RecentBatches::new(RETRY_WINDOW, RETRY_BATCHES)
+    }
+}
+
+impl RecentBatches {
+    fn new(window: Duration, max: usize) -> Self {
+        RecentBatches {
+            window,
+            max,
+            state: Mutex::default(),
+        }
+    }
+
+    /// Whether `key` was taken within the window; if not, it is remembered from `now`.
+    fn seen(&self, key: [u8; 32], now: tokio::time::Instant) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let Recent { keys, order } = &mut *st;
+        while let Some((old, at)) = order.front() {
+            if now.saturating_duration_since(*at) < self.window {
+                break;
+            }
+            keys.remove(old);
+            order.pop_front();
+        }
+        if keys.contains(&key) {
+            return true;
+        }
+        if order.len() >= self.max
+            && let Some((old, _)) = order.pop_front()
+        {
+            keys.remove(&old);
+        }
+        keys.insert(key);
+        order.push_back((key, now));
+        false
     }
 }
 
@@ -254,6 +335,10 @@ pub struct Ingest {
     pub body_timeout: Duration,
     /// What is taken out of each event before it reaches the bus.
     pub redaction: Arc<Redaction>,
+    /// `--bus=memory`: the batches taken recently, so that a retry is published once.
+    pub recent: RecentBatches,
+    /// Stored or duplicate, counted for the memory bus as NATS counts its messages.
+    pub published: metrics::Published,
 }
 
 impl Ingest {
@@ -344,21 +429,38 @@ impl Ingest {
         let size = body.len();
         let max_event_bytes = self.max_event_bytes;
         let label = self.meters.sources.label(&source);
+        // The memory bus's retry key, hashed with the decode (off the async workers for
+        // a large body); NATS keys each message instead.
+        let memory_bus = self.nats.is_none();
         let decode = {
             let (source, redaction) = (source.clone(), self.redaction.clone());
-            move || decode(&body, &source, max_event_bytes, &redaction)
+            move || {
+                let key = memory_bus.then(|| nats::content_key(&source, &body));
+                decode(&body, &source, max_event_bytes, &redaction).map(|d| (d, key))
+            }
         };
-        let decoded = if size > BLOCKING_DECODE_BYTES {
+        let (decoded, key) = if size > BLOCKING_DECODE_BYTES {
             tokio::task::spawn_blocking(decode)
                 .await
                 .map_err(|e| ApiError::Internal(format!("decoding task failed: {e}")))?
         } else {
             decode()
         }?;
+        let count = decoded.events.len();
+        // A retry of a batch already taken: answered as its first push was, published
+        // once. Checked and remembered with no await before the publish, so that two
+        // copies in flight at once are published once too.
+        if let Some(key) = key
+            && self.recent.seen(key, started)
+        {
+            self.published.count(true);
+            self.meters.pushed(&label);
+            tracing::debug!(%source, events = count, "a webhook retry of a batch already published; not published again");
+            return Ok(accepted(count));
+        }
         self.metrics
             .ingest_oversized(decoded.truncated, decoded.dropped);
         self.meters.redacted(&decoded.events);
-        let count = decoded.events.len();
         let stages: Vec<i64> = decoded
             .events
             .iter()
@@ -367,23 +469,28 @@ impl Ingest {
         match &self.nats {
             None => {
                 self.bus.publish(decoded.events);
+                self.published.count(false);
             }
             Some(nats) => nats.publish(&source, decoded.events).await?,
         }
         self.meters.accepted(&label, started, &stages);
         self.metrics.ingest_accepted(&label, count, size);
-
-        let status = Status {
-            status: Some("Success".into()),
-            code: Some(200),
-            message: Some(format!("{count} events accepted")),
-            ..Default::default()
-        };
-        Ok(response::json(
-            StatusCode::OK,
-            serde_json::to_vec(&status).unwrap_or_default(),
-        ))
+        Ok(accepted(count))
     }
+}
+
+/// The answer to a push whose `count` events are on the bus.
+fn accepted(count: usize) -> Response<Body> {
+    let status = Status {
+        status: Some("Success".into()),
+        code: Some(200),
+        message: Some(format!("{count} events accepted")),
+        ..Default::default()
+    };
+    response::json(
+        StatusCode::OK,
+        serde_json::to_vec(&status).unwrap_or_default(),
+    )
 }
 
 /// Read and discard a refused push's body (bounded in bytes and time) before answering:
@@ -553,6 +660,39 @@ mod tests {
         drop(b1);
         assert!(!f.state.lock().unwrap().by_pusher.contains_key("b"));
         let _c = f.enter("c").expect("b's slot came back");
+    }
+
+    #[test]
+    fn recent_batches_are_bounded_in_time_and_count() {
+        let start = tokio::time::Instant::now();
+        let recent = RecentBatches::new(Duration::from_secs(10), 2);
+        let key = |n: u8| nats::content_key("api-1", &[n]);
+        assert!(!recent.seen(key(1), start), "first push");
+        assert!(
+            recent.seen(key(1), start + Duration::from_secs(9)),
+            "a retry"
+        );
+        assert!(
+            !recent.seen(key(1), start + Duration::from_secs(10)),
+            "forgotten after the window"
+        );
+        assert!(!recent.seen(key(2), start + Duration::from_secs(10)));
+        assert!(!recent.seen(key(3), start + Duration::from_secs(10)));
+        assert_eq!(
+            recent.state.lock().unwrap().order.len(),
+            2,
+            "at most 2 kept"
+        );
+        assert!(
+            !recent.seen(key(1), start + Duration::from_secs(11)),
+            "the oldest went first"
+        );
+        assert!(recent.seen(key(3), start + Duration::from_secs(11)));
+        assert_ne!(
+            nats::content_key("api-1", b"x"),
+            nats::content_key("api-2", b"x"),
+            "the same body from another source is another batch"
+        );
     }
 
     #[test]

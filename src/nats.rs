@@ -277,7 +277,7 @@ impl Nats {
         }
         for ack in acks {
             match ack.await {
-                Ok(ack) => inner.metrics.published(ack.duplicate),
+                Ok(ack) => inner.metrics.published.count(ack.duplicate),
                 Err(e) => {
                     inner.metrics.publish_errors.inc();
                     return Err(unavailable(&format!(
@@ -582,23 +582,31 @@ fn decode_message(payload: &Bytes) -> Result<Vec<Event>, crate::event::WireError
     Event::decode_records(payload, 1, MAX_EVENTS_PER_MESSAGE)
 }
 
-/// A message's id for JetStream's duplicate detection: its bytes and its source. A
+/// What a webhook retry is recognised by, on either bus: the bytes it carries and the
+/// source that sent them, never an `auditID` (a client can choose its own). A
 /// cryptographic hash, so that no one who can shape an audited request can make it
 /// collide with another's and hide it; BLAKE3 rather than SHA-256 because it is the
 /// largest per-byte cost of a publish (profiled: SHA-256 took 0.5 us of a 0.6 KB event).
-fn message_id(source: &str, payload: &[u8]) -> String {
-    let digest = blake3::Hasher::new()
+/// NATS hashes each message's payload (`message_id`), the memory bus a push's body.
+pub fn content_key(source: &str, bytes: &[u8]) -> [u8; 32] {
+    *blake3::Hasher::new()
         .update(source.as_bytes())
         .update(&[0])
-        .update(payload)
-        .finalize();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_bytes())
+        .update(bytes)
+        .finalize()
+        .as_bytes()
+}
+
+/// A message's id for JetStream's duplicate detection: its `content_key`.
+fn message_id(source: &str, payload: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(content_key(source, payload))
 }
 
 /// The shared stream's metrics, registered in the app's registry.
 struct NatsMetrics {
     outages: IntCounter,
-    published: IntCounterVec,
+    /// The published-messages family, shared with the memory bus (`Metrics`).
+    published: crate::metrics::Published,
     publish_errors: IntCounter,
     oversized: IntCounterVec,
     malformed: IntCounter,
@@ -613,13 +621,7 @@ impl NatsMetrics {
                 "bus_outages_total",
                 "Times the bus went down (NATS lost or the stream unreadable).",
             ))),
-            published: metrics.register(IntCounterVec::new(
-                opts(
-                    "nats_published_messages_total",
-                    "Messages published to the stream, by whether JetStream stored them or recognised a duplicate (a webhook retry).",
-                ),
-                &["result"],
-            )),
+            published: metrics.published(),
             publish_errors: metrics.register(IntCounter::with_opts(opts(
                 "nats_publish_errors_total",
                 "Publishes NATS did not confirm (the push was answered 503).",
@@ -640,11 +642,6 @@ impl NatsMetrics {
                 "Times this replica fell behind the whole stream and started its window over.",
             ))),
         }
-    }
-
-    fn published(&self, duplicate: bool) {
-        let result = if duplicate { "duplicate" } else { "stored" };
-        self.published.with_label_values(&[result]).inc();
     }
 }
 

@@ -263,6 +263,17 @@ fn generated_certificates_serve_and_authenticate_ingest() {
 
     let body_file = dir.join("eventlist.json");
     std::fs::write(&body_file, event_list(sample_events()).to_string()).unwrap();
+    // kubectl pushes other events than curl: the same body from the same pusher again
+    // would be a webhook retry, published once.
+    let kubectl_body_file = dir.join("eventlist-kubectl.json");
+    let renamed = sample_events()
+        .into_iter()
+        .map(|mut e| {
+            e["auditID"] = json!(format!("{}-kubectl", e["auditID"].as_str().unwrap()));
+            e
+        })
+        .collect();
+    std::fs::write(&kubectl_body_file, event_list(renamed).to_string()).unwrap();
     // One-event bodies: for the refused pushes, and a marker pushed last.
     let one_event = |name: &str, audit_id: &str| {
         let mut event = sample_events().swap_remove(0);
@@ -341,7 +352,13 @@ fn generated_certificates_serve_and_authenticate_ingest() {
             ])
             // kubectl's --raw path replaces the server URL's path; kube-apiserver's webhook
             // client posts to the server URL itself, /ingest.
-            .args(["create", "--raw", "/ingest", "-f", path_str(&body_file)])
+            .args([
+                "create",
+                "--raw",
+                "/ingest",
+                "-f",
+                path_str(&kubectl_body_file),
+            ])
             .env("HOME", dir)
             .output()
             .expect("kubectl on PATH")

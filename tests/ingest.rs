@@ -378,3 +378,75 @@ async fn the_ingest_ca_file_is_reloaded_when_it_changes() {
         "the old CA is gone"
     );
 }
+
+/// kube-apiserver's webhook backend retries a batch it got no answer for in time: the
+/// retry is answered as accepted and its events published once, as JetStream's duplicate
+/// window does with `--bus=nats`. The key is the body, never the auditID, which a
+/// client can set (kubernetes/kubernetes#101597): two batches sharing one both arrive.
+#[tokio::test]
+async fn a_retried_batch_is_published_once() {
+    let srv = TestServer::start(&[]).await;
+    let admin = srv.client(Some(ADMIN_TOKEN));
+    let mut watch = admin
+        .watch("/apis/audit.k8s.io/v1alpha1/events?watch=1")
+        .await;
+    let pusher = srv.client(Some(PUSH_TOKEN));
+    let batch = fixtures::event_list("audit.k8s.io/v1", &[fixtures::event("r-1", None, "get")]);
+    for attempt in ["first", "retry"] {
+        let (code, status) = pusher.push("", batch.clone()).await;
+        assert_eq!(code, StatusCode::OK, "{attempt}: {status}");
+        assert_eq!(status["message"], "1 events accepted", "{attempt}");
+    }
+    // The same auditID in two different batches (a client-chosen ID, another verb).
+    for verb in ["create", "delete"] {
+        let same_id =
+            fixtures::event_list("audit.k8s.io/v1", &[fixtures::event("chosen", None, verb)]);
+        assert_eq!(pusher.push("", same_id).await.0, StatusCode::OK);
+    }
+    // The same body from another source is another apiserver's batch.
+    assert_eq!(
+        pusher.push("?source=apiserver-2", batch).await.0,
+        StatusCode::OK
+    );
+    srv.push_events(&[fixtures::event("end", None, "get")])
+        .await;
+    let got = watch.added(5).await;
+    let seen: Vec<(&str, &str, &str)> = got
+        .iter()
+        .map(|o| {
+            (
+                o["auditID"].as_str().unwrap(),
+                o["verb"].as_str().unwrap(),
+                o["annotations"]["audit.k8s.io/source"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("r-1", "get", "apiserver-1"),
+            ("chosen", "create", "apiserver-1"),
+            ("chosen", "delete", "apiserver-1"),
+            ("r-1", "get", "apiserver-2"),
+            ("end", "get", "apiserver-1"),
+        ],
+        "the retry once, both batches sharing an auditID"
+    );
+    let (_, metrics) = admin.get("/metrics").await;
+    let series = |result: &str| {
+        support::metric(
+            &metrics,
+            &format!("kube_audit_stream_nats_published_messages_total{{result=\"{result}\"}}"),
+        )
+    };
+    assert_eq!(series("duplicate"), Some(1.0), "the retry counted");
+    assert_eq!(series("stored"), Some(5.0));
+    assert_eq!(
+        support::metric(
+            &metrics,
+            "kube_audit_stream_ingest_events_total{source=\"apiserver-1\"}"
+        ),
+        Some(4.0),
+        "events on the bus: the retry's are not counted again"
+    );
+}

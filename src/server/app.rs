@@ -174,6 +174,8 @@ impl App {
                     ),
                     body_timeout: settings.ingest.body_timeout,
                     redaction: Arc::new(redaction(&settings.ingest)?),
+                    recent: ingest::RecentBatches::default(),
+                    published: metrics.published(),
                 },
                 discovery: Discovery::new(),
                 requests: super::router::RequestMeters::new(&metrics),
