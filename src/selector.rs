@@ -109,6 +109,30 @@ impl FieldSelector {
         self.requirements.is_empty()
     }
 
+    /// The name a `metadata.name=NAME` (or `==`) term requires, as kube-apiserver's
+    /// `RequiresExactMatch("metadata.name")` reads a selector: it names the object a
+    /// watch or LIST is about (authorization's `name`, a named watch's check).
+    pub fn exact_name(&self) -> Option<&str> {
+        self.requirements
+            .iter()
+            .find_map(|r| match (&r.subject, &*r.values) {
+                (Subject::Name, [name]) if r.equal => Some(&**name),
+                _ => None,
+            })
+    }
+
+    /// The selector of a watch on a named path (`…/NAME?watch=1`): `metadata.name=NAME`,
+    /// built without parsing, so that a name with a comma stays one value.
+    pub fn name(name: &str) -> Self {
+        FieldSelector {
+            requirements: vec![Requirement {
+                subject: Subject::Name,
+                values: Box::new([name.into()]),
+                equal: true,
+            }],
+        }
+    }
+
     pub fn matches(&self, ev: &Event) -> bool {
         self.requirements.iter().all(|r| {
             let matched = match r.subject {
@@ -260,6 +284,26 @@ mod tests {
             FieldSelector::parse("nope in (a,b)"),
             Err(Error::UnknownField("nope".into()))
         );
+    }
+
+    #[test]
+    fn an_exact_name_is_read_as_kube_apiserver_reads_it() {
+        let name = |s: &str| {
+            FieldSelector::parse(s)
+                .unwrap()
+                .exact_name()
+                .map(str::to_owned)
+        };
+        assert_eq!(name("metadata.name=a-x").as_deref(), Some("a-x"));
+        assert_eq!(name("verb=get,metadata.name==a-x").as_deref(), Some("a-x"));
+        assert_eq!(name("metadata.name!=a-x"), None);
+        assert_eq!(name("metadata.name in (a-x,b-x)"), None);
+        assert_eq!(name("objectRef.name=a-x"), None);
+        assert_eq!(name(""), None);
+        let named = FieldSelector::name("a,b-responsecomplete");
+        assert_eq!(named.exact_name(), Some("a,b-responsecomplete"));
+        assert!(!named.matches(&event()));
+        assert!(FieldSelector::name("a-responsecomplete").matches(&event()));
     }
 
     /// `in` and `notin` read as sets; a value that merely starts with them is a value.

@@ -451,3 +451,73 @@ async fn kubectl_get_works_as_for_a_built_in_resource_with_every_kubectl() {
         child.kill().await.unwrap();
     }
 }
+
+/// One event watched by name with the real kubectl: `get NAME -w` (which sends
+/// `fieldSelector=metadata.name=NAME`, authorized with the name) prints its row, then a
+/// row for each later event of that name and none for the others; `get --raw` on the
+/// `/watch/…/NAME` path (kube-apiserver's named watch) streams the same event.
+#[tokio::test]
+async fn kubectl_watches_one_event_by_name() {
+    let srv = TestServer::start(&[]).await;
+    let k = Kubectl::new(kubectls().remove(0), &srv);
+    let pusher = srv.client(Some(PUSH_TOKEN));
+    let push = |items: Vec<String>| {
+        let pusher = pusher.clone();
+        async move {
+            let (code, _) = pusher.push("", event_list("audit.k8s.io/v1", &items)).await;
+            assert_eq!(code, 200);
+        }
+    };
+    push(vec![
+        event("one", Some("team-a"), "get"),
+        event("other", Some("team-a"), "get"),
+    ])
+    .await;
+    let name = "one-responsecomplete";
+    let mut child = k
+        .command(
+            Some(ALICE_TOKEN),
+            &[
+                "get",
+                "namespacedevents.audit.k8s.io",
+                name,
+                "-n",
+                "team-a",
+                "-w",
+                "-o",
+                "wide",
+            ],
+        )
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines_until(&mut lines, name).await;
+    assert!(first[0].contains("TIME"), "{first:?}");
+    // Another event of the namespace, then the same name again (its retried request,
+    // say): one new row, the second.
+    push(vec![
+        event("other-2", Some("team-a"), "get"),
+        event("one", Some("team-a"), "update"),
+    ])
+    .await;
+    let next = lines_until(&mut lines, name).await;
+    assert_eq!(next.len(), 1, "no row for other events: {next:?}");
+    assert!(next[0].contains(" update "), "{next:?}");
+    child.kill().await.unwrap();
+
+    let path = format!(
+        "/apis/audit.k8s.io/v1alpha1/watch/namespaces/team-a/namespacedevents/{name}?resourceVersion=0"
+    );
+    let mut raw = k
+        .command(Some(ALICE_TOKEN), &["get", "--raw", &path])
+        .spawn()
+        .unwrap();
+    let got = support::json_lines(raw.stdout.take().unwrap(), 2).await;
+    let verbs: Vec<&str> = got
+        .iter()
+        .map(|l| l["object"]["verb"].as_str().unwrap())
+        .collect();
+    assert_eq!(verbs, ["get", "update"], "{got:?}");
+    assert!(got.iter().all(|l| l["object"]["metadata"]["name"] == name));
+    raw.kill().await.unwrap();
+}

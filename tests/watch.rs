@@ -130,9 +130,17 @@ async fn unsupported_verbs_and_paths() {
             StatusCode::NOT_FOUND,
             "NotFound",
         ),
+        // A named path is a GET whatever its query says, as in kube-apiserver (a watch
+        // of one event: tests below).
         (
             Method::GET,
             format!("{EVENTS}/some-name?watch=1"),
+            StatusCode::NOT_FOUND,
+            "NotFound",
+        ),
+        (
+            Method::POST,
+            "/apis/audit.k8s.io/v1alpha1/watch/events/some-name".into(),
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
         ),
@@ -486,4 +494,77 @@ async fn watch_slots_are_limited_per_user_and_in_all() {
         resp.status() == StatusCode::OK
     })
     .await;
+}
+
+/// A watch of one event, every way a client asks for it, as kube-apiserver serves them:
+/// `fieldSelector=metadata.name=NAME` on the collection (`kubectl get NAME -w`, client-go),
+/// and the named path under `/watch/` (kube-apiserver's verb-in-path form), both the
+/// collection's watch with that selector and authorized as `watch` with the name. The
+/// named path with `?watch=1` is a GET of the event, as kube-apiserver answers it.
+#[tokio::test]
+async fn a_watch_of_one_event_by_name() {
+    let srv = TestServer::start(&[]).await;
+    srv.push_events(&mixed()).await;
+    let alice = srv.client(Some(ALICE_TOKEN));
+    let name = "a-2-responsecomplete";
+    let by_path =
+        format!("/apis/audit.k8s.io/v1alpha1/watch/namespaces/team-a/namespacedevents/{name}");
+    for path in [
+        format!("{by_path}?resourceVersion=0"),
+        format!("{TEAM_A}?watch=1&resourceVersion=0&fieldSelector=metadata.name%3D{name}"),
+        format!("{by_path}?resourceVersion=0&fieldSelector=metadata.name%3D{name}%2Cverb%3Ddelete"),
+    ] {
+        let mut w = alice.watch(&path).await;
+        assert_eq!(ids(&w.added(1).await), ["a-2"], "{path}");
+        // Another event of the namespace is not this one's: the next line is the one
+        // pushed under the same name.
+        srv.push_events(&[
+            event("a-3", Some("team-a"), "get"),
+            event("a-2", Some("team-a"), "delete"),
+        ])
+        .await;
+        let next = w.added(1).await;
+        assert_eq!(
+            (
+                next[0]["auditID"].as_str(),
+                next[0]["metadata"]["name"].as_str()
+            ),
+            (Some("a-2"), Some(name)),
+            "{path}"
+        );
+    }
+
+    // The selector must name the same event, as kube-apiserver checks.
+    let (code, status) = alice
+        .get_json(&format!("{by_path}?fieldSelector=verb%3Dget"))
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        status["message"],
+        "fieldSelector metadata.name doesn't match requested name"
+    );
+
+    // Authorized as `watch` with the name, either way: 403 names it.
+    let team_b =
+        "/apis/audit.k8s.io/v1alpha1/watch/namespaces/team-b/namespacedevents/b-1-responsecomplete";
+    let by_selector =
+        format!("{TEAM_B}?watch=1&fieldSelector=metadata.name%3Db-1-responsecomplete");
+    for path in [team_b, &by_selector] {
+        let (code, status) = alice.get_json(path).await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(status["details"]["name"], "b-1-responsecomplete", "{path}");
+        assert_eq!(
+            status["message"],
+            r#"namespacedevents.audit.k8s.io "b-1-responsecomplete" is forbidden: User "alice" cannot watch resource "namespacedevents" in API group "audit.k8s.io" in the namespace "team-b": No policy matched."#,
+            "{path}"
+        );
+    }
+
+    // `…/NAME?watch=1`: the event itself, once, as a GET.
+    let (code, got) = alice.get_json(&format!("{TEAM_A}/{name}?watch=1")).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(
+        (got["kind"].as_str(), got["auditID"].as_str()),
+        (Some("Event"), Some("a-2"))
+    );
 }

@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         ("GET", "/apis/audit.k8s.io/v1alpha1/events", false),
         ("GET", "/metrics", false),
     ] {
-        let mut attrs = request_attributes(method, path, watch);
+        let mut attrs = request_attributes(method, path, watch, None);
         attrs.user = Arc::new(UserInfo::new("alice", &["devs", "system:authenticated"]));
         let decision = abac
             .authorize(&attrs)

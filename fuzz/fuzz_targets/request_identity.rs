@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use kube_audit_stream::authn::bearer_token;
 use kube_audit_stream::authn::delegated::identity_from_headers;
 use kube_audit_stream::authz::request_attributes;
-use kube_audit_stream::watch::is_watch;
+use kube_audit_stream::watch::{is_watch, selected_name};
 use libfuzzer_sys::fuzz_target;
 
 fn names(s: &[&str]) -> Vec<String> {
@@ -91,7 +91,12 @@ fuzz_target!(|data: &[u8]| {
         (u, m) => panic!("identity {u:?}, model's user {m:?}"),
     }
 
-    let attrs = request_attributes(method, path, is_watch(query));
+    let attrs = request_attributes(
+        method,
+        path,
+        is_watch(query),
+        selected_name(query).as_deref(),
+    );
     assert_eq!(attrs.path, path);
     if !attrs.namespace.is_empty() {
         let marker = format!("/namespaces/{}/", attrs.namespace);

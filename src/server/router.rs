@@ -63,10 +63,15 @@ impl App {
 
     async fn answer(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-        let watch = watch::is_watch(req.uri().query());
-        let attrs = authz::request_attributes(method.as_str(), &path, watch);
+        let query = req.uri().query();
+        let attrs = authz::request_attributes(
+            method.as_str(),
+            &path,
+            watch::is_watch(query),
+            watch::selected_name(query).as_deref(),
+        );
         let (verb, resource) = labels(&attrs);
-        let resp = self.route(req, peer, attrs, watch).await.unwrap_or_else(|e| {
+        let resp = self.route(req, peer, attrs).await.unwrap_or_else(|e| {
             match e {
                 ApiError::Internal(_) => {
                     tracing::error!(%method, %path, error = %e, "request failed");
@@ -90,14 +95,12 @@ impl App {
         resp
     }
 
-    /// `attrs`: the request read as kube-apiserver's `RequestInfo` (no user yet); `watch`:
-    /// whether its query asks for a watch.
+    /// `attrs`: the request read as kube-apiserver's `RequestInfo` (no user yet).
     async fn route(
         &self,
         req: Request<Incoming>,
         peer: &Peer,
         mut attrs: Attributes,
-        watch: bool,
     ) -> Result<Response<Body>, ApiError> {
         let app = &*self.inner;
         if attrs.path == "/ingest" {
@@ -108,11 +111,14 @@ impl App {
             self.authorize(&attrs).await?;
         }
         let mut query = None;
-        if watch && attrs.resource_request {
+        if attrs.verb == "watch" && attrs.resource_request {
             // As kube-apiserver does, a watch from a resourceVersion not reached yet waits
             // a moment for it (a replica a few events behind another, with --bus=nats);
             // still not reached, it is answered "too large" and the client lists again.
-            let q = watch::Query::parse(req.uri().query())?;
+            let mut q = watch::Query::parse(req.uri().query())?;
+            // `/watch/…` is a watch without `watch=1`, validated as its query reads (as
+            // kube-apiserver's `forceWatch`), served as one.
+            q.watch = true;
             if let Some(rv) = q.resource_version.filter(|_| !q.sends_initial_events()) {
                 app.bus
                     .wait_for(rv, watch::FUTURE_RESOURCE_VERSION_WAIT)
@@ -273,8 +279,10 @@ impl App {
             version,
             include: query.include_object,
         });
+        let readable = matches!(*req.method(), Method::GET | Method::HEAD);
         match (attrs.verb.as_str(), attrs.name.is_empty()) {
-            ("list", true) => {
+            // A LIST's name, if any, is its selector's (authorization's only).
+            ("list", _) => {
                 let visible = self.visible(&attrs, &scope, &query).await;
                 watch::list(&app.bus, scope, &query, format, &*visible)
             }
@@ -282,7 +290,13 @@ impl App {
                 let visible = self.visible(&attrs, &scope, &query).await;
                 watch::get(&app.bus, scope, resource, &attrs.name, format, &*visible)
             }
-            ("watch", true) => self.watch(attrs, scope, resource, &query, format),
+            ("watch", true) if readable => self.watch(attrs, scope, resource, &query, format),
+            // One event's watch: the path's name (`/watch/…/NAME`), or the selector's.
+            ("watch", false) if readable => {
+                let mut query = query;
+                watch::name_selector(&mut query, &attrs.name)?;
+                self.watch(attrs, scope, resource, &query, format)
+            }
             // kube-apiserver's answer for a verb its resource does not serve.
             _ => Err(ApiError::MethodNotAllowed(
                 "the server does not allow this method on the requested resource".into(),
@@ -539,6 +553,7 @@ mod tests {
                 m.as_str(),
                 p,
                 watch::is_watch(q),
+                None,
             ))
         };
         let ns = "/apis/audit.k8s.io/v1alpha1/namespaces/team-a/namespacedevents";

@@ -236,6 +236,34 @@ pub fn is_watch(query: Option<&str>) -> bool {
         .is_some_and(|(_, v)| query_bool(&v))
 }
 
+/// The name the query's `fieldSelector` requires (`metadata.name=NAME`), read on its own
+/// for authorization as kube-apiserver's RequestInfo does; `None` when the selector
+/// names none or does not parse (the request is refused later for that).
+pub fn selected_name(query: Option<&str>) -> Option<String> {
+    let (_, value) = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == "fieldSelector")?;
+    FieldSelector::parse(&value)
+        .ok()?
+        .exact_name()
+        .map(str::to_owned)
+}
+
+/// A watch of one event (`/watch/…/NAME`): the collection's watch with
+/// `metadata.name=NAME`, as kube-apiserver treats a name in the path. A selector of its
+/// own must require that name too, else 400 with kube-apiserver's message.
+pub fn name_selector(query: &mut Query, name: &str) -> Result<(), ApiError> {
+    if query.field_selector.is_empty() {
+        query.field_selector = FieldSelector::name(name);
+        return Ok(());
+    }
+    if query.field_selector.exact_name() != Some(name) {
+        return Err(ApiError::BadRequest(
+            "fieldSelector metadata.name doesn't match requested name".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// kube-apiserver's bool query conversion: "", "0" and "false" are false, anything else true.
 fn query_bool(v: &str) -> bool {
     !(v.is_empty() || v == "0" || v.eq_ignore_ascii_case("false"))
