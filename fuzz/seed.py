@@ -91,8 +91,21 @@ def main():
         "timeoutSeconds=-1&limit=-5",
         # Found by fuzzing: the verb was authorized by the first `watch`, served by the last.
         "watch=1&watch=0",
+        # Found by hand: a timeout beyond the deadline's clock (a 500), and its neighbours.
+        "watch=1&timeoutSeconds=18446744073709551615",
+        "watch=1&timeoutSeconds=9223372036854775807&limit=9223372036854775808",
+        "resourceVersion=18446744073709551615&resourceVersionMatch=Exact&timeoutSeconds=0",
     ]:
         put("watch_query", q)
+    # watch_query_numbers reads its input as choices and integers (arbitrary's
+    # Unstructured): a few byte patterns that pick each spelling, the edge values included.
+    for seed in [
+        bytes([1, 7, 0, 7, 1, 7, 2, 3, 1, 7, 3, 7, 4]),
+        bytes([0, 3] + [0xFF] * 16 + [2] + [0x7F] + [0xFF] * 7 + [4] + [0xFF] * 8),
+        bytes([1, 0, 0, 0, 3, 0, 8, 1, 0, 2, 0, 5]),
+        bytes(range(64)),
+    ]:
+        put("watch_query_numbers", seed)
     for r in [
         "GET /apis/audit.k8s.io/v1alpha1/namespaces/team-a/namespacedevents?watch=1\n"
         "x-remote-user: alice\nx-remote-group: devs\nx-remote-group: system:authenticated\n"

@@ -360,6 +360,46 @@ async fn timeout_ends_the_stream() {
     );
 }
 
+/// `timeoutSeconds` as kube-apiserver reads it: a 64-bit signed integer (a larger one is
+/// a 400, as there, where it was a 500 from an overflowed deadline here), 0 for no
+/// timeout given, and any other a watch that lasts at most what Go's `time.Duration`
+/// holds (about 292 years).
+#[tokio::test]
+async fn timeouts_too_large_or_zero_are_read_as_kube_apiserver_reads_them() {
+    let srv = TestServer::start(&[]).await;
+    let admin = srv.client(Some(ADMIN_TOKEN));
+    let (code, status) = admin
+        .get_json(&format!(
+            "{EVENTS}?watch=1&timeoutSeconds=18446744073709551615"
+        ))
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{status}");
+    assert_eq!(status["reason"], "BadRequest");
+    let mut watches = vec![];
+    for seconds in ["9223372036854775807", "9223372037", "0"] {
+        watches.push(
+            admin
+                .watch(&format!("{EVENTS}?watch=1&timeoutSeconds={seconds}"))
+                .await,
+        );
+    }
+    // Still open a moment later (0 ended at once before), and serving.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    srv.push_events(&mixed()).await;
+    for w in &mut watches {
+        assert_eq!(ids(&w.added(5).await), ["a-1", "b-1", "c-1", "a-2", "b-2"]);
+    }
+    let (_, metrics) = admin.get("/metrics").await;
+    assert_eq!(
+        support::metric(
+            &metrics,
+            "kube_audit_stream_server_panics_total{where=\"handler\"}"
+        ),
+        Some(0.0),
+        "no panic"
+    );
+}
+
 #[tokio::test]
 async fn http2_watch_works() {
     let srv = TestServer::start(&[]).await;

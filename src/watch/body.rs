@@ -151,7 +151,7 @@ impl WatchBody {
         ctx: WatchCtx,
     ) -> Self {
         let now = Instant::now();
-        let deadline = now + query.timeout();
+        let deadline = query.deadline(now);
         let next_recheck = ctx
             .recheck
             .as_ref()

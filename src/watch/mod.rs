@@ -40,6 +40,14 @@ impl From<crate::selector::Error> for ApiError {
 /// kube-apiserver's `--min-request-timeout` default: a watch without `timeoutSeconds`
 /// lasts about this long (jittered so that reconnects do not come in waves).
 pub const DEFAULT_WATCH_TIMEOUT_SECONDS: u64 = 1800;
+/// The longest watch: what Go's `time.Duration` holds (2^63 - 1 ns, about 292 years),
+/// so the longest kube-apiserver's watch handler can be given (`timeoutSeconds` × 1 s);
+/// a longer one would wrap there, and overflowed the deadline's `Instant` here (a
+/// panic, answered 500).
+pub const MAX_WATCH_TIMEOUT: Duration = Duration::from_nanos(i64::MAX as u64);
+/// A deadline for a platform whose clock cannot reach `MAX_WATCH_TIMEOUT` from now:
+/// decades, as good as never for a watch.
+const FAR_DEADLINE: Duration = Duration::from_secs(30 * 365 * 86_400);
 /// How often a watcher that asked for bookmarks gets one; kube-apiserver sends them
 /// about once a minute.
 pub const BOOKMARK_INTERVAL: Duration = Duration::from_secs(60);
@@ -103,11 +111,22 @@ impl Query {
                     }
                 }
                 "timeoutSeconds" if value.is_empty() => {}
-                "timeoutSeconds" => q.timeout_seconds = Some(value.parse().map_err(|_| {
-                    ApiError::BadRequest(format!(
-                        "timeoutSeconds: Invalid value: {value:?}: must be a non-negative integer"
-                    ))
-                })?),
+                "timeoutSeconds" => {
+                    // Read as kube-apiserver reads it, a 64-bit signed integer: a value
+                    // beyond that is refused there too (its parameter conversion's
+                    // strconv.ParseInt). Negative ones stay refused here.
+                    let seconds = value
+                        .parse::<i64>()
+                        .ok()
+                        .and_then(|s| u64::try_from(s).ok())
+                        .ok_or_else(|| {
+                            ApiError::BadRequest(format!(
+                                "timeoutSeconds: Invalid value: {value:?}: must be an integer from 0 to {}",
+                                i64::MAX
+                            ))
+                        })?;
+                    q.timeout_seconds = Some(seconds);
+                }
                 "limit" if value.is_empty() => {}
                 "limit" => {
                     // kube-apiserver reads a negative limit as no limit.
@@ -218,13 +237,25 @@ impl Query {
         self.watch && self.send_initial_events == Some(true)
     }
 
+    /// How long the watch lasts: `timeoutSeconds`, at most `MAX_WATCH_TIMEOUT`; without
+    /// it, or with 0 (kube-apiserver's "no timeout given"), the default.
     fn timeout(&self) -> Duration {
         match self.timeout_seconds {
-            Some(s) => Duration::from_secs(s),
+            Some(s) if s > 0 => Duration::from_secs(s).min(MAX_WATCH_TIMEOUT),
             // 1800 s ± 10 %.
-            None => Duration::from_secs(DEFAULT_WATCH_TIMEOUT_SECONDS)
+            _ => Duration::from_secs(DEFAULT_WATCH_TIMEOUT_SECONDS)
                 .mul_f64(0.9 + fastrand::f64() * 0.2),
         }
+    }
+
+    /// When a watch started at `now` ends. Never a panic, whatever the query asked: a
+    /// deadline the clock cannot represent (its range depends on the platform) is
+    /// `FAR_DEADLINE` from now instead, or now itself if even that is not (a clock
+    /// at the end of its range).
+    pub fn deadline(&self, now: tokio::time::Instant) -> tokio::time::Instant {
+        now.checked_add(self.timeout())
+            .or_else(|| now.checked_add(FAR_DEADLINE))
+            .unwrap_or(now)
     }
 }
 
@@ -549,6 +580,9 @@ pub(super) mod tests {
         assert!(!Query::parse(None).unwrap().watch);
         assert!(Query::parse(Some("resourceVersion=abc")).is_err());
         assert!(Query::parse(Some("timeoutSeconds=-1")).is_err());
+        // 0 is no timeout given, as kube-apiserver reads it: the default.
+        let t = Query::parse(Some("timeoutSeconds=0")).unwrap().timeout();
+        assert!(t >= Duration::from_secs(1620), "{t:?}");
         assert!(Query::parse(Some("fieldSelector=nope%3Dx")).is_err());
         assert!(Query::parse(Some("labelSelector=a%3Db")).is_err());
         assert!(Query::parse(Some("labelSelector=&limit=500")).is_ok());
@@ -613,6 +647,48 @@ pub(super) mod tests {
             ),
             "{err}"
         );
+    }
+
+    /// Found by hand: `timeoutSeconds=18446744073709551615` overflowed the deadline's
+    /// `Instant` (a 500 from a caught panic). As kube-apiserver reads it: a value beyond
+    /// 64 signed bits is a 400; any other is a watch, at most `MAX_WATCH_TIMEOUT` long.
+    #[test]
+    fn huge_numbers_are_read_as_kube_apiserver_reads_them() {
+        let now = tokio::time::Instant::now();
+        let err = Query::parse(Some("watch=1&timeoutSeconds=18446744073709551615")).unwrap_err();
+        assert_eq!(err.code_reason().0, StatusCode::BAD_REQUEST);
+        assert!(err.to_string().contains("9223372036854775807"), "{err}");
+        for big in ["9223372036854775807", "9223372036", "9223372037"] {
+            let q = Query::parse(Some(&format!("watch=1&timeoutSeconds={big}"))).unwrap();
+            assert_eq!(q.timeout(), q.timeout().min(MAX_WATCH_TIMEOUT), "{big}");
+            assert!(
+                q.deadline(now) > now + Duration::from_secs(86_400 * 365),
+                "{big}"
+            );
+        }
+        let q = Query::parse(Some("timeoutSeconds=9223372036854775807")).unwrap();
+        assert_eq!(q.timeout(), MAX_WATCH_TIMEOUT);
+        assert_eq!(
+            Query::parse(Some("timeoutSeconds=%2B5")).unwrap().timeout(),
+            Duration::from_secs(5),
+            "a sign, as Go's ParseInt takes it"
+        );
+        // limit and resourceVersion: the largest values parse, larger ones are 400s.
+        let q = Query::parse(Some(
+            "limit=9223372036854775807&resourceVersion=18446744073709551615",
+        ))
+        .unwrap();
+        assert_eq!(
+            (q.limit as u64, q.resource_version),
+            (i64::MAX as u64, Some(u64::MAX))
+        );
+        for bad in [
+            "limit=9223372036854775808",
+            "resourceVersion=18446744073709551616",
+        ] {
+            let err = Query::parse(Some(bad)).unwrap_err();
+            assert_eq!(err.code_reason().0, StatusCode::BAD_REQUEST, "{bad}");
+        }
     }
 
     #[test]
