@@ -416,13 +416,18 @@ impl ClientCa {
     }
 }
 
+/// The subject as Go's crypto/x509 reads it (`pkix.Name.FillFromRDNSequence`), which is
+/// what kube-apiserver's x509 authenticator and requestheader check use: with several
+/// CNs, the last one (each overwrites `CommonName`), skipping a value that is not a
+/// string; every O, in order. A certificate with two CNs is one user to kube-apiserver
+/// and must not be another one here.
 fn subject_identity(der: &CertificateDer<'_>) -> Result<CertIdentity, String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
     let subject = cert.subject();
     let common_name = subject
         .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
+        .filter_map(|cn| cn.as_str().ok())
+        .last()
         .unwrap_or_default()
         .to_owned();
     let organizations = subject
@@ -515,6 +520,27 @@ mod tests {
         let reloaded = ClientCa::from_pem(other.0.pem().as_bytes(), "ca").unwrap();
         assert!(reloaded.verify(std::slice::from_ref(&trusted)).is_err());
         assert_eq!(reloaded.verify(&[stranger]).unwrap().common_name, "b");
+    }
+
+    /// Go's `Subject.CommonName` is the last CN of the sequence: so is ours.
+    #[test]
+    fn the_last_common_name_counts_as_in_go() {
+        let issuer = ca();
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec![]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, "first");
+        // rcgen keeps one value per attribute type: the second CN under its OID.
+        p.distinguished_name
+            .push(DnType::CustomDnType(vec![2, 5, 4, 3]), "second");
+        p.distinguished_name.push(DnType::OrganizationName, "o-1");
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let signer = rcgen::Issuer::from_ca_cert_der(issuer.0.der(), &issuer.1).unwrap();
+        let der = p.signed_by(&key, &signer).unwrap().der().clone();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert_eq!(parsed.subject().iter_common_name().count(), 2, "two CNs");
+        let id = subject_identity(&der).unwrap();
+        assert_eq!(id.common_name, "second");
+        assert_eq!(id.organizations, ["o-1"]);
     }
 
     #[test]

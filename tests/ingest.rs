@@ -277,6 +277,24 @@ async fn ingest_by_client_certificate() {
         "the CN names the source"
     );
 
+    // Two CNs: the last one is the pusher, as Go's x509 (so kube-apiserver) reads it.
+    let (code, status) = srv
+        .client(None)
+        .with_cert(ingest_ca.client_two_cns("apiserver-1", "intruder"))
+        .push("", body())
+        .await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{status}");
+    assert!(
+        status["message"].as_str().unwrap().contains("\"intruder\""),
+        "{status}"
+    );
+    let two = srv
+        .client(None)
+        .with_cert(ingest_ca.client_two_cns("intruder", "apiserver-1"));
+    assert_eq!(two.push("", body()).await.0, StatusCode::OK);
+    let got = watch.added(1).await;
+    assert_eq!(got[0]["annotations"]["audit.k8s.io/source"], "apiserver-1");
+
     let (code, status) = srv
         .client(None)
         .with_cert(ingest_ca.client("intruder", &[]))
@@ -448,5 +466,50 @@ async fn a_retried_batch_is_published_once() {
         ),
         Some(4.0),
         "events on the bus: the retry's are not counted again"
+    );
+}
+
+/// Go's encoding/json matches keys to fields without regard to case: `Namespace` after
+/// `namespace` is team-b to a Go reader and team-a to the router. Such an event is
+/// refused as a repeated key is: 400, nothing of its batch published.
+#[tokio::test]
+async fn an_event_whose_keys_differ_only_in_case_is_refused() {
+    let srv = TestServer::start(&[]).await;
+    let mut watch = srv
+        .client(Some(ALICE_TOKEN))
+        .watch("/apis/audit.k8s.io/v1alpha1/namespaces/team-a/namespacedevents?watch=1")
+        .await;
+    let pusher = srv.client(Some(PUSH_TOKEN));
+    let two_namespaces = fixtures::event("case-1", Some("team-a"), "get").replace(
+        r#""namespace":"team-a""#,
+        r#""namespace":"team-a","Namespace":"team-b""#,
+    );
+    let (code, status) = pusher
+        .push(
+            "",
+            fixtures::event_list(
+                "audit.k8s.io/v1",
+                &[
+                    fixtures::event("fine-1", Some("team-a"), "get"),
+                    two_namespaces,
+                ],
+            ),
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{status}");
+    assert_eq!(status["reason"], "BadRequest");
+    let message = status["message"].as_str().unwrap();
+    assert!(
+        message.contains(
+            r#"items[1]: objectRef: field "Namespace" differs from "namespace" only in case"#
+        ),
+        "{message}"
+    );
+    srv.push_events(&[fixtures::event("after-1", Some("team-a"), "get")])
+        .await;
+    assert_eq!(
+        watch.added(1).await[0]["auditID"],
+        "after-1",
+        "nothing of the refused batch was published"
     );
 }

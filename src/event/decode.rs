@@ -331,37 +331,159 @@ impl<'de> Deserialize<'de> for Key<'de> {
 #[serde(transparent)]
 struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
 
-#[derive(Deserialize, Default)]
-struct UserRef<'a> {
-    #[serde(borrow, default)]
-    username: Option<Str<'a>>,
+/// Go's encoding/json matches an object's keys to a struct's fields without regard to
+/// case (Unicode simple folding: `Namespace`, `NAMESPACE`, and `\u212a` KELVIN SIGN
+/// for `k` and `\u017f` LONG S for `s`), the last match winning; client-go's decoder
+/// (sigs.k8s.io/json) and serde match exactly. So `{"namespace":"team-a",
+/// "Namespace":"team-b"}` is team-a here and to client-go, team-b to a Go program that
+/// reads audit events with encoding/json. Where the server reads a field by name, a key
+/// that is a case variant of that name is refused, as a repeated key is: routed by one
+/// value and read by clients as another. Maps (`annotations`) are not folded: a Go map
+/// keeps each key as sent, so `a` and `A` are two annotations to every reader.
+///
+/// `Some(name)` when `key` is not `name` but folds to it, for one of `names` (ASCII, as
+/// every field name is). Cheap: an ASCII key is compared with the names of its length
+/// only, and a key with any other non-ASCII character folds to no ASCII name at all.
+pub(super) fn case_variant_of(key: &str, names: &[&'static str]) -> Option<&'static str> {
+    if key.is_ascii() {
+        return names
+            .iter()
+            .find(|n| n.len() == key.len() && n.eq_ignore_ascii_case(key) && **n != key)
+            .copied();
+    }
+    let mut folded = String::with_capacity(key.len());
+    for c in key.chars() {
+        folded.push(match c {
+            '\u{212A}' => 'k',
+            '\u{017F}' => 's',
+            c if c.is_ascii() => c,
+            _ => return None,
+        });
+    }
+    names
+        .iter()
+        .find(|n| n.eq_ignore_ascii_case(&folded))
+        .copied()
 }
 
-#[derive(Deserialize, Default)]
-struct ObjectRef<'a> {
-    #[serde(borrow, default)]
-    namespace: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    resource: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    name: Option<Str<'a>>,
-    #[serde(borrow, default, rename = "apiGroup")]
-    api_group: Option<Str<'a>>,
+fn case_variant_error(key: &str, name: &str) -> String {
+    format!(
+        "field {key:?} differs from {name:?} only in case (Go's encoding/json reads it as {name:?}, exact readers do not)"
+    )
 }
 
-/// `objectRef.subresource`, read only for an event with bodies to redact
-/// (`serviceaccounts/token`): a Metadata event does not pay for the field.
-#[derive(Deserialize, Default)]
-struct Subresource<'a> {
-    #[serde(borrow, default)]
-    subresource: Option<Str<'a>>,
+/// Every member of an audit `Event` (v1 and v1beta1), and the `metadata` this server
+/// writes: the names whose case variants an event may not carry.
+const EVENT_FIELDS: [&str; 20] = [
+    "kind",
+    "apiVersion",
+    "metadata",
+    "annotations",
+    "auditID",
+    "stage",
+    "level",
+    "verb",
+    "user",
+    "impersonatedUser",
+    "objectRef",
+    "responseStatus",
+    "requestObject",
+    "responseObject",
+    "requestURI",
+    "sourceIPs",
+    "userAgent",
+    "requestReceivedTimestamp",
+    "stageTimestamp",
+    "timestamp",
+];
+
+/// The members of a sub-object the server reads, by name (`names`), as raw values:
+/// each at most once, and none under a case variant of its name (`case_variant_of`).
+struct Fields<'a, const N: usize> {
+    names: &'static [&'static str; N],
+    values: [Option<&'a RawValue>; N],
+    /// Why the object reads differently to different readers, once found.
+    ambiguous: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
-struct ResponseStatus {
-    #[serde(default)]
-    code: Option<i64>,
+/// Why a sub-object could not be read.
+enum FieldsError {
+    /// A member twice, or under a case variant of its name.
+    Ambiguous(String),
+    /// Not an object, or not JSON.
+    Malformed(String),
 }
+
+impl From<FieldsError> for String {
+    fn from(e: FieldsError) -> String {
+        match e {
+            FieldsError::Ambiguous(why) | FieldsError::Malformed(why) => why,
+        }
+    }
+}
+
+impl<'a, const N: usize> Fields<'a, N> {
+    /// `raw`'s members (`None` for absent or `null`); `what` names the object in errors.
+    fn read(
+        what: &str,
+        names: &'static [&'static str; N],
+        raw: Option<&'a RawValue>,
+    ) -> Result<Self, FieldsError> {
+        let mut fields = Fields {
+            names,
+            values: [None; N],
+            ambiguous: None,
+        };
+        if let Some(text) = raw.map(RawValue::get).filter(|t| *t != "null") {
+            let mut de = serde_json::Deserializer::from_str(text);
+            if let Err(e) = de.deserialize_map(&mut fields).and_then(|()| de.end()) {
+                return Err(match fields.ambiguous.take() {
+                    Some(why) => FieldsError::Ambiguous(format!("{what}: {why}")),
+                    None => FieldsError::Malformed(format!("{what}: {e}")),
+                });
+            }
+        }
+        Ok(fields)
+    }
+
+    fn get(&self, name: &str) -> Option<&'a RawValue> {
+        let i = self.names.iter().position(|n| *n == name)?;
+        self.values[i]
+    }
+}
+
+impl<'de, const N: usize> Visitor<'de> for &mut Fields<'de, N> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            let why = if let Some(i) = self.names.iter().position(|n| *n == key) {
+                if self.values[i].replace(map.next_value()?).is_none() {
+                    continue;
+                }
+                format!("duplicate field {key:?}")
+            } else if let Some(name) = case_variant_of(&key, self.names) {
+                case_variant_error(&key, name)
+            } else {
+                map.next_value::<de::IgnoredAny>()?;
+                continue;
+            };
+            self.ambiguous = Some(why.clone());
+            return Err(de::Error::custom(why));
+        }
+        Ok(())
+    }
+}
+
+/// `user`: the name it is routed by.
+const USER_FIELDS: [&str; 1] = ["username"];
+/// `objectRef`: what it is routed by, and `subresource` for redaction
+/// (`serviceaccounts/token`).
+const OBJECT_REF_FIELDS: [&str; 5] = ["namespace", "resource", "name", "apiGroup", "subresource"];
+/// `responseStatus`: the code selectors and tables read.
+const RESPONSE_STATUS_FIELDS: [&str; 1] = ["code"];
 
 /// Read a member's value as `T`; `None` for absent or `null`.
 fn parse<'a, T: Deserialize<'a>>(
@@ -440,7 +562,10 @@ impl<'a> Known<'a> {
                     k.has_bodies |= raw.get() != "null";
                     continue;
                 }
-                _ => continue,
+                other => match case_variant_of(other, &EVENT_FIELDS) {
+                    Some(name) => return Err(case_variant_error(other, name)),
+                    None => continue,
+                },
             };
             // Routed by one value and read by clients as another: refused.
             if slot.replace(raw).is_some() {
@@ -465,13 +590,23 @@ fn decode_event<'a>(
     let stage = required("stage", k.stage)?;
     let level = required("level", k.level)?;
     let verb = string("verb", k.verb)?;
-    let user: UserRef<'_> = parse("user", k.user)?.unwrap_or_default();
-    let object_ref: ObjectRef<'_> = parse("objectRef", k.object_ref)?.unwrap_or_default();
-    // Read only for selectors and tables: a malformed one is kept as sent, not refused.
-    let code = parse::<ResponseStatus>("responseStatus", k.response_status)
-        .ok()
-        .flatten()
-        .and_then(|s| s.code);
+    let user = Fields::read("user", &USER_FIELDS, k.user).map_err(String::from)?;
+    let username = string("user.username", user.get("username"))?;
+    let object_ref =
+        Fields::read("objectRef", &OBJECT_REF_FIELDS, k.object_ref).map_err(String::from)?;
+    let field = |key: &str, name: &str| string(key, object_ref.get(name));
+    let resource = field("objectRef.resource", "resource")?;
+    let name = field("objectRef.name", "name")?;
+    let api_group = field("objectRef.apiGroup", "apiGroup")?;
+    let mut namespace = field("objectRef.namespace", "namespace")?;
+    // Read only for selectors and tables: a malformed one (not an object, a code that is
+    // not an integer) is kept as sent, not refused; an ambiguous one (`code` twice, or
+    // as `Code` too) is refused, as every field the server reads.
+    let code = match Fields::read("responseStatus", &RESPONSE_STATUS_FIELDS, k.response_status) {
+        Ok(status) => parse::<i64>("code", status.get("code")).ok().flatten(),
+        Err(FieldsError::Ambiguous(why)) => return Err(why),
+        Err(FieldsError::Malformed(_)) => None,
+    };
     annotations.clear();
     if let Some(text) = k.annotations.map(RawValue::get).filter(|t| *t != "null") {
         let mut de = serde_json::Deserializer::from_str(text);
@@ -492,13 +627,7 @@ fn decode_event<'a>(
             break;
         }
     }
-    let resource = object_ref.resource.as_ref().map_or("", |s| &s.0);
-    let name = object_ref.name.as_ref().map_or("", |s| &s.0);
-    let api_group = object_ref.api_group.as_ref().map_or("", |s| &s.0);
-    let mut namespace = object_ref
-        .namespace
-        .as_ref()
-        .map_or(Cow::Borrowed(""), |s| s.0.clone());
+    let (resource, name, api_group) = (&*resource, &*name, &*api_group);
     // kube-apiserver records a namespace's create with its name and no namespace (its
     // get, patch and delete carry both): served in that namespace too, so that its owners
     // can see who created it.
@@ -515,16 +644,7 @@ fn decode_event<'a>(
     let mut code_digits = itoa::Buffer::new();
     let code = code.map_or("", |c| code_digits.format(c));
     let fields: [&str; FIELD_COUNT] = [
-        &audit_id,
-        &stage,
-        &level,
-        &verb,
-        user.username.as_ref().map_or("", |s| &s.0),
-        &namespace,
-        resource,
-        name,
-        api_group,
-        code,
+        &audit_id, &stage, &level, &verb, &username, &namespace, resource, name, api_group, code,
     ];
     for (end, s) in ends.iter_mut().zip(fields) {
         strings.push_str(s);
@@ -542,15 +662,17 @@ fn decode_event<'a>(
     let mut cut = [0..0, 0..0];
     let mut cuts = 0;
     let mut redacted = Rules::default();
-    let subresource: Subresource<'_> = if k.has_bodies && !ctx.redaction.is_off() {
-        parse("objectRef", k.object_ref)?.unwrap_or_default()
+    // Read only for an event with bodies to redact (`serviceaccounts/token`): a Metadata
+    // event does not pay for the field.
+    let subresource = if k.has_bodies && !ctx.redaction.is_off() {
+        field("objectRef.subresource", "subresource")?
     } else {
-        Subresource::default()
+        Cow::Borrowed("")
     };
     let target = Target {
         api_group,
         resource,
-        subresource: subresource.subresource.as_ref().map_or("", |s| &s.0),
+        subresource: &subresource,
     };
     for (member, value) in members {
         let key = &*member.0;

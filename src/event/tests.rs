@@ -493,3 +493,131 @@ fn a_namespace_create_belongs_to_that_namespace() {
     let grouped = create.replace(r#""name":"team-a""#, r#""name":"team-a","apiGroup":"x.io""#);
     assert_eq!(one(&grouped, "src").namespace(), None);
 }
+
+/// Go's encoding/json reads a key that differs from a field's name only in case as that
+/// field (the last such key winning); client-go and serde read the exact name. An event
+/// whose keys would route it one way and read another, at the top or in a sub-object the
+/// server reads by name, is refused; maps are case-sensitive in Go too.
+#[test]
+fn refuses_keys_that_differ_from_a_read_field_only_in_case() {
+    let refused = |item: &str, want: &str| {
+        let err = decode_event_list(list(&[item]).as_bytes(), "s", NOW)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("items[0]: "), "{item}: {err}");
+        assert!(err.contains(want), "{item}: {err}");
+        assert!(err.contains("only in case"), "{item}: {err}");
+    };
+    // The issue's own: team-a here, team-b to a Go reader.
+    refused(
+        &EV.replace(
+            r#""namespace":"team-a""#,
+            r#""namespace":"team-a","Namespace":"team-b""#,
+        ),
+        r#"objectRef: field "Namespace" differs from "namespace""#,
+    );
+    // Alone too: routed as no namespace, read by Go as team-b.
+    refused(
+        &EV.replace(r#""namespace":"team-a""#, r#""NAMESPACE":"team-b""#),
+        r#""NAMESPACE""#,
+    );
+    for (from, to, want) in [
+        (
+            r#""verb":"delete""#,
+            r#""verb":"delete","Verb":"get""#,
+            r#""Verb""#,
+        ),
+        (
+            r#""user":{"username":"bob""#,
+            r#""user":{"username":"bob","userName":"eve""#,
+            r#"user: field "userName""#,
+        ),
+        (
+            r#""code":200"#,
+            r#""code":200,"Code":403"#,
+            r#"responseStatus: field "Code""#,
+        ),
+        (
+            r#""apiVersion":"v1"}"#,
+            r#""apiVersion":"v1","apigroup":"apps"}"#,
+            r#""apigroup""#,
+        ),
+        (
+            r#""kind":"Event""#,
+            r#""kind":"Event","Metadata":{"namespace":"x"}"#,
+            r#""Metadata""#,
+        ),
+        (
+            r#""kind":"Event""#,
+            r#""kind":"Event","Annotations":{"a":"b"}"#,
+            r#""Annotations""#,
+        ),
+        (
+            r#""kind":"Event""#,
+            r#""kind":"Event","requestUri":"/x""#,
+            r#""requestUri""#,
+        ),
+        // Unicode's other spellings of k and s: KELVIN SIGN, LONG S.
+        (
+            r#""kind":"Event""#,
+            "\"\u{212A}ind\":\"Event\"",
+            "\u{212A}ind",
+        ),
+        (
+            r#""stage":"ResponseComplete""#,
+            r#""stage":"ResponseComplete","\u017ftage":"x""#,
+            "\u{17F}tage",
+        ),
+    ] {
+        assert!(EV.contains(from), "{from}");
+        refused(&EV.replacen(from, to, 1), want);
+    }
+    // A repeated code is as ambiguous as a case variant of it; a malformed status is kept.
+    let twice = EV.replace(r#""code":200"#, r#""code":200,"code":403"#);
+    let err = decode_event_list(list(&[&twice]).as_bytes(), "s", NOW).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        r#"items[0]: responseStatus: duplicate field "code""#
+    );
+    let kept = one(&EV.replace(r#""code":200"#, r#""code":"200""#), "s");
+    assert_eq!(kept.get(Field::Code), "");
+
+    // Not folded: annotations' keys (a map), names the server does not read in a
+    // sub-object, and keys that fold to no field at all.
+    for item in [
+        EV.replace(
+            r#""authorization.k8s.io/decision":"allow""#,
+            r#""authorization.k8s.io/decision":"allow","Authorization.k8s.io/decision":"x""#,
+        ),
+        EV.replace(
+            r#""apiVersion":"v1"}"#,
+            r#""apiVersion":"v1","APIVersion":"v2","UID":"u"}"#,
+        ),
+        EV.replace(r#""groups":["g"]"#, r#""groups":["g"],"Groups":["h"]"#),
+        EV.replacen('{', r#"{"verbs":"x","ıd":"y","Kind2":1,"#, 1),
+    ] {
+        let ev = one(&item, "s");
+        assert_eq!(ev.get(Field::Namespace), "team-a", "{item}");
+    }
+}
+
+#[test]
+fn case_variants_fold_as_go_does() {
+    use super::decode::case_variant_of;
+    let names = ["namespace", "kind", "stage", "apiGroup"];
+    for (key, want) in [
+        ("namespace", None),
+        ("Namespace", Some("namespace")),
+        ("NAMESPACE", Some("namespace")),
+        ("APIGROUP", Some("apiGroup")),
+        ("\u{212A}IND", Some("kind")),
+        ("\u{17F}tage", Some("stage")),
+        // Dotless i, and a letter that looks alike, fold to no ASCII name.
+        ("k\u{131}nd", None),
+        ("n\u{430}mespace", None),
+        ("namespaces", None),
+        ("", None),
+    ] {
+        assert_eq!(case_variant_of(key, &names), want, "{key:?}");
+    }
+}

@@ -60,6 +60,17 @@ impl Ca {
         self.issue(p)
     }
 
+    /// A client certificate whose subject has two CNs, `first` then `last` (rcgen keeps
+    /// one value per attribute type: the second goes under the CN's OID).
+    pub fn client_two_cns(&self, first: &str, last: &str) -> Pem {
+        let mut p = CertificateParams::new(vec![]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, first);
+        p.distinguished_name
+            .push(DnType::CustomDnType(vec![2, 5, 4, 3]), last);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(p)
+    }
+
     /// A client certificate: CN is the user, O the groups.
     pub fn client(&self, cn: &str, orgs: &[&str]) -> Pem {
         let mut p = CertificateParams::new(vec![]).unwrap();
