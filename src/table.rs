@@ -411,13 +411,55 @@ impl Format {
             + "]}}\n".len()
     }
 
-    /// A bookmark of a Table watch: a Table without rows, at `resource_version`.
-    pub fn bookmark(&self, resource_version: u64) -> Vec<u8> {
+    /// A bookmark of a Table watch, in kube-apiserver's shape: its watch handler prints
+    /// the bookmark object as every other (`asTable`), so the Table has one row, whose
+    /// object is the bookmark's metadata (`PartialObjectMetadata`; the bookmark object
+    /// itself with `includeObject=Object`). That metadata is the only place a Table has
+    /// for annotations: `metadata` is the bookmark's (resourceVersion and annotations:
+    /// the dropped count, the end of a WatchList's initial events). Under
+    /// `includeObject=None` a bookmark with annotations keeps its metadata all the same,
+    /// as kube-apiserver keeps it for the initial-events-end one (else it would be lost).
+    ///
+    /// `object`: the bookmark object (`kind`, `apiVersion`, `metadata`). `note`: the first
+    /// cell, what `kubectl get -w` prints of the line (it prints every event it gets,
+    /// bookmarks included, as a row of the table): a warning for a drop, else empty.
+    /// `headers`: the column definitions go with it, when it is the watch's first line.
+    pub fn bookmark(&self, object: &serde_json::Value, note: &str, headers: bool) -> Vec<u8> {
+        let metadata = &object["metadata"];
+        let mut cells = vec![serde_json::Value::from(""); COLUMNS.len()];
+        cells[0] = note.into();
+        // Code is the integer column: no code.
+        cells[7] = serde_json::Value::Null;
+        let mut row = serde_json::json!({ "cells": cells });
+        let annotated = metadata.get("annotations").is_some();
+        match self.include {
+            IncludeObject::Object => row["object"] = object.clone(),
+            IncludeObject::None if !annotated => {}
+            IncludeObject::Metadata | IncludeObject::None => {
+                row["object"] = serde_json::json!({
+                    "kind": "PartialObjectMetadata",
+                    "apiVersion": self.version.api_version(),
+                    "metadata": metadata,
+                });
+            }
+        }
         let mut out = br#"{"type":"BOOKMARK","object":"#.to_vec();
         open(&mut out, self.version);
-        out.extend_from_slice(itoa::Buffer::new().format(resource_version).as_bytes());
-        out.extend_from_slice(br#""},"columnDefinitions":[],"rows":[]}}"#);
-        out.push(b'\n');
+        out.extend_from_slice(
+            metadata["resourceVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+        out.extend_from_slice(br#""},"columnDefinitions":"#);
+        if headers {
+            out.extend_from_slice(&COLUMN_DEFINITIONS);
+        } else {
+            out.extend_from_slice(b"[]");
+        }
+        out.extend_from_slice(br#","rows":["#);
+        out.extend_from_slice(&serde_json::to_vec(&row).unwrap_or_default());
+        out.extend_from_slice(b"]}}\n");
         out
     }
 }
@@ -540,9 +582,66 @@ mod tests {
         f.write_table(&mut empty, 7, None, true, &[]);
         let v: serde_json::Value = serde_json::from_slice(&empty).unwrap();
         assert_eq!(v["rows"], serde_json::json!([]));
-        let b: serde_json::Value = serde_json::from_slice(&f.bookmark(9)).unwrap();
-        assert_eq!(b["type"], "BOOKMARK");
-        assert_eq!(b["object"]["metadata"]["resourceVersion"], "9");
+    }
+
+    /// kube-apiserver's shape: one row, its object the bookmark's metadata, which keeps
+    /// the annotations a Table has no other place for; the note is the first cell.
+    #[test]
+    fn bookmarks_are_one_row_tables_that_keep_their_metadata() {
+        let object = serde_json::json!({
+            "kind": "Event",
+            "apiVersion": "audit.k8s.io/v1alpha1",
+            "metadata": {"resourceVersion": "9", "annotations": {"audit.k8s.io/dropped": "3"}},
+        });
+        let plain = serde_json::json!({"kind": "Event", "metadata": {"resourceVersion": "9"}});
+        for include in [
+            IncludeObject::None,
+            IncludeObject::Metadata,
+            IncludeObject::Object,
+        ] {
+            for version in [Version::V1, Version::V1beta1] {
+                let f = Format { version, include };
+                let line = f.bookmark(&object, "Warning: 3 events dropped", false);
+                assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
+                let b: serde_json::Value = serde_json::from_slice(&line).unwrap();
+                assert_eq!(b["type"], "BOOKMARK");
+                let t = &b["object"];
+                assert_eq!(t["kind"], "Table");
+                assert_eq!(t["apiVersion"], version.api_version());
+                assert_eq!(t["metadata"]["resourceVersion"], "9");
+                assert_eq!(t["columnDefinitions"], serde_json::json!([]));
+                let row = &t["rows"][0];
+                assert_eq!(t["rows"].as_array().unwrap().len(), 1);
+                assert_eq!(row["cells"].as_array().unwrap().len(), COLUMNS.len());
+                assert_eq!(row["cells"][0], "Warning: 3 events dropped");
+                let meta = &row["object"]["metadata"];
+                assert_eq!(
+                    meta["annotations"]["audit.k8s.io/dropped"], "3",
+                    "{include:?}"
+                );
+                assert_eq!(meta["resourceVersion"], "9");
+                let kind = if include == IncludeObject::Object {
+                    "Event"
+                } else {
+                    "PartialObjectMetadata"
+                };
+                assert_eq!(row["object"]["kind"], kind);
+                let plain: serde_json::Value =
+                    serde_json::from_slice(&f.bookmark(&plain, "", true)).unwrap();
+                let row = &plain["object"]["rows"][0];
+                assert_eq!(row["cells"][0], "");
+                assert_eq!(
+                    row.get("object").is_none(),
+                    include == IncludeObject::None,
+                    "{include:?}: nothing to keep"
+                );
+                let columns = plain["object"]["columnDefinitions"]
+                    .as_array()
+                    .unwrap()
+                    .len();
+                assert_eq!(columns, COLUMNS.len(), "headers when asked");
+            }
+        }
     }
 
     #[test]

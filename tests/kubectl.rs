@@ -521,3 +521,80 @@ async fn kubectl_watches_one_event_by_name() {
     assert!(got.iter().all(|l| l["object"]["metadata"]["name"] == name));
     raw.kill().await.unwrap();
 }
+
+/// `kubectl get -w` prints every watch event it gets as a row, bookmarks included. A
+/// Table watch's bookmark is a one-row Table, as kube-apiserver prints it, whose row
+/// keeps the bookmark's metadata (the dropped count) and whose first cell says what was
+/// lost: the user sees one warning line where the events are missing, and no blank row.
+#[tokio::test]
+async fn kubectl_get_w_is_told_of_dropped_events() {
+    // About one row's worth of budget a second: a burst of pushed events is mostly lost.
+    let srv = TestServer::start(&[
+        "--watcher-bytes-per-second",
+        "1000",
+        "--watcher-burst-bytes",
+        "4000",
+    ])
+    .await;
+    let k = Kubectl::new(kubectls().remove(0), &srv);
+    let pusher = srv.client(Some(PUSH_TOKEN));
+    let (code, _) = pusher
+        .push(
+            "",
+            event_list("audit.k8s.io/v1", &[event("listed", Some("team-a"), "get")]),
+        )
+        .await;
+    assert_eq!(code, 200);
+    let mut child = k
+        .command(
+            Some(ALICE_TOKEN),
+            &[
+                "get",
+                "namespacedevents.audit.k8s.io",
+                "-n",
+                "team-a",
+                "-w",
+                "-o",
+                "wide",
+            ],
+        )
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let listed = lines_until(&mut lines, "listed").await;
+    assert!(listed[0].starts_with("TIME"), "{listed:?}");
+    support::eventually("kubectl's watch to open", || async {
+        let (_, body) = srv
+            .client(Some(support::server::ADMIN_TOKEN))
+            .get("/metrics")
+            .await;
+        String::from_utf8_lossy(&body)
+            .contains("kube_audit_stream_watch_watchers{resource=\"namespacedevents\"} 1")
+    })
+    .await;
+    let burst: Vec<String> = (0..30)
+        .map(|i| event(&format!("burst-{i}"), Some("team-a"), "get"))
+        .collect();
+    let (code, _) = pusher.push("", event_list("audit.k8s.io/v1", &burst)).await;
+    assert_eq!(code, 200);
+    let seen = lines_until(&mut lines, "dropped").await;
+    let warning = seen.last().unwrap();
+    assert!(
+        warning.trim_end().starts_with("Warning: ")
+            && warning.contains(" audit events dropped here"),
+        "{seen:?}"
+    );
+    let rows = &seen[..seen.len() - 1];
+    assert!(
+        rows.iter().all(|r| r.contains("burst-")),
+        "only event rows before it, none blank: {seen:?}"
+    );
+    let dropped: u64 = warning
+        .trim_start_matches("Warning: ")
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a count: {warning}"));
+    assert!(dropped > 0 && rows.len() as u64 + dropped <= 30, "{seen:?}");
+    child.kill().await.unwrap();
+}

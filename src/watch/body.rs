@@ -25,9 +25,13 @@ use tokio::time::{Instant, Sleep};
 
 use super::access::{self, Access};
 use super::registry::{Ended, Registration};
-use super::{BOOKMARK_INTERVAL, Query, Recheck, WatchCtx, bookmark, initial_events_end};
+use super::{
+    BOOKMARK_INTERVAL, INITIAL_EVENTS_END_ANNOTATION, Query, Recheck, WatchCtx, bookmark,
+    bookmark_object, initial_events_end,
+};
 use crate::budget::{Budget, Verdict};
 use crate::bus::{Published, Subscription};
+use crate::event::DROPPED_ANNOTATION;
 use crate::metrics::{WatchCounts, WatchGuard};
 use crate::status::ApiError;
 use crate::table;
@@ -257,14 +261,29 @@ impl WatchBody {
         self.report_at = None;
     }
 
-    /// A bookmark at the last resourceVersion sent. A Table watch's bookmark is a Table
-    /// without rows, which has nowhere to carry the dropped count (the metrics still
-    /// count the drops).
-    fn bookmark(&self, dropped: Option<u64>) -> Bytes {
-        match &self.format {
-            None => bookmark(self.last_rv, dropped),
-            Some(f) => Bytes::from(f.bookmark(self.last_rv)),
-        }
+    /// A bookmark at the last resourceVersion sent; with `dropped`, the count of events
+    /// lost since the last one. A Table watch's is a one-row Table whose row keeps the
+    /// bookmark's metadata (the count's annotation) and whose first cell says what was
+    /// lost, which is the line `kubectl get -w` prints for it.
+    fn bookmark(&mut self, dropped: Option<u64>) -> Bytes {
+        let Some(f) = self.format else {
+            return bookmark(self.last_rv, dropped);
+        };
+        let count = dropped.map(|n| n.to_string());
+        let (annotations, note) = match &count {
+            Some(n) => (
+                vec![(DROPPED_ANNOTATION, n.as_str())],
+                format!(
+                    "Warning: {n} audit {} dropped here (over this watch's bandwidth budget, or read too slowly)",
+                    if n == "1" { "event" } else { "events" }
+                ),
+            ),
+            None => (vec![], String::new()),
+        };
+        let object = bookmark_object(self.last_rv, &annotations);
+        let line = f.bookmark(&object, &note, !self.headers_sent);
+        self.headers_sent = true;
+        Bytes::from(line)
     }
 
     /// The bytes `p`'s line takes in this watch's format.
@@ -279,9 +298,14 @@ impl WatchBody {
     fn end_initial_events(&mut self, frame: &mut BytesMut, now: Instant) {
         if let Some(end) = self.initial_end.take() {
             self.last_rv = self.last_rv.max(end);
-            let line = match &self.format {
+            let line = match self.format {
                 None => initial_events_end(end),
-                Some(f) => Bytes::from(f.bookmark(end)),
+                Some(f) => {
+                    let object = bookmark_object(end, &[(INITIAL_EVENTS_END_ANNOTATION, "true")]);
+                    let line = f.bookmark(&object, "", !self.headers_sent);
+                    self.headers_sent = true;
+                    Bytes::from(line)
+                }
             };
             self.budget.charge(line.len(), now);
             frame.extend_from_slice(&line);

@@ -405,37 +405,48 @@ fn stream_response(body: Body) -> Response<Body> {
 /// waits up to 3 s for its cache to catch up).
 pub const FUTURE_RESOURCE_VERSION_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// A `BOOKMARK` line; with `dropped`, the count of events lost since the last one.
-pub fn bookmark(resource_version: u64, dropped: Option<u64>) -> Bytes {
+/// A bookmark's object: an `Event` with only its metadata, the resourceVersion and
+/// these annotations (none: no `annotations` at all).
+pub(crate) fn bookmark_object(
+    resource_version: u64,
+    annotations: &[(&str, &str)],
+) -> serde_json::Value {
     let mut metadata = serde_json::json!({ "resourceVersion": resource_version.to_string() });
-    if let Some(n) = dropped {
-        metadata["annotations"] = serde_json::json!({ DROPPED_ANNOTATION: n.to_string() });
+    if !annotations.is_empty() {
+        metadata["annotations"] = annotations
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
     }
-    let line = serde_json::json!({
-        "type": "BOOKMARK",
-        "object": { "kind": KIND, "apiVersion": GROUP_VERSION, "metadata": metadata },
-    });
+    serde_json::json!({ "kind": KIND, "apiVersion": GROUP_VERSION, "metadata": metadata })
+}
+
+/// A `BOOKMARK` line of `object` (`bookmark_object`).
+fn bookmark_line(object: serde_json::Value) -> Bytes {
+    let line = serde_json::json!({ "type": "BOOKMARK", "object": object });
     let mut out = serde_json::to_vec(&line).unwrap_or_default();
     out.push(b'\n');
     Bytes::from(out)
 }
 
+/// A `BOOKMARK` line; with `dropped`, the count of events lost since the last one.
+pub fn bookmark(resource_version: u64, dropped: Option<u64>) -> Bytes {
+    let count = dropped.map(|n| n.to_string());
+    let annotations: Vec<(&str, &str)> = count
+        .as_deref()
+        .map(|n| (DROPPED_ANNOTATION, n))
+        .into_iter()
+        .collect();
+    bookmark_line(bookmark_object(resource_version, &annotations))
+}
+
 /// The `BOOKMARK` that ends a WatchList's initial events.
 pub fn initial_events_end(resource_version: u64) -> Bytes {
-    let line = serde_json::json!({
-        "type": "BOOKMARK",
-        "object": {
-            "kind": KIND,
-            "apiVersion": GROUP_VERSION,
-            "metadata": {
-                "resourceVersion": resource_version.to_string(),
-                "annotations": { INITIAL_EVENTS_END_ANNOTATION: "true" },
-            },
-        },
-    });
-    let mut out = serde_json::to_vec(&line).unwrap_or_default();
-    out.push(b'\n');
-    Bytes::from(out)
+    bookmark_line(bookmark_object(
+        resource_version,
+        &[(INITIAL_EVENTS_END_ANNOTATION, "true")],
+    ))
 }
 
 /// Marks the bookmark after a WatchList's initial events (k8s.io/apiserver's
