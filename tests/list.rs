@@ -530,6 +530,92 @@ async fn watch_list_sends_the_window_then_the_annotated_bookmark() {
     );
 }
 
+/// A WatchList with a Table's `Accept`, served as kube-apiserver serves it (it does not
+/// refuse the pair): each initial event a one-row Table (column definitions with the
+/// first), then the bookmark, a one-row Table whose row keeps the bookmark's metadata
+/// and so its `k8s.io/initial-events-end` annotation (kube-apiserver keeps that
+/// metadata even under `includeObject=None`), then live events. No kubectl sends this:
+/// `kubectl get -w` lists then watches, and the commands that use WatchList semantics
+/// (`rollout status`, `wait`) read objects, not Tables.
+#[tokio::test]
+async fn watch_list_with_a_table_ends_its_initial_events_with_an_annotated_row() {
+    let srv = TestServer::start(&[]).await;
+    srv.push_events(&[
+        event("t-1", Some("team-a"), "get"),
+        event("t-2", Some("team-a"), "delete"),
+    ])
+    .await;
+    let alice = srv.client(Some(ALICE_TOKEN));
+    let query =
+        "watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true";
+    for include in ["Metadata", "None", "Object"] {
+        let mut watch = alice
+            .watch_with(
+                &format!("{TEAM_A}?{query}&includeObject={include}"),
+                &[("accept", TABLE)],
+            )
+            .await;
+        for (i, id) in ["t-1", "t-2"].into_iter().enumerate() {
+            let line = watch.next().await.unwrap();
+            assert_eq!(line["type"], "ADDED", "{include}: {line}");
+            let table = &line["object"];
+            assert_eq!(table["kind"], "Table");
+            let columns = table["columnDefinitions"].as_array().unwrap().len();
+            assert_eq!(
+                columns > 0,
+                i == 0,
+                "{include}: headers with the first only"
+            );
+            assert_eq!(
+                table["rows"][0]["cells"][12],
+                format!("{id}-responsecomplete"),
+                "{include}"
+            );
+        }
+        let end = watch.next().await.unwrap();
+        assert_eq!(end["type"], "BOOKMARK", "{include}: {end}");
+        let table = &end["object"];
+        assert_eq!(table["kind"], "Table");
+        assert_eq!(table["metadata"]["resourceVersion"], srv.rv(2));
+        assert_eq!(table["columnDefinitions"], serde_json::json!([]));
+        let object = &table["rows"][0]["object"];
+        let kind = if include == "Object" {
+            "Event"
+        } else {
+            "PartialObjectMetadata"
+        };
+        assert_eq!(object["kind"], kind, "{include}: {end}");
+        assert_eq!(object["metadata"]["resourceVersion"], srv.rv(2));
+        assert_eq!(
+            object["metadata"]["annotations"]["k8s.io/initial-events-end"], "true",
+            "{include}: {end}"
+        );
+    }
+
+    // An empty window: the bookmark is the first line, and carries the headers.
+    let mut empty = srv
+        .client(Some(ADMIN_TOKEN))
+        .watch_with(&format!("{TEAM_B}?{query}"), &[("accept", TABLE)])
+        .await;
+    let first = empty.next().await.unwrap();
+    assert_eq!(first["type"], "BOOKMARK");
+    let table = &first["object"];
+    assert!(!table["columnDefinitions"].as_array().unwrap().is_empty());
+    assert_eq!(
+        table["rows"][0]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+    srv.push_events(&[event("b-live", Some("team-b"), "get")])
+        .await;
+    let live = empty.next().await.unwrap();
+    assert_eq!(live["type"], "ADDED");
+    assert_eq!(
+        live["object"]["columnDefinitions"],
+        serde_json::json!([]),
+        "headers once"
+    );
+}
+
 #[tokio::test]
 async fn list_is_authorized_with_the_list_verb() {
     let srv = TestServer::start(&[]).await;
