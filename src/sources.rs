@@ -735,39 +735,45 @@ enum ShareError {
 
 /// The bucket, made if missing (in memory, like the stream, and with as many copies:
 /// three on a NATS cluster that has them); `true`: made now.
-async fn open_bucket(
-    js: &jetstream::Context,
-    bucket: &str,
-) -> Result<(kv::Store, bool), ShareError> {
+///
+/// Made as the stream a key-value bucket is (`KV_<bucket>` on `$KV.<bucket>.>`, one value
+/// a key), not with `create_key_value`: that first reads the account's JetStream info,
+/// whose NATS 2.9 form the client cannot parse.
+async fn open_bucket(js: &jetstream::Context, bucket: &str) -> Result<(kv::Store, bool), ShareError> {
     if let Ok(store) = js.get_key_value(bucket).await {
         return Ok((store, false));
     }
-    let config = |replicas| kv::Config {
-        bucket: bucket.to_owned(),
-        description: "kube-audit-stream: each replica's per-source figures (sources.audit.k8s.io)"
-            .to_owned(),
-        history: 1,
+    let config = |replicas| jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some(
+            "kube-audit-stream: each replica's per-source figures (sources.audit.k8s.io)"
+                .to_owned(),
+        ),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
         max_age: SHARE_MAX_AGE,
-        max_value_size: SHARE_MAX_BYTES,
+        max_message_size: SHARE_MAX_BYTES,
         storage: jetstream::stream::StorageType::Memory,
         num_replicas: replicas,
+        discard: jetstream::stream::DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
         ..Default::default()
     };
     let clustered = js.client().server_info().cluster.is_some();
     let made = match clustered {
-        true => match js.create_key_value(config(3)).await {
+        true => match js.create_stream(config(3)).await {
             Ok(s) => Ok(s),
-            Err(_) => js.create_key_value(config(1)).await,
+            Err(_) => js.create_stream(config(1)).await,
         },
-        false => js.create_key_value(config(1)).await,
+        false => js.create_stream(config(1)).await,
     };
-    match made {
-        Ok(store) => Ok((store, true)),
-        // Another replica made it first.
-        Err(made) => match js.get_key_value(bucket).await {
-            Ok(store) => Ok((store, false)),
-            Err(_) => Err(ShareError::Bucket(made.to_string())),
-        },
+    let made = made.map_err(|e| e.to_string());
+    // Made now, or by another replica first.
+    match js.get_key_value(bucket).await {
+        Ok(store) => Ok((store, made.is_ok())),
+        Err(e) => Err(ShareError::Bucket(made.err().unwrap_or_else(|| e.to_string()))),
     }
 }
 
