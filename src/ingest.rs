@@ -61,7 +61,7 @@ pub struct Meters {
 
 impl Meters {
     pub fn new(m: &Metrics) -> Self {
-        Meters {
+        let meters = Meters {
             redacted: m.register(IntCounterVec::new(
                 metrics::opts(
                     "ingest",
@@ -91,7 +91,13 @@ impl Meters {
                 &["source"],
             )),
             sources: SourceLabels::default(),
+        };
+        // Every rule's series from the start (a closed set of three): a rate over it
+        // reads 0, not "no data", before the first redaction.
+        for rule in Rule::ALL {
+            meters.redacted.with_label_values(&[rule.as_str()]);
         }
+        meters
     }
 
     /// Count the batch's redacted events by rule: a bit test per event, and nothing

@@ -40,6 +40,7 @@ pub struct Metrics {
     watch_truncated: IntCounterVec,
     watch_dropped: IntCounterVec,
     watch_withheld: IntCounterVec,
+    watch_namespace_budget: IntCounterVec,
     watch_stalled: IntCounterVec,
     panics: IntCounterVec,
     bus_published: IntCounter,
@@ -148,6 +149,16 @@ impl Metrics {
                 ),
                 &["resource", "reason"]
             )),
+            // One label, not the namespace: thousands of namespaces would be thousands of
+            // series. Which namespace was over its share, the "watch ended" lines say.
+            watch_namespace_budget: reg!(IntCounterVec::new(
+                opts(
+                    "watch",
+                    "namespace_budget_events_total",
+                    "Events of namespace watches sent truncated or dropped because their namespace was over its share (--namespace-bytes-per-second), where the watcher's own budget would have sent more, by verdict: truncated, dropped. Also counted in truncated_events_total and dropped_events_total{reason=\"budget\"}."
+                ),
+                &["verdict"]
+            )),
             watch_stalled: reg!(IntCounterVec::new(
                 opts(
                     "watch",
@@ -225,6 +236,9 @@ impl Metrics {
         for limit in LIMITS {
             m.refused.with_label_values(&[limit]);
         }
+        for verdict in ["truncated", "dropped"] {
+            m.watch_namespace_budget.with_label_values(&[verdict]);
+        }
         m
     }
 
@@ -297,6 +311,10 @@ impl Metrics {
                 .with_label_values(&[resource, "queue_full"]),
             withheld_denied: self.watch_withheld.with_label_values(&[resource, "denied"]),
             withheld_failed: self.watch_withheld.with_label_values(&[resource, "failed"]),
+            namespace_truncated: self
+                .watch_namespace_budget
+                .with_label_values(&["truncated"]),
+            namespace_dropped: self.watch_namespace_budget.with_label_values(&["dropped"]),
             stalled: self.watch_stalled.with_label_values(&[resource]),
         }
     }
@@ -361,6 +379,8 @@ pub struct WatchGuard {
     dropped_queue_full: IntCounter,
     withheld_denied: IntCounter,
     withheld_failed: IntCounter,
+    namespace_truncated: IntCounter,
+    namespace_dropped: IntCounter,
     stalled: IntCounter,
 }
 
@@ -375,6 +395,9 @@ pub struct WatchCounts {
     pub dropped_queue_full: u64,
     pub withheld_denied: u64,
     pub withheld_failed: u64,
+    /// Of `truncated` and `dropped_budget`, those the namespace's share made.
+    pub namespace_truncated: u64,
+    pub namespace_dropped: u64,
 }
 
 impl WatchCounts {
@@ -403,6 +426,8 @@ impl std::ops::AddAssign<&WatchCounts> for WatchCounts {
         self.dropped_queue_full += c.dropped_queue_full;
         self.withheld_denied += c.withheld_denied;
         self.withheld_failed += c.withheld_failed;
+        self.namespace_truncated += c.namespace_truncated;
+        self.namespace_dropped += c.namespace_dropped;
     }
 }
 
@@ -418,6 +443,8 @@ impl WatchGuard {
             (&self.dropped_queue_full, c.dropped_queue_full),
             (&self.withheld_denied, c.withheld_denied),
             (&self.withheld_failed, c.withheld_failed),
+            (&self.namespace_truncated, c.namespace_truncated),
+            (&self.namespace_dropped, c.namespace_dropped),
         ] {
             if n > 0 {
                 counter.inc_by(n);
@@ -487,6 +514,17 @@ mod tests {
         guard.flush(&mut counts);
         assert!(counts.is_empty());
         guard.stalled_counter().inc();
+        // Every verdict's series is there from the start.
+        let ns = "kube_audit_stream_watch_namespace_budget_events_total";
+        let text = m.render(&Stats::default(), true);
+        assert!(
+            text.contains(&format!("{ns}{{verdict=\"truncated\"}} 0")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("{ns}{{verdict=\"dropped\"}} 0")));
+        counts.dropped_budget = 2;
+        counts.namespace_dropped = 1;
+        guard.flush(&mut counts);
         let stats = Stats::default();
         stats.published_events.store(3, Ordering::Relaxed);
         let text = m.render(&stats, true);
@@ -502,6 +540,7 @@ mod tests {
             text.contains("kube_audit_stream_watch_truncated_events_total{resource=\"events\"} 1")
         );
         assert!(text.contains("kube_audit_stream_watch_stalled_total{resource=\"events\"} 1"));
+        assert!(text.contains(&format!("{ns}{{verdict=\"dropped\"}} 1")));
         // A second scrape adds nothing new.
         assert!(
             m.render(&stats, true)

@@ -1,7 +1,8 @@
 //! Per-watcher bandwidth, black-box: over budget, events are truncated, then dropped, and
 //! the watcher is told; a lagging reader gets truncated events while a fast one gets
 //! everything; a reader that never reads costs bounded memory; a watch whose client stops
-//! reading is ended, even on an HTTP/2 connection that stays busy.
+//! reading is ended, even on an HTTP/2 connection that stays busy; a namespace's many
+//! watchers share one budget and leave another namespace's watcher alone.
 
 mod support;
 
@@ -341,4 +342,113 @@ async fn an_http2_watch_whose_client_stops_reading_is_ended_and_the_connection_l
         metric_on(&mut conn.clone(), &admin, watchers).await == Some(0.0)
     })
     .await;
+}
+
+/// An event of `namespace` with a request body of 15 000 bytes: about 15.7 kB whole,
+/// under 1 kB truncated.
+fn event_with_body(audit_id: &str, namespace: &str) -> String {
+    let e = fixtures::event(audit_id, Some(namespace), "update");
+    let body = format!(
+        r#","requestObject":{{"kind":"ConfigMap","apiVersion":"v1","data":{{"x":"{}"}}}}}}"#,
+        "x".repeat(15_000)
+    );
+    format!("{}{body}", e.strip_suffix('}').unwrap())
+}
+
+#[tokio::test]
+async fn a_namespace_budget_caps_its_many_watchers_and_leaves_another_namespace_alone() {
+    // Watchers' own budgets off: the namespace's share is all that limits them. 200 kB/s
+    // and 300 kB at once for each namespace: team-a's 50 watchers get a 64 KiB slice of
+    // burst each (the floor) and 4 kB/s; team-b's one watcher all of it. A 64 KiB slice
+    // takes 4 events whole and leaves kilobytes for truncated ones, whatever the digits
+    // of their resourceVersions.
+    let srv = TestServer::start(&[
+        "--watcher-bytes-per-second",
+        "0",
+        "--namespace-bytes-per-second",
+        "200000",
+        "--namespace-burst-bytes",
+        "300000",
+    ])
+    .await;
+    // Few enough that no watcher's queue backs up to the lag mark (truncated whatever
+    // the budget): 1.6 MB each.
+    const BUSY: u64 = 100;
+    const QUIET: u64 = 10;
+    let ns =
+        |n: &str| format!("/apis/audit.k8s.io/v1alpha1/namespaces/{n}/namespacedevents?watch=1");
+    let admin = srv.client(Some(ADMIN_TOKEN));
+    // Fifty watches on two HTTP/2 connections, as an aggregator carries many users'.
+    let h2 = admin.clone().http2();
+    let mut busy = vec![];
+    for _ in 0..2 {
+        let mut conn = h2.http2_connection(1 << 20).await;
+        for _ in 0..25 {
+            busy.push(h2.watch_on(&mut conn, &ns("team-a")).await);
+        }
+    }
+    let mut quiet = admin.watch(&ns("team-b")).await;
+    let mut everything = admin.watch(EVENTS).await;
+
+    // 100 events of team-a (1.6 MB for each of its watchers, 80 MB for the 50), 10 of
+    // team-b among them (160 kB: within its namespace's burst), in one push.
+    let items: Vec<String> = (0..BUSY)
+        .flat_map(|i| {
+            let a = event_with_body(&format!("a-{i}"), "team-a");
+            let b = (i % 10 == 0).then(|| event_with_body(&format!("b-{i}"), "team-b"));
+            std::iter::once(a).chain(b)
+        })
+        .collect();
+    srv.push_events(&items).await;
+
+    // Every watcher reads as fast as it can, all at once.
+    let readers: Vec<_> = busy
+        .into_iter()
+        .map(|mut w| tokio::spawn(async move { read_until_accounted(&mut w, BUSY).await }))
+        .collect();
+    let quiet = read_until_accounted(&mut quiet, QUIET).await;
+    assert_eq!(
+        (quiet.full as u64, quiet.truncated, quiet.dropped),
+        (QUIET, 0, 0),
+        "team-b's watcher gets all its events whole: {quiet:?}"
+    );
+    let everything = read_until_accounted(&mut everything, BUSY + QUIET).await;
+    assert_eq!(
+        everything.full as u64,
+        BUSY + QUIET,
+        "a cluster-wide watch is no namespace's: {everything:?}"
+    );
+    let (mut truncated, mut dropped) = (0, 0);
+    for r in readers {
+        // Per watcher: what it got, and the dropped counts of its bookmarks, make up
+        // every event of its namespace (read_until_accounted stops at exactly that).
+        let seen = r.await.unwrap();
+        assert_eq!(seen.accounted(), BUSY, "{seen:?}");
+        assert!(seen.full > 0, "each gets its slice of the burst: {seen:?}");
+        assert!(!seen.sequence.contains("DD"), "{}", seen.sequence);
+        truncated += seen.truncated as u64;
+        dropped += seen.dropped;
+    }
+    // 50 × 1.6 MB against 50 × 64 KiB and 200 kB/s in all: most of team-a's is lost.
+    assert!(dropped > BUSY * 25, "{dropped} dropped");
+    assert!(truncated > 0, "truncated before dropped");
+
+    // Every truncation and drop was the namespace's share (no watcher has a budget of its
+    // own here), and counted as such, in two series however many namespaces there are.
+    let (_, m) = admin.get("/metrics").await;
+    let ns_metric = |v: &str| {
+        metric(
+            &m,
+            &format!("kube_audit_stream_watch_namespace_budget_events_total{{verdict=\"{v}\"}}"),
+        )
+    };
+    assert_eq!(ns_metric("truncated"), Some(truncated as f64));
+    assert_eq!(ns_metric("dropped"), Some(dropped as f64));
+    assert_eq!(
+        metric(
+            &m,
+            "kube_audit_stream_watch_dropped_events_total{reason=\"budget\",resource=\"namespacedevents\"}"
+        ),
+        Some(dropped as f64)
+    );
 }

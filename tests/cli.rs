@@ -40,6 +40,8 @@ const CONTRACT_FLAGS: &[&str] = &[
     "--window-bytes",
     "--watcher-bytes-per-second",
     "--watcher-burst-bytes",
+    "--namespace-bytes-per-second",
+    "--namespace-burst-bytes",
     "--max-event-bytes",
     "--max-watchers",
     "--max-watchers-per-user",
@@ -95,6 +97,10 @@ fn bad_flags_fail_with_one_clear_line() {
             "kube-audit-stream: invalid value 'RBAC'",
         ),
         (vec!["serve"], "kube-audit-stream: --ingest-token-file:"),
+        (
+            vec!["serve", "--dev", "--namespace-bytes-per-second", "1000000"],
+            "kube-audit-stream: --namespace-burst-bytes: must be > 0 while --namespace-bytes-per-second is set",
+        ),
         (
             vec!["serve", "--dev", "--log-format=xml"],
             "kube-audit-stream: invalid value 'xml' for '--log-format <FORMAT>': must be text or json",

@@ -369,6 +369,16 @@ async fn workload_in(format: &str) {
     assert_eq!(refused, 1.0, "alice's list of everything");
 
     // --- The log. ---
+    // A request's debug line is written after its answer went out: at -v=4, wait for the
+    // scrape's before reading the log.
+    if !json {
+        eventually("the scrape's request line", || async {
+            srv.log()
+                .iter()
+                .any(|l| l.contains(" DEBUG ") && l.contains("request") && l.contains("/metrics"))
+        })
+        .await;
+    }
     let log = srv.log();
     let started = lines(&log, json, "watch started");
     assert_eq!(started.len(), 2, "{log:#?}");

@@ -3,9 +3,10 @@
 //! kube-apiserver, with a kubeconfig written by the test and a HOME of its own (never the
 //! user's ~/.kube): exactly the pushed events of its namespace and filters, JSON lines
 //! equal to the raw stream, resumption across cut connections without duplicates or gaps,
-//! a 410 reported and survived, a restarted server noticed, drops and truncation shown,
-//! refusals (and revocation) with the server's message, `who`, `--since`, plain tables in
-//! pipes and coloured ones on a terminal, one-line errors, Ctrl-C.
+//! a 410 reported and survived, a restarted server noticed, drops, truncation and
+//! redaction shown, refusals (and revocation) with the server's message, `who`, `--since`,
+//! plain tables in pipes and coloured ones on a terminal, one-line errors, Ctrl-C; control
+//! characters in events and in the server's messages never reaching the terminal.
 
 mod support;
 
@@ -16,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
 
 use support::fake_apiserver::{FakeApiServer, Rule};
@@ -1014,4 +1015,316 @@ async fn all_events_reaches_cluster_scoped_requests_for_those_allowed() {
         err.ends_with("\nCheck with: kubectl auth can-i list events.audit.k8s.io\n"),
         "{err}"
     );
+}
+
+/// `args` for the plugin on a terminal: a pseudo-terminal from python3's pty module, with
+/// `stty -onlcr` so that the terminal does not turn each "\n" into "\r\n" (what the test
+/// reads is then what the plugin wrote). The plugin's stderr goes to the same terminal.
+fn on_tty(kc: &Kubeconfig, args: &[&str]) -> tokio::process::Command {
+    let mut argv = vec![
+        "-c",
+        "import pty, sys; pty.spawn(sys.argv[1:])",
+        "sh",
+        "-c",
+        r#"stty -onlcr && exec "$0" "$@""#,
+        BIN,
+    ];
+    argv.extend_from_slice(args);
+    let mut c = kc.command(Path::new("python3"), &argv);
+    c.env("TERM", "xterm");
+    c
+}
+
+/// `text` less the plugin's own colour sequences (every style it uses: four colours,
+/// plain or bold, and the reset). The events of the tests below hold no sequence of these.
+fn without_colours(text: &str) -> String {
+    use anstyle::AnsiColor::{Cyan, Green, Red, Yellow};
+    let mut out = text.to_owned();
+    for colour in [Green, Yellow, Red, Cyan] {
+        // Bold first: its sequence ends with the plain one's.
+        for style in [colour.on_default().bold(), colour.on_default()] {
+            out = out
+                .replace(&style.to_string(), "")
+                .replace(&format!("{style:#}"), "");
+        }
+    }
+    out
+}
+
+/// The control characters in `text` other than the newlines that end lines.
+fn controls(text: &str) -> String {
+    text.chars()
+        .filter(|c| c.is_control() && *c != '\n')
+        .collect()
+}
+
+/// An object name as a request path can carry one: a CSI that clears the screen, an OSC
+/// that retitles the window (ended by BEL), backspace, CR, a C1 CSI (U+009B), DEL and
+/// more C0 controls (none at its ends, which `who` would refuse as spaces, and no NUL,
+/// which no command line can carry).
+const EVIL_NAME: &str =
+    "cm\u{1b}[2J\u{1b}]0;owned\u{7}\u{8}x\ry\u{9b}5m\u{7f}\u{1}\u{b}\u{c}\u{1f}z";
+/// How the plugin shows it: ESC as ^[ and CR as \r as kubectl does, the rest spelled too.
+const EVIL_NAME_SHOWN: &str = r"cm^[[2J^[]0;owned^G^Hx\ry\u009b5m^?^A^K^L^_z";
+const EVIL_USER: &str = "bob\u{1b}[5m\u{0}\u{85}\t";
+const EVIL_USER_SHOWN: &str = r"bob^[[5m^@\u0085\t";
+const EVIL_AGENT: &str = "curl\u{8}\u{8}\u{8}\u{8}kubectl\n";
+const EVIL_AGENT_SHOWN: &str = r"curl^H^H^H^Hkubectl\n";
+/// A non-resource request: the table shows its path.
+const EVIL_URI: &str = "/healthz\u{1b}[H\u{1b}[2J\u{9b}?1049h\u{7}";
+const EVIL_URI_SHOWN: &str = r"/healthz^[[H^[[2J\u009b?1049h^G";
+
+#[tokio::test]
+async fn control_characters_in_events_never_reach_the_terminal() {
+    let srv = TestServer::start(&[]).await;
+    let kc = alice(&srv);
+    let mut named: Value = serde_json::from_str(&event_of(
+        "evil-name",
+        "team-a",
+        "bob",
+        "delete",
+        "configmaps",
+        EVIL_NAME,
+        1,
+    ))
+    .unwrap();
+    named["user"]["username"] = EVIL_USER.into();
+    named["userAgent"] = EVIL_AGENT.into();
+    let path: Value = serde_json::json!({
+        "kind": "Event",
+        "apiVersion": "audit.k8s.io/v1",
+        "level": "Metadata",
+        "auditID": "evil-path",
+        "stage": "ResponseComplete",
+        "requestURI": EVIL_URI,
+        "verb": "get",
+        "user": {"username": "system:anonymous", "groups": ["system:unauthenticated"]},
+        "sourceIPs": ["10.0.0.9"],
+        "responseStatus": {"metadata": {}, "code": 403},
+        "requestReceivedTimestamp": "2026-01-01T10:00:02.000000Z",
+        "stageTimestamp": "2026-01-01T10:00:02.100000Z",
+    });
+    srv.push_events(&[named.to_string(), path.to_string()])
+        .await;
+
+    // `who` on a terminal: colour on, and no control character but the plugin's colours.
+    let (code, out, err) = run(on_tty(&kc, &["who", EVIL_NAME])).await;
+    assert_eq!(code, 0, "{err}");
+    let red = anstyle::AnsiColor::Red.on_default();
+    assert!(out.contains(&format!("{red}delete{red:#}")), "{out:?}");
+    assert_eq!(controls(&without_colours(&out)), "", "{out:?}");
+    assert_eq!(out.lines().count(), 2, "{out:?}");
+    let row = out.lines().nth(1).unwrap();
+    assert!(
+        row.contains(&format!("team-a/{EVIL_NAME_SHOWN}")),
+        "{row:?}"
+    );
+    assert!(row.contains(EVIL_USER_SHOWN), "{row:?}");
+
+    // `tail` on a terminal, every event (the path's too).
+    let mut tail = Running::new(
+        on_tty(
+            &kc,
+            &["tail", "--all-events", "--context", "admin", "-o", "wide"],
+        )
+        .spawn()
+        .unwrap(),
+    );
+    let lines = [tail.line().await, tail.line().await, tail.line().await];
+    drop(tail);
+    assert!(lines[0].starts_with("TIME "), "{lines:?}");
+    for line in &lines {
+        assert_eq!(controls(&without_colours(line)), "", "{lines:?}");
+    }
+    for shown in [EVIL_NAME_SHOWN, EVIL_USER_SHOWN, EVIL_AGENT_SHOWN] {
+        assert!(lines[1].contains(shown), "{shown}: {lines:?}");
+    }
+    assert!(lines[2].contains(EVIL_URI_SHOWN), "{lines:?}");
+
+    // In a pipe: no colour, so no control character at all.
+    let mut tail = kc.spawn(&["tail", "-o", "wide"]);
+    let lines = [tail.line().await, tail.line().await];
+    assert!(lines[1].contains(EVIL_NAME_SHOWN), "{lines:?}");
+    assert_eq!(controls(&lines.concat()), "", "{lines:?}");
+    drop(tail);
+
+    // JSON and YAML are exact: the original strings, byte for byte.
+    let (code, json, err) = kc.run(&["who", EVIL_NAME, "-o", "json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let events: Vec<Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(ids(&events), ["evil-name"]);
+    let exact = |ev: &Value| {
+        for field in ["objectRef", "user", "userAgent", "requestURI"] {
+            assert_eq!(ev[field], named[field], "{field}");
+        }
+    };
+    exact(&events[0]);
+    let (code, yaml, err) = kc.run(&["who", EVIL_NAME, "-o", "yaml"]).await;
+    assert_eq!(code, 0, "{err}");
+    let yaml: Vec<Value> = serde_saphyr::from_str_multiple(&yaml).unwrap();
+    assert_eq!(yaml, events);
+    let mut tail = kc.spawn(&["tail", "--all-events", "--context", "admin", "-o", "json"]);
+    let held = tail.events(2).await;
+    exact(&held[0]);
+    assert_eq!(held[1]["requestURI"], EVIL_URI);
+}
+
+/// A server on loopback, in plain HTTP, that answers each request with what `answer`
+/// makes of its request line (a status code and a JSON body), then closes the
+/// connection: just enough of a server to say what a real one would not.
+async fn scripted(answer: impl Fn(&str) -> (u16, Value) + Send + Sync + 'static) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = conn.into_split();
+                let mut lines = BufReader::new(read).lines();
+                let Ok(Some(request)) = lines.next_line().await else {
+                    return;
+                };
+                // The headers, to the empty line: the plugin's GETs have no body.
+                while let Ok(Some(header)) = lines.next_line().await {
+                    if header.is_empty() {
+                        break;
+                    }
+                }
+                let (code, body) = answer(&request);
+                let body = format!("{body}\n");
+                let head = format!(
+                    "HTTP/1.1 {code} Scripted\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = write.write_all(head.as_bytes()).await;
+                let _ = write.write_all(body.as_bytes()).await;
+                let _ = write.shutdown().await;
+            });
+        }
+    });
+    url
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "code": code, "reason": reason, "message": message,
+    })
+}
+
+#[tokio::test]
+async fn control_characters_in_the_servers_messages_never_reach_the_terminal() {
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca.path(), support::pki::Ca::new("unused").pem()).unwrap();
+    let kc = |url: &str| Kubeconfig::new(url, ca.path(), &[("alice", ALICE_TOKEN, Some("team-a"))]);
+
+    // A refusal whose reason and message hold escapes, and a line break that would pass
+    // off the rest as the plugin's own line.
+    let refusing = scripted(|_| {
+        (
+            403,
+            status(
+                403,
+                "Forbidden\u{1b}[2J",
+                "no\u{1b}]0;owned\u{7} way\u{9b}H\nCheck with: rm -rf ~",
+            ),
+        )
+    })
+    .await;
+    let (code, out, err) = kc(&refusing).run(&["who", "cm"]).await;
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert_eq!(
+        err,
+        "Error from server (Forbidden^[[2J): no^[]0;owned^G way\\u009bH\\nCheck with: rm -rf ~\n\
+         Check with: kubectl auth can-i list namespacedevents.audit.k8s.io -n team-a\n"
+    );
+
+    // A server error, which ends `who` as an unreachable server does (a 500: kube's client
+    // retries a 503 for many minutes before the plugin hears of it).
+    let failing = scripted(|_| (500, status(500, "InternalError", "down\u{1b}[2J\u{7f}"))).await;
+    let (code, _, err) = kc(&failing).run(&["who", "cm"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.ends_with(": 500 Internal Server Error: down^[[2J^?\n"),
+        "{err:?}"
+    );
+    assert_eq!(controls(&err), "", "{err:?}");
+
+    // Errors in a watch: history expired (410), then a failed watch, every time after.
+    let watches = Arc::new(AtomicUsize::new(0));
+    let counted = watches.clone();
+    let watching = scripted(move |request| {
+        if !request.contains("watch=true") {
+            let list = serde_json::json!({
+                "kind": "EventList", "apiVersion": "audit.k8s.io/v1alpha1",
+                "metadata": {"resourceVersion": "5"}, "items": [],
+            });
+            return (200, list);
+        }
+        let error = if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+            status(410, "Expired", "gone\u{1b}[2J\u{85}")
+        } else {
+            status(500, "InternalError", "boom\u{1b}]0;owned\u{7}\r")
+        };
+        (200, serde_json::json!({"type": "ERROR", "object": error}))
+    })
+    .await;
+    // Kept until the end: the plugin reads its kubeconfig after it starts.
+    let watcher = kc(&watching);
+    let tail = watcher.spawn(&["tail", "-o", "json"]);
+    let expired = tail.stderr_line("Watch expired").await;
+    assert!(
+        expired.starts_with(r"Watch expired (410 Gone: gone^[[2J\u0085): "),
+        "{expired:?}"
+    );
+    let interrupted = tail.stderr_line("Watch interrupted").await;
+    assert_eq!(
+        interrupted,
+        r"Watch interrupted (error from server: boom^[]0;owned^G\r); resuming from resourceVersion 5."
+    );
+    assert!(watches.load(Ordering::SeqCst) >= 2);
+    for line in tail.stderr() {
+        assert_eq!(controls(&line), "", "{line:?}");
+    }
+}
+
+#[tokio::test]
+async fn redacted_events_are_marked() {
+    // Redaction is on by default: a Secret's data is replaced at ingest, and the event
+    // carries audit.k8s.io/redacted: "true".
+    let srv = TestServer::start(&[]).await;
+    let kc = alice(&srv);
+    let mut secret: Value = serde_json::from_str(&event_of(
+        "redacted", "team-a", "bob", "create", "secrets", "s", 1,
+    ))
+    .unwrap();
+    secret["level"] = "Request".into();
+    secret["requestObject"] = serde_json::json!({
+        "kind": "Secret", "apiVersion": "v1",
+        "metadata": {"name": "s", "namespace": "team-a"},
+        "data": {"password": "czNjcjN0"},
+    });
+    srv.push_events(&[
+        secret.to_string(),
+        event_of("plain", "team-a", "bob", "delete", "secrets", "s", 2),
+    ])
+    .await;
+    let (code, out, err) = kc.run(&["who", "s"]).await;
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<&str> = out.lines().collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    assert!(
+        rows[1].ends_with("100ms   (redacted: secret values in request/response objects replaced)"),
+        "{out}"
+    );
+    assert!(rows[2].ends_with("100ms"), "{out}");
+    let (code, json, err) = kc.run(&["who", "s", "-o", "json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let first: Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    assert_eq!(first["annotations"]["audit.k8s.io/redacted"], "true");
+    assert_eq!(first["requestObject"]["data"]["password"], "<redacted>");
 }

@@ -461,10 +461,13 @@ impl Outcome {
 }
 
 /// The server's own argv: loopback, a free port, the watchers' token, mTLS ingest.
-fn server_argv(
+/// The server's flags for a run: loopback, `token` for the watchers (user `watcher`),
+/// every pusher of `pki` allowed, AlwaysAllow; then `extra`.
+pub(crate) fn server_argv(
     dir: &Path,
     pki: &client::Pki,
     token: &str,
+    watcher: &str,
     extra: &[String],
 ) -> anyhow::Result<Vec<String>> {
     let write = |name: &str, text: &str| -> anyhow::Result<String> {
@@ -472,10 +475,7 @@ fn server_argv(
         std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
         Ok(p.display().to_string())
     };
-    let token_file = write(
-        "tokens.csv",
-        &format!("{token},loadgen-watcher,uid-loadgen-watcher\n"),
-    )?;
+    let token_file = write("tokens.csv", &format!("{token},{watcher},uid-{watcher}\n"))?;
     let ca_file = write("ingest-ca.crt", &pki.ca_pem)?;
     let names: Vec<&str> = pki.pushers.iter().map(|p| p.name.as_str()).collect();
     let mut argv: Vec<String> = [
@@ -491,10 +491,6 @@ fn server_argv(
         &ca_file,
         "--ingest-allowed-names",
         &names.join(","),
-        // Every watcher is the one loadgen user: the per-user limit would refuse the
-        // scenarios' thousand watches.
-        "--max-watchers-per-user",
-        "5000",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -513,7 +509,11 @@ async fn run_phase(phase: Phase) -> anyhow::Result<Outcome> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let pki = client::Pki::generate(phase.pushers)?;
     let token = format!("{:032x}", fastrand::u128(..));
-    let mut argv = server_argv(dir.path(), &pki, &token, &phase.server_args)?;
+    // Every watcher is the one loadgen user: the per-user limit would refuse the
+    // scenarios' thousand watches.
+    let mut extra = vec!["--max-watchers-per-user".to_owned(), "5000".to_owned()];
+    extra.extend(phase.server_args.iter().cloned());
+    let mut argv = server_argv(dir.path(), &pki, &token, "loadgen-watcher", &extra)?;
     let nats = match phase.nats_replicas {
         Some(_) => {
             let nats = server::NatsProcess::start().await?;

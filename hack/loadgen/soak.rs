@@ -119,7 +119,7 @@ pub async fn run(opts: Opts) -> anyhow::Result<bool> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let pki = client::Pki::generate(PUSHERS)?;
     let token = format!("{:032x}", fastrand::u128(..));
-    let argv = server_argv(dir.path(), &pki, &token)?;
+    let argv = crate::server_argv(dir.path(), &pki, &token, "soak-watcher", &[])?;
     let server = ServerProcess::start(&argv).await?;
     let addr = server.addr;
     println!(
@@ -741,37 +741,4 @@ async fn read_answer<S: tokio::io::AsyncRead + Unpin>(s: &mut S, wait: Duration)
         Ok(Err(_)) => "reset".into(),
         Err(_) => "no answer, left".into(),
     }
-}
-
-/// The server's flags: the load generator's (mTLS pushers, one token, AlwaysAllow).
-fn server_argv(
-    dir: &std::path::Path,
-    pki: &client::Pki,
-    token: &str,
-) -> anyhow::Result<Vec<String>> {
-    let write = |name: &str, text: &str| -> anyhow::Result<String> {
-        let p = dir.join(name);
-        std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
-        Ok(p.display().to_string())
-    };
-    let token_file = write("tokens.csv", &format!("{token},soak-watcher,uid-soak\n"))?;
-    let ca_file = write("ingest-ca.crt", &pki.ca_pem)?;
-    let names: Vec<&str> = pki.pushers.iter().map(|p| p.name.as_str()).collect();
-    Ok([
-        "--bind-address",
-        "127.0.0.1",
-        "--secure-port",
-        "0",
-        "--token-auth-file",
-        &token_file,
-        "--authorization-mode",
-        "AlwaysAllow",
-        "--ingest-client-ca-file",
-        &ca_file,
-        "--ingest-allowed-names",
-        &names.join(","),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect())
 }

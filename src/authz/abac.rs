@@ -158,18 +158,7 @@ mod tests {
 {"apiVersion": "abac.authorization.kubernetes.io/v1beta1", "kind": "Policy", "spec": {"group": "system:authenticated", "readonly": true, "nonResourcePath": "/apis*"}}
 "#;
 
-    fn attrs(user: UserInfo, verb: &str, ns: &str, resource: &str) -> Attributes {
-        Attributes {
-            user: user.into(),
-            verb: verb.into(),
-            namespace: ns.into(),
-            api_group: "audit.k8s.io".into(),
-            api_version: "v1alpha1".into(),
-            resource: resource.into(),
-            resource_request: true,
-            ..Default::default()
-        }
-    }
+    use crate::authz::tests::request as attrs;
 
     fn path(user: UserInfo, verb: &str, path: &str) -> Attributes {
         Attributes {

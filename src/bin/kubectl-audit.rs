@@ -47,7 +47,9 @@ fn main() -> ExitCode {
     })
 }
 
+/// Print `e` and fail. Escaped for the terminal, line by line: an error can quote what the
+/// server or the connection said.
 fn fail(e: impl std::fmt::Display) -> ExitCode {
-    eprintln!("{e}");
+    eprintln!("{}", plugin::print::escape_lines(&e.to_string()));
     ExitCode::FAILURE
 }

@@ -146,6 +146,8 @@ pub struct Settings {
     pub max_event_bytes: usize,
     pub budget: budget::Config,
     pub max_egress_bytes_per_second: u64,
+    /// The share of all watches of one namespace together; a rate of 0: no cap.
+    pub namespace_budget: budget::Config,
     /// Open watches at most, in all and per user.
     pub max_watchers: usize,
     pub max_watchers_per_user: usize,
@@ -315,6 +317,10 @@ impl ServeArgs {
                 burst_bytes: self.stream.watcher_burst_bytes,
             },
             max_egress_bytes_per_second: self.stream.max_egress_bytes_per_second,
+            namespace_budget: budget::Config {
+                bytes_per_second: self.stream.namespace_bytes_per_second,
+                burst_bytes: self.stream.namespace_burst_bytes,
+            },
             max_watchers: self.stream.max_watchers,
             max_watchers_per_user: self.stream.max_watchers_per_user,
             stall_limit: DEFAULT_STALL_LIMIT,

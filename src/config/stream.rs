@@ -151,6 +151,18 @@ pub struct Stream {
     /// watches that have something to send. 0: no server-wide cap.
     #[arg(long, default_value_t = 0)]
     pub max_egress_bytes_per_second: u64,
+    /// Byte budget for all watchers of one namespace together (watches of
+    /// namespaces/NAMESPACE/namespacedevents; cluster-wide ones are not counted), shared
+    /// equally by those that have something to send: however many watchers a team opens,
+    /// together they take no more. Over it, events are sent truncated, then dropped (and
+    /// the watcher told), as over a watcher's own budget. 0: no cap.
+    #[arg(long, default_value_t = 0)]
+    pub namespace_bytes_per_second: u64,
+    /// Bytes all watchers of one namespace together may receive at once above its rate,
+    /// split among them (at least 64 KiB each). At least --max-event-bytes; required with
+    /// --namespace-bytes-per-second.
+    #[arg(long, default_value_t = 0)]
+    pub namespace_burst_bytes: u64,
     /// Events larger than this reach every watcher truncated (kube-apiserver's truncate
     /// backend default).
     #[arg(long, default_value_t = 100 * 1024)]
@@ -183,6 +195,33 @@ impl Stream {
                 "--watcher-burst-bytes",
                 "must be > 0 while --watcher-bytes-per-second is set (0 there means unlimited)",
             ));
+        }
+        match (self.namespace_bytes_per_second, self.namespace_burst_bytes) {
+            (0, 0) => {}
+            (0, _) => {
+                return Err(err(
+                    "--namespace-burst-bytes",
+                    "only used with --namespace-bytes-per-second",
+                ));
+            }
+            (_, 0) => {
+                return Err(err(
+                    "--namespace-burst-bytes",
+                    "must be > 0 while --namespace-bytes-per-second is set",
+                ));
+            }
+            // Below that, an event as large as ingest lets through could never reach a
+            // namespace's watcher whole, even its only one, in a namespace quiet for hours.
+            (_, burst) if burst < self.max_event_bytes as u64 => {
+                return Err(err(
+                    "--namespace-burst-bytes",
+                    format!(
+                        "must be at least --max-event-bytes ({}), so that one event fits whole",
+                        self.max_event_bytes
+                    ),
+                ));
+            }
+            _ => {}
         }
         Ok(())
     }

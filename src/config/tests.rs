@@ -143,10 +143,64 @@ fn bad_flags_name_the_flag() {
             "--nats-creds-file:",
         ),
         (vec!["--dev", "--nats-ca-file=ca.pem"], "--nats-ca-file:"),
+        (
+            vec!["--dev", "--namespace-burst-bytes", "1000000"],
+            "--namespace-burst-bytes: only used with --namespace-bytes-per-second",
+        ),
+        (
+            vec!["--dev", "--namespace-bytes-per-second", "1000000"],
+            "--namespace-burst-bytes: must be > 0",
+        ),
+        (
+            vec![
+                "--dev",
+                "--namespace-bytes-per-second",
+                "1000000",
+                "--namespace-burst-bytes",
+                "50000",
+            ],
+            "--namespace-burst-bytes: must be at least --max-event-bytes (102400)",
+        ),
+        (
+            vec!["--dev", "--namespace-bytes-per-second=lots"],
+            "error: invalid value 'lots' for '--namespace-bytes-per-second",
+        ),
     ] {
         let e = serve(&args).unwrap_err();
         assert!(e.starts_with(flag), "{args:?}: {e}");
     }
+}
+
+#[test]
+fn the_namespace_budget_is_off_unless_asked() {
+    let off = serve(&["--dev"]).unwrap().namespace_budget;
+    assert_eq!(off.bytes_per_second, 0, "no cap by default");
+    let s = serve(&[
+        "--dev",
+        "--namespace-bytes-per-second",
+        "2000000",
+        "--namespace-burst-bytes",
+        "4000000",
+    ])
+    .unwrap();
+    assert_eq!(
+        s.namespace_budget,
+        budget::Config {
+            bytes_per_second: 2_000_000,
+            burst_bytes: 4_000_000,
+        }
+    );
+    // A smaller --max-event-bytes lowers the smallest burst with it.
+    serve(&[
+        "--dev",
+        "--namespace-bytes-per-second",
+        "1000",
+        "--namespace-burst-bytes",
+        "2000",
+        "--max-event-bytes",
+        "2000",
+    ])
+    .unwrap();
 }
 
 #[test]

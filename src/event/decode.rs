@@ -571,15 +571,10 @@ fn decode_event<'a>(
     // Annotations: ours set, sorted by key as Go's encoder writes a map; a repeated key
     // keeps its last value, as a map would. A pushed `redacted` is never kept: only this
     // server says what it redacted.
-    let ours: Vec<(&str, &str)> = [
-        (!redacted.is_empty()).then_some((REDACTED_ANNOTATION, "true")),
-        (!ctx.source.is_empty()).then_some((SOURCE_ANNOTATION, ctx.source)),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+    let redacted_pair = (!redacted.is_empty()).then_some((REDACTED_ANNOTATION, "true"));
+    let source_pair = (!ctx.source.is_empty()).then_some((SOURCE_ANNOTATION, ctx.source));
     annotations.retain(|(key, _)| {
-        key.0 != REDACTED_ANNOTATION && !ours.iter().any(|(ours, _)| key.0 == *ours)
+        key.0 != REDACTED_ANNOTATION && (source_pair.is_none() || key.0 != SOURCE_ANNOTATION)
     });
     annotations.sort_by(|a, b| a.0.0.cmp(&b.0.0));
     annotations.dedup_by(|later, earlier| {
@@ -589,17 +584,20 @@ fn decode_event<'a>(
         }
         same
     });
-    // Both sorted: merged in one pass (ours sorts by key too).
-    let mut pushed = annotations.iter().map(|(k, v)| (&*k.0, &*v.0)).peekable();
-    let mut own = ours.iter().copied().peekable();
-    let merged = std::iter::from_fn(|| match (pushed.peek(), own.peek()) {
-        (Some(p), Some(o)) if p.0 < o.0 => pushed.next(),
-        (_, Some(_)) => own.next(),
-        (Some(_), None) => pushed.next(),
-        (None, None) => None,
-    });
+    // Ours go where they sort (`redacted` < `source`): no allocation, per event.
+    let before_redacted = annotations.partition_point(|(key, _)| &*key.0 < REDACTED_ANNOTATION);
+    let before_source = annotations.partition_point(|(key, _)| &*key.0 < SOURCE_ANNOTATION);
+    let pairs = annotations.iter().map(|(k, v)| (&*k.0, &*v.0));
+    let merged = pairs
+        .clone()
+        .take(before_redacted)
+        .chain(redacted_pair)
+        .chain(pairs.clone().take(before_source).skip(before_redacted))
+        .chain(source_pair)
+        .chain(pairs.skip(before_source));
+    let ours_empty = redacted_pair.is_none() && source_pair.is_none();
     let mut edit = None;
-    if annotations.is_empty() && ours.is_empty() {
+    if annotations.is_empty() && ours_empty {
         let at = out.len();
         edit = Some((at..at, Edit::AddAnnotations));
     } else {

@@ -17,7 +17,7 @@ use tokio_util::io::StreamReader;
 
 use super::Error;
 use super::cli::KubeFlags;
-use super::print::Item;
+use super::print::{Item, escape_terminal};
 use crate::event::{DROPPED_ANNOTATION, GROUP_VERSION};
 
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
@@ -153,10 +153,16 @@ impl Api {
     }
 
     /// The error a refusal ends the plugin with: the server's message, as kubectl prints
-    /// it, and for 401 and 403 the line that checks the permission.
+    /// it, and for 401 and 403 the line that checks the permission. The server's words are
+    /// escaped for the terminal (a line break in them too, so that the lines after the
+    /// first are the plugin's).
     pub fn refused(&self, status: &Status) -> Error {
-        let reason = status.reason.as_deref().filter(|r| !r.is_empty());
-        let message = status.message.as_deref().unwrap_or("(no message)");
+        let reason = status
+            .reason
+            .as_deref()
+            .filter(|r| !r.is_empty())
+            .map(escape_terminal);
+        let message = escape_terminal(status.message.as_deref().unwrap_or("(no message)"));
         let mut out = match reason {
             Some(r) => format!("Error from server ({r}): {message}"),
             None => format!("Error from server: {message}"),
@@ -295,7 +301,7 @@ impl Api {
         if code.is_server_error() || code == http::StatusCode::TOO_MANY_REQUESTS {
             return Err(ApiFailure::Transport(format!(
                 "{code}: {}",
-                status.message.as_deref().unwrap_or_default()
+                escape_terminal(status.message.as_deref().unwrap_or_default())
             )));
         }
         Err(ApiFailure::Refused(Box::new(status)))

@@ -15,7 +15,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use api::{Api, ApiFailure, Scope};
 use cli::{Cli, Command, TailArgs, WhoArgs};
-use print::Printer;
+use print::{Printer, escape_terminal};
 
 /// Why the plugin stopped before its work was done; `main` prints it and exits 1.
 #[derive(Debug, thiserror::Error)]
@@ -235,7 +235,7 @@ async fn resume_after_gone(
     );
     eprintln!(
         "Watch expired (410 Gone: {}): {skipped}; going on from there.",
-        status.message.as_deref().unwrap_or("Expired")
+        escape_terminal(status.message.as_deref().unwrap_or("Expired"))
     );
     let rv = api
         .list(selector, |page| {
@@ -309,9 +309,11 @@ impl Follow {
         }
     }
 
-    /// One line per outage, not one per retry.
+    /// One line per outage, not one per retry. `e` may quote the server (its error
+    /// message), so it is escaped here, the one place every such message passes.
     fn lost(&mut self, e: &str, rv: u64) {
         if !self.outage {
+            let e = escape_terminal(e);
             eprintln!("Watch interrupted ({e}); resuming from resourceVersion {rv}.");
             self.outage = true;
         }

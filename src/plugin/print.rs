@@ -1,9 +1,14 @@
 //! How `kubectl audit` prints events: an aligned table (colours by verb and code only on a
 //! terminal), `-o wide` with more columns, `-o json` one event per line exactly as the
 //! server sent it, `-o yaml` one document per event. Messages about the stream itself go
-//! to stderr, so stdout stays the events alone.
+//! to stderr, so stdout stays the events alone. Every string of an event, and of a server's
+//! answer, reaches a person's terminal only through `escape_terminal`: anyone who can make
+//! a request names what the audit log records (a path, a user agent), and a terminal obeys
+//! the control sequences in what it is sent.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 
 use anstyle::{AnsiColor, Style};
@@ -11,7 +16,52 @@ use k8s_openapi::jiff::Timestamp;
 use serde::Deserialize;
 
 use super::cli::Output;
-use crate::event::{SOURCE_ANNOTATION, TRUNCATED_ANNOTATION};
+use crate::event::{REDACTED_ANNOTATION, SOURCE_ANNOTATION, TRUNCATED_ANNOTATION};
+
+/// `s` as it may be shown on a terminal: every control character (C0, DEL, C1) spelled
+/// out in printable characters, everything else as it is. kubectl's printers write ESC as
+/// `^[` and CR as `\r` (its fix for CVE-2021-25743); those two are spelled the same way
+/// here. kubectl passes the other controls through, which still lets a string ring the
+/// bell, backspace over a column, start a C1 CSI (U+009B) or break a row with a newline,
+/// so they are spelled too: the other C0 controls and DEL in the same caret notation as
+/// ESC (`^G`, `^?`), newline and tab as `\n` and `\t` like CR, and C1 controls as
+/// `\u009b`, as a JSON string may spell them. Like kubectl's, it cannot be undone (a name
+/// may hold a literal `^[`): `-o json` is the exact form.
+pub fn escape_terminal(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\x1b' => out.push_str("^["),
+            '\r' => out.push_str("\\r"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            // ^@ for NUL to ^_ for US: the character 64 places on.
+            '\0'..='\x1f' => {
+                out.push('^');
+                out.push(char::from(c as u8 + b'@'));
+            }
+            '\x7f' => out.push_str("^?"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A message of several lines for stderr: each line escaped, the line breaks kept (a
+/// message's own lines are the plugin's; a server's text in it was escaped where it was
+/// put in, line breaks and all).
+pub fn escape_lines(s: &str) -> String {
+    s.split('\n')
+        .map(escape_terminal)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
 /// One event: the object as the server sent it, and the fields the table reads.
 #[derive(Debug, Clone)]
@@ -112,7 +162,15 @@ impl EventView {
             .is_some_and(|v| v == "true")
     }
 
-    /// The cells of a table row, `wide` adding the last four.
+    /// Whether the server replaced secret values in its request/response objects.
+    pub fn redacted(&self) -> bool {
+        self.annotations
+            .get(REDACTED_ANNOTATION)
+            .is_some_and(|v| v == "true")
+    }
+
+    /// The cells of a table row, `wide` adding the last four, each escaped for the
+    /// terminal (before the columns' widths are measured, so escaped cells stay aligned).
     fn cells(&self, wide: bool) -> Vec<String> {
         let time = match self.time() {
             Some(t) => format!("{t:.0}"),
@@ -159,6 +217,11 @@ impl EventView {
                 self.audit_id.clone(),
             ]);
         }
+        for cell in &mut cells {
+            if let Cow::Owned(escaped) = escape_terminal(cell) {
+                *cell = escaped;
+            }
+        }
         cells
     }
 }
@@ -178,6 +241,10 @@ const WIDE_HEADERS: [&str; 4] = ["STAGE", "SOURCE IPS", "USER AGENT", "AUDIT ID"
 /// UUID): a tail that starts with nothing held prints its header before any row, and
 /// live rows should line up under it.
 const MIN_WIDTHS: [usize; 12] = [20, 11, 14, 6, 10, 20, 4, 7, 16, 12, 16, 36];
+/// What ends the row of an event the server cut or redacted (the JSON and YAML carry the
+/// annotation itself).
+const TRUNCATED_MARK: &str = "(truncated: request/response objects left out)";
+const REDACTED_MARK: &str = "(redacted: secret values in request/response objects replaced)";
 /// Columns are kubectl's distance apart.
 const GAP: &str = "   ";
 /// Where the verb and the code are in a row.
@@ -300,11 +367,18 @@ impl Printer {
             styles[CODE_COLUMN] = code_style(view.response_status.code);
         }
         self.line(out, cells, &styles);
-        if view.truncated() {
+        let marks = [
+            (view.truncated(), TRUNCATED_MARK),
+            (view.redacted(), REDACTED_MARK),
+        ];
+        if marks.iter().any(|(on, _)| *on) {
             // After the last column, so the columns stay aligned.
             out.pop();
-            out.extend_from_slice(GAP.as_bytes());
-            out.extend_from_slice(b"(truncated: request/response objects left out)\n");
+            for (_, mark) in marks.iter().filter(|(on, _)| *on) {
+                out.extend_from_slice(GAP.as_bytes());
+                out.extend_from_slice(mark.as_bytes());
+            }
+            out.push(b'\n');
         }
     }
 
@@ -457,6 +531,147 @@ mod tests {
                 .ends_with("12ms   (truncated: request/response objects left out)"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn redacted_events_say_so() {
+        let redacted = EVENT.replace(
+            r#""annotations":{"#,
+            r#""annotations":{"audit.k8s.io/redacted":"true","#,
+        );
+        let text = render(Output::Table, false, &[&redacted]);
+        assert!(
+            text.lines()
+                .nth(1)
+                .unwrap()
+                .ends_with("12ms   (redacted: secret values in request/response objects replaced)"),
+            "{text}"
+        );
+        let both = redacted.replace(
+            r#""annotations":{"#,
+            r#""annotations":{"audit.k8s.io/truncated":"true","#,
+        );
+        let text = render(Output::Wide, true, &[&both]);
+        assert!(
+            text.lines().nth(1).unwrap().ends_with(
+                "   a   (truncated: request/response objects left out)   (redacted: secret values in request/response objects replaced)"
+            ),
+            "{text}"
+        );
+        assert!(!Item::new(EVENT).unwrap().view.redacted());
+        let not = EVENT.replace(
+            r#""annotations":{"#,
+            r#""annotations":{"audit.k8s.io/redacted":"false","#,
+        );
+        assert!(!render(Output::Table, false, &[&not]).contains("redacted"));
+    }
+
+    #[test]
+    fn escape_spells_out_every_control_character() {
+        // kubectl's two.
+        assert_eq!(escape_terminal("a\x1b[2Jb"), "a^[[2Jb");
+        assert_eq!(escape_terminal("a\rb"), "a\\rb");
+        // The rest of C0, DEL, and C1.
+        assert_eq!(
+            escape_terminal("\0\x01\x07\x08\x0b\x0c\x1f"),
+            "^@^A^G^H^K^L^_"
+        );
+        assert_eq!(escape_terminal("x\ny\tz"), "x\\ny\\tz");
+        assert_eq!(escape_terminal("\x7f"), "^?");
+        assert_eq!(
+            escape_terminal("\u{80}\u{85}\u{9b}31m\u{9d}\u{9f}"),
+            "\\u0080\\u0085\\u009b31m\\u009d\\u009f"
+        );
+        // An OSC that would retitle the window, and a CSI that would clear it.
+        assert_eq!(
+            escape_terminal("\x1b]0;owned\x07\x1b[H\x1b[2J"),
+            "^[]0;owned^G^[[H^[[2J"
+        );
+        // Everything else, as it is, and without a copy.
+        for plain in [
+            "",
+            "team-a/cm",
+            "system:serviceaccount:kube-system:x",
+            "é ü ✓ 日本 \u{a0}\u{200b}",
+        ] {
+            assert!(matches!(escape_terminal(plain), Cow::Borrowed(p) if p == plain));
+        }
+        // Every control character, and no other, is spelled out.
+        for c in (0..=0x10ffff).filter_map(char::from_u32) {
+            let s = c.to_string();
+            let e = escape_terminal(&s);
+            assert_eq!(c.is_control(), e != s, "{c:?}");
+            assert!(!e.chars().any(char::is_control), "{c:?}: {e:?}");
+        }
+        assert_eq!(escape_lines("one\x1b[2J\ntwo\r"), "one^[[2J\ntwo\\r");
+    }
+
+    #[test]
+    fn tables_print_the_escaped_form_and_stay_aligned() {
+        let evil = "cm\x1b[2J\x1b]0;owned\x07\rx\u{9b}1m\x7f\n\ty";
+        let mut v: serde_json::Value = serde_json::from_str(EVENT).unwrap();
+        v["objectRef"]["name"] = evil.into();
+        v["user"]["username"] = "bob\x1b[5m\0".into();
+        v["verb"] = "del\x1bete".into();
+        v["userAgent"] = "curl\x08\x08\x08\x08kubectl".into();
+        v["auditID"] = "\u{85}id".into();
+        v["sourceIPs"] = serde_json::json!(["10.0.0.1\r"]);
+        v["annotations"]["audit.k8s.io/source"] = "api\x1bserver".into();
+        let raw = v.to_string();
+        for colour in [false, true] {
+            let text = render(Output::Wide, colour, &[&raw, EVENT]);
+            let lines: Vec<&str> = text.lines().collect();
+            assert_eq!(lines.len(), 3, "{text:?}");
+            let row = lines[1];
+            for shown in [
+                "team-a/cm^[[2J^[]0;owned^G\\rx\\u009b1m^?\\n\\ty",
+                "bob^[[5m^@",
+                "del^[ete",
+                "curl^H^H^H^Hkubectl",
+                "\\u0085id",
+                "10.0.0.1\\r",
+                "api^[server",
+            ] {
+                assert!(row.contains(shown), "{shown}: {row:?}");
+            }
+            // Besides the plugin's own colours, no control character; the columns line up.
+            let plain = if colour {
+                let red = AnsiColor::Red.on_default();
+                let cyan = AnsiColor::Cyan.on_default();
+                let green = AnsiColor::Green.on_default();
+                [red, cyan, green].iter().fold(text.clone(), |t, s| {
+                    t.replace(&s.to_string(), "").replace(&format!("{s:#}"), "")
+                })
+            } else {
+                text.clone()
+            };
+            assert!(
+                !plain.chars().any(|c| c.is_control() && c != '\n'),
+                "{plain:?}"
+            );
+            // Every column starts where its header does, after a space.
+            let plain_lines: Vec<Vec<char>> = plain.lines().map(|l| l.chars().collect()).collect();
+            let header: String = plain_lines[0].iter().collect();
+            for name in Printer::headers(Output::Wide) {
+                let at = header[..header.find(name).unwrap()].chars().count();
+                for line in &plain_lines[1..] {
+                    assert!(
+                        at == 0 || (line[at - 1] == ' ' && line[at] != ' '),
+                        "{name}: {plain}"
+                    );
+                }
+            }
+        }
+        // JSON stays the object as sent; YAML parses back to it.
+        assert_eq!(render(Output::Json, true, &[&raw]), format!("{raw}\n"));
+        let yaml = render(Output::Yaml, true, &[&raw]);
+        // YAML's double-quoted escapes keep it valid, and the terminal safe.
+        assert!(
+            !yaml.chars().any(|c| c.is_control() && c != '\n'),
+            "{yaml:?}"
+        );
+        let back: Vec<serde_json::Value> = serde_saphyr::from_str_multiple(&yaml).unwrap();
+        assert_eq!(back, [v]);
     }
 
     #[test]

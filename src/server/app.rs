@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::authn::{self, SharedAuthConfig, delegated};
 use crate::authz::{self, AlwaysAllowPaths, Authorizer};
-use crate::budget::{self, EgressShare};
+use crate::budget::{self, EgressShare, NamespaceShares};
 use crate::bus::Bus;
 use crate::config::{AuthzSettings, ConnectionLimits, Granularity, Settings};
 use crate::discovery::Discovery;
@@ -90,6 +90,8 @@ pub(super) struct Inner {
     pub(super) budget: budget::Config,
     /// The server-wide egress cap, if any, shared by every watch's budget.
     pub(super) egress: Option<Arc<EgressShare>>,
+    /// The namespaces' shares, if capped: watches of one namespace share one.
+    pub(super) namespaces: Option<Arc<NamespaceShares>>,
     pub(super) lag_bytes: usize,
     pub(super) recheck_interval: Duration,
     pub(super) granularity: Granularity,
@@ -195,6 +197,7 @@ impl App {
                 budget: settings.budget,
                 egress: (settings.max_egress_bytes_per_second > 0)
                     .then(|| EgressShare::new(settings.max_egress_bytes_per_second)),
+                namespaces: NamespaceShares::new(settings.namespace_budget),
                 // A watcher with half its queue's byte cap waiting is falling behind:
                 // it gets truncated events until it catches up.
                 lag_bytes: settings.bus.subscriber_queue_bytes / 2,

@@ -360,10 +360,18 @@ impl App {
         let access = self
             .resource_check(&attrs)
             .map(|check| Access::new(check, app.recheck_interval));
+        // Only a watch of one namespace is held to that namespace's share: a cluster-wide
+        // watch is not one namespace's, and a LIST is one answer, bounded by the window,
+        // not a stream that a budget paces (no watcher's budget applies to it either).
+        let namespace = match (&scope, &app.namespaces) {
+            (Scope::Namespace(ns), Some(shares)) => Some(shares.get(ns)),
+            _ => None,
+        };
         let ctx = watch::WatchCtx {
             access,
             recheck: Some((recheck, app.recheck_interval)),
-            budget: Budget::new(app.budget, app.egress.clone(), tokio::time::Instant::now()),
+            budget: Budget::new(app.budget, app.egress.clone(), tokio::time::Instant::now())
+                .in_namespace(namespace),
             lag_bytes: app.lag_bytes,
             guard: app.metrics.watch_started(resource),
             format,

@@ -350,14 +350,22 @@ impl WatchBody {
             let truncated_len =
                 (shrinks && p.event.can_truncate()).then(|| self.line_len(&p, true));
             let lagging = self.taken_bytes > self.lag_bytes;
-            let truncated = match self.budget.admit(full, truncated_len, lagging, now) {
+            let verdict = self.budget.admit(full, truncated_len, lagging, now);
+            // Dropped or truncated alike, the client is told the same way; the namespace's
+            // share is counted apart so that an operator can tell it from the watcher's own.
+            let by_namespace = u64::from(self.budget.limited_by_namespace());
+            let truncated = match verdict {
                 Verdict::Drop => {
                     self.dropped_budget += 1;
                     self.counts.dropped_budget += 1;
+                    self.counts.namespace_dropped += by_namespace;
                     continue;
                 }
                 Verdict::Full => false,
-                Verdict::Truncated => true,
+                Verdict::Truncated => {
+                    self.counts.namespace_truncated += by_namespace;
+                    true
+                }
             };
             if self.dropped_budget > 0 || self.sub.has_taken_drops() {
                 self.report_drops(frame, now);
@@ -544,6 +552,8 @@ impl Drop for WatchBody {
             dropped = t.dropped_budget + t.dropped_queue_full,
             dropped_budget = t.dropped_budget,
             dropped_queue_full = t.dropped_queue_full,
+            namespace_truncated = t.namespace_truncated,
+            namespace_dropped = t.namespace_dropped,
             reason = %self
                 .end
                 .unwrap_or(if self.in_poll {

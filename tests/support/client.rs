@@ -240,6 +240,24 @@ impl Client {
         self.watch_with(path, &[]).await
     }
 
+    /// Open a watch as one more stream of the HTTP/2 connection `conn` (see
+    /// `http2_connection`); panics unless the answer is 200.
+    pub async fn watch_on(
+        &self,
+        conn: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+        path: &str,
+    ) -> WatchReader {
+        let resp = conn
+            .send_request(self.request(Method::GET, path, &[], Bytes::new()))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "watch {path}");
+        WatchReader {
+            body: resp.into_body(),
+            buf: BytesMut::new(),
+        }
+    }
+
     /// Open a watch with extra request headers (an `Accept` for Tables, say).
     pub async fn watch_with(&self, path: &str, headers: &[(&str, &str)]) -> WatchReader {
         let resp = self.send(Method::GET, path, headers, Bytes::new()).await;
