@@ -739,7 +739,10 @@ enum ShareError {
 /// Made as the stream a key-value bucket is (`KV_<bucket>` on `$KV.<bucket>.>`, one value
 /// a key), not with `create_key_value`: that first reads the account's JetStream info,
 /// whose NATS 2.9 form the client cannot parse.
-async fn open_bucket(js: &jetstream::Context, bucket: &str) -> Result<(kv::Store, bool), ShareError> {
+async fn open_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+) -> Result<(kv::Store, bool), ShareError> {
     if let Ok(store) = js.get_key_value(bucket).await {
         return Ok((store, false));
     }
@@ -773,7 +776,9 @@ async fn open_bucket(js: &jetstream::Context, bucket: &str) -> Result<(kv::Store
     // Made now, or by another replica first.
     match js.get_key_value(bucket).await {
         Ok(store) => Ok((store, made.is_ok())),
-        Err(e) => Err(ShareError::Bucket(made.err().unwrap_or_else(|| e.to_string()))),
+        Err(e) => Err(ShareError::Bucket(
+            made.err().unwrap_or_else(|| e.to_string()),
+        )),
     }
 }
 
