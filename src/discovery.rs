@@ -15,7 +15,11 @@ use crate::event::{API_GROUP, API_VERSION, GROUP_VERSION, KIND};
 pub const EVENTS: &str = "events";
 /// Namespaced resource: the events whose `objectRef.namespace` is the namespace.
 pub const NAMESPACED_EVENTS: &str = "namespacedevents";
-/// Verbs served on both resources.
+/// Cluster-wide resource: one object per pusher identity (`kind: Source`), read-only.
+pub const SOURCES: &str = "sources";
+/// The kind of `sources`' objects.
+pub const SOURCE_KIND: &str = "Source";
+/// Verbs served on every resource.
 pub const VERBS: [&str; 3] = ["get", "list", "watch"];
 
 const JSON: &str = "application/json";
@@ -28,9 +32,10 @@ const JSON: &str = "application/json";
 pub const NAMESPACED_KIND: &str = "NamespacedEvent";
 
 /// The resources we serve: (name, singular, namespaced, kind in discovery).
-const RESOURCES: [(&str, &str, bool, &str); 2] = [
+const RESOURCES: [(&str, &str, bool, &str); 3] = [
     (EVENTS, "event", false, KIND),
     (NAMESPACED_EVENTS, "namespacedevent", true, NAMESPACED_KIND),
+    (SOURCES, "source", false, SOURCE_KIND),
 ];
 
 /// Pre-serialised documents.
@@ -236,6 +241,9 @@ mod tests {
         assert_eq!(res["resources"][0]["namespaced"], false);
         assert_eq!(res["resources"][1]["name"], "namespacedevents");
         assert_eq!(res["resources"][1]["namespaced"], true);
+        assert_eq!(res["resources"][2]["name"], "sources");
+        assert_eq!(res["resources"][2]["kind"], "Source");
+        assert_eq!(res["resources"][2]["namespaced"], false);
         assert_eq!(
             res["resources"][1]["verbs"],
             serde_json::json!(["get", "list", "watch"])
@@ -266,7 +274,7 @@ mod tests {
         );
         // Parsed back into kube-core's own types.
         let parsed: agg::APIGroupDiscoveryList = serde_json::from_slice(&doc.body).unwrap();
-        assert_eq!(parsed.items[0].versions[0].resources.len(), 2);
+        assert_eq!(parsed.items[0].versions[0].resources.len(), 3);
 
         let beta = d
             .document("/apis", Some("application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json"))

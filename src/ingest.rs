@@ -21,6 +21,7 @@ use crate::event::{self, Event, Redaction, Rule};
 use crate::metrics::{self, Metrics};
 use crate::nats::{self, Nats};
 use crate::response::{self, Body};
+use crate::sources::{Push, Sources};
 use crate::status::ApiError;
 use crate::tls::Peer;
 
@@ -339,6 +340,8 @@ pub struct Ingest {
     pub recent: RecentBatches,
     /// Stored or duplicate, counted for the memory bus as NATS counts its messages.
     pub published: metrics::Published,
+    /// Each source's pushes, accepted and refused (`sources.audit.k8s.io`).
+    pub sources: Sources,
 }
 
 impl Ingest {
@@ -349,7 +352,10 @@ impl Ingest {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let credential = crate::authn::presented(req.headers(), peer);
-        let (result, refusal) = match self.push(req, peer).await {
+        // The source, once the pusher is admitted: a push refused before that (no
+        // credentials it believes) is nobody's, and is counted in the metrics only.
+        let mut source = None;
+        let (result, refusal) = match self.push(req, peer, &mut source).await {
             Ok(resp) => (Ok(resp), None),
             Err(Failed::Refused(refusal)) => (Err(refusal.answer()), Some(refusal)),
             Err(Failed::Error(e)) => (Err(e), None),
@@ -358,6 +364,16 @@ impl Ingest {
             .as_ref()
             .map_or_else(|e| e.code_reason().0, |r| r.status());
         self.metrics.ingest_request(code.as_u16());
+        if let (Err(e), Some(source)) = (&result, &source) {
+            let message = e.to_string();
+            self.sources.record(
+                source,
+                Push::Refused {
+                    code: code.as_u16(),
+                    message: &message,
+                },
+            );
+        }
         if let Err(e) = &result {
             let reason = match refusal {
                 // Answered with a bare 401, as kube-apiserver does: the log says which
@@ -380,7 +396,14 @@ impl Ingest {
         result
     }
 
-    async fn push<B>(&self, req: Request<B>, peer: &Peer) -> Result<Response<Body>, Failed>
+    /// `known_source`: set as soon as the push's source is known, so that a refusal after
+    /// that point is counted for it.
+    async fn push<B>(
+        &self,
+        req: Request<B>,
+        peer: &Peer,
+        known_source: &mut Option<String>,
+    ) -> Result<Response<Body>, Failed>
     where
         B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -388,16 +411,15 @@ impl Ingest {
         let started = tokio::time::Instant::now();
         let max_request_bytes = self.max_request_bytes;
         let (parts, body) = req.into_parts();
-        let admitted = admit(&parts, peer, &self.gate, max_request_bytes).and_then(|a| match self
-            .inflight
-            .enter(&a.pusher)
-        {
-            Some(slot) => Ok((a.source, slot)),
-            None => {
-                self.metrics.refused("ingest_inflight");
-                Err(ApiError::TooManyRequests(TOO_MANY.into()).into())
-            }
-        });
+        let admitted = admit(&parts, peer, &self.gate, max_request_bytes, known_source).and_then(
+            |a| match self.inflight.enter(&a.pusher) {
+                Some(slot) => Ok((a.source, slot)),
+                None => {
+                    self.metrics.refused("ingest_inflight");
+                    Err(ApiError::TooManyRequests(TOO_MANY.into()).into())
+                }
+            },
+        );
         let (source, _slot) = match admitted {
             Ok(a) => a,
             Err(e) => {
@@ -454,6 +476,14 @@ impl Ingest {
             && self.recent.seen(key, started)
         {
             self.published.count(true);
+            self.sources.record(
+                &source,
+                Push::Accepted {
+                    events: 0,
+                    duplicate_events: count as u64,
+                    bytes: size as u64,
+                },
+            );
             self.meters.pushed(&label);
             tracing::debug!(%source, events = count, "a webhook retry of a batch already published; not published again");
             return Ok(accepted(count));
@@ -466,13 +496,25 @@ impl Ingest {
             .iter()
             .filter_map(Event::stage_timestamp_micros)
             .collect();
-        match &self.nats {
+        let published = match &self.nats {
             None => {
                 self.bus.publish(decoded.events);
                 self.published.count(false);
+                crate::nats::Published {
+                    events: count as u64,
+                    duplicate_events: 0,
+                }
             }
             Some(nats) => nats.publish(&source, decoded.events).await?,
-        }
+        };
+        self.sources.record(
+            &source,
+            Push::Accepted {
+                events: published.events,
+                duplicate_events: published.duplicate_events,
+                bytes: size as u64,
+            },
+        );
         self.meters.accepted(&label, started, &stages);
         self.metrics.ingest_accepted(&label, count, size);
         Ok(accepted(count))
@@ -544,6 +586,7 @@ fn admit(
     peer: &Peer,
     gate: &Gate,
     max_request_bytes: u64,
+    known_source: &mut Option<String>,
 ) -> Result<Admitted, Failed> {
     if parts.method != Method::POST {
         return Err(ApiError::MethodNotAllowed(format!(
@@ -556,10 +599,13 @@ fn admit(
     if pusher.is_empty() {
         pusher = peer.remote_addr.ip().to_string();
     }
+    // A `?source=` that is refused is counted for the pusher's own name.
+    *known_source = Some(pusher.clone());
     let source = match query_source(parts.uri.query())? {
         Some(s) => s,
         None => pusher.clone(),
     };
+    *known_source = Some(source.clone());
     let declared = parts
         .headers
         .get(http::header::CONTENT_LENGTH)

@@ -11,7 +11,7 @@
 //! L5 server: app (wiring) · router (authn → authz → handler) · accept (TLS, HTTP/1.1, h2)
 //! L4 config: flags → each module's own settings type; only main and server import it
 //! L3 ingest · watch: POST /ingest → bus · bus → WATCH, LIST, GET, Table, budgets
-//! L2 nats · authn · authz · table · metrics: the shared stream; who asks, may they
+//! L2 nats · authn · authz · table · metrics · sources: the shared stream; who asks, may they; each pusher's figures
 //! L1 bus · event · selector · budget · tls · discovery · response: window, fan-out, lines
 //! L0 status · source · logging: know nothing of the crate
 //! ```
@@ -28,6 +28,9 @@
 //! * [`authz`]: may they (`Attributes` and how a request is read into them, `Authorizer`,
 //!   ABAC, always-allow paths).
 //! * [`ingest`]: `POST /ingest`, the audit webhook push.
+//! * [`sources`]: `sources.audit.k8s.io`, one object per pusher identity: what it pushed,
+//!   what was refused or recognised as a retry, whether it is silent; counted per push,
+//!   built once a second, shared between replicas through a NATS key-value bucket.
 //! * [`event`]: decoding an `EventList` in one pass and serialising each event once.
 //! * [`bus`]: resourceVersions, the replay window, fan-out indexed by scope to bounded
 //!   per-subscriber queues.
@@ -37,7 +40,7 @@
 //! * [`watch`]: the read endpoints: the query and its validation, WATCH and WatchList,
 //!   LIST (pages of the window) and GET, the streaming body that batches ready events into
 //!   frames, and the registry of open watches (slots, the sweeper that ends watches whose
-//!   client stopped reading, shutdown).
+//!   client stopped reading, shutdown); LIST, GET and WATCH of `sources` too.
 //! * [`table`]: server-side printing, the `meta.k8s.io` Table kubectl asks for.
 //! * [`budget`]: each watcher's byte budget: send whole, truncated, or drop.
 //! * [`discovery`]: `/apis` documents, legacy and aggregated.
@@ -48,10 +51,10 @@
 //!   where a panic stops.
 //! * [`metrics`]: Prometheus metrics in the app's own registry.
 //! * [`logging`]: the log's format (text or component-base JSON) and `-v` verbosity.
-//! * [`plugin`]: `kubectl audit`, the kubectl plugin (the `kubectl-audit` binary): `tail`
-//!   and `who` through the user's kubeconfig, a client of the API like kubectl, never of
-//!   the server's internals (it shares only the API's names and annotations, and the
-//!   latency format of its Table).
+//! * [`plugin`]: `kubectl audit`, the kubectl plugin (the `kubectl-audit` binary): `tail`,
+//!   `who` and `sources` through the user's kubeconfig, a client of the API like kubectl,
+//!   never of the server's internals (it shares only the API's names and annotations, and
+//!   the latency format of its Table; `sources` prints the server's own Table).
 
 // No unsafe code anywhere in the crate, and it stays so: the compiler refuses it.
 #![forbid(unsafe_code)]
@@ -71,6 +74,7 @@ pub mod response;
 pub mod selector;
 pub mod server;
 pub mod source;
+pub mod sources;
 pub mod status;
 pub mod table;
 pub mod tls;

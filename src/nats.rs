@@ -238,8 +238,10 @@ impl Nats {
     }
 
     /// Publish a decoded batch and wait until JetStream has stored all of it. The events
-    /// reach the local bus, as every other replica's, by the stream.
-    pub async fn publish(&self, source: &str, events: Vec<Event>) -> Result<(), ApiError> {
+    /// reach the local bus, as every other replica's, by the stream. Says how many events
+    /// were new and how many JetStream recognised as a retry (their message was stored
+    /// already).
+    pub async fn publish(&self, source: &str, events: Vec<Event>) -> Result<Published, ApiError> {
         let inner = &*self.inner;
         if let Some(down) = inner.bus.down() {
             return Err(down.into());
@@ -261,7 +263,10 @@ impl Nats {
                 continue;
             };
             if count == MAX_EVENTS_PER_MESSAGE || (count > 0 && payload.len() + len > limit) {
-                acks.push(inner.send(source, std::mem::take(&mut payload)).await?);
+                acks.push((
+                    inner.send(source, std::mem::take(&mut payload)).await?,
+                    count,
+                ));
                 count = 0;
             }
             if payload.is_empty() {
@@ -273,11 +278,18 @@ impl Nats {
             count += 1;
         }
         if count > 0 {
-            acks.push(inner.send(source, payload).await?);
+            acks.push((inner.send(source, payload).await?, count));
         }
-        for ack in acks {
+        let mut published = Published::default();
+        for (ack, count) in acks {
             match ack.await {
-                Ok(ack) => inner.metrics.published.count(ack.duplicate),
+                Ok(ack) => {
+                    inner.metrics.published.count(ack.duplicate);
+                    match ack.duplicate {
+                        true => published.duplicate_events += count as u64,
+                        false => published.events += count as u64,
+                    }
+                }
                 Err(e) => {
                     inner.metrics.publish_errors.inc();
                     return Err(unavailable(&format!(
@@ -286,8 +298,23 @@ impl Nats {
                 }
             }
         }
-        Ok(())
+        Ok(published)
     }
+
+    /// The JetStream context, for the bucket where replicas share their per-source
+    /// figures (`sources`).
+    pub fn jetstream(&self) -> jetstream::Context {
+        self.inner.js.clone()
+    }
+}
+
+/// What `publish` stored.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// Events in messages JetStream stored.
+    pub events: u64,
+    /// Events in messages JetStream recognised as already stored: a retried batch.
+    pub duplicate_events: u64,
 }
 
 fn unavailable(reason: &str) -> ApiError {

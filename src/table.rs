@@ -104,7 +104,7 @@ pub struct Format {
 
 /// One column; `priority` above 0 is shown by `kubectl -o wide` only.
 #[derive(Serialize)]
-struct Column {
+pub struct Column {
     name: &'static str,
     #[serde(rename = "type")]
     kind: &'static str,
@@ -113,7 +113,8 @@ struct Column {
     priority: u8,
 }
 
-const fn column(name: &'static str, description: &'static str, priority: u8) -> Column {
+/// A string column.
+pub const fn column(name: &'static str, description: &'static str, priority: u8) -> Column {
     Column {
         name,
         kind: "string",
@@ -121,6 +122,79 @@ const fn column(name: &'static str, description: &'static str, priority: u8) -> 
         description,
         priority,
     }
+}
+
+/// An integer column.
+pub const fn integer_column(name: &'static str, description: &'static str, priority: u8) -> Column {
+    Column {
+        kind: "integer",
+        ..column(name, description, priority)
+    }
+}
+
+/// The column of the object's name, as kube-apiserver marks it (`format: name`).
+pub const fn name_column(name: &'static str, description: &'static str) -> Column {
+    Column {
+        format: "name",
+        ..column(name, description, 0)
+    }
+}
+
+/// A `columnDefinitions` array.
+pub fn column_definitions(columns: &[Column]) -> Vec<u8> {
+    serde_json::to_vec(columns).unwrap_or_else(|_| b"[]".to_vec())
+}
+
+/// How long ago, as kubectl and kube-apiserver's printers write an age
+/// (k8s.io/apimachinery's `duration.HumanDuration`): "45s", "5m10s", "3h", "12d".
+pub fn human_duration(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    if secs < 120 {
+        return format!("{secs}s");
+    }
+    let minutes = secs / 60;
+    if minutes < 10 {
+        return match secs % 60 {
+            0 => format!("{minutes}m"),
+            s => format!("{minutes}m{s}s"),
+        };
+    }
+    if minutes < 180 {
+        return format!("{minutes}m");
+    }
+    let hours = minutes / 60;
+    if hours < 8 {
+        return match minutes % 60 {
+            0 => format!("{hours}h"),
+            m => format!("{hours}h{m}m"),
+        };
+    }
+    if hours < 48 {
+        return format!("{hours}h");
+    }
+    if hours < 24 * 8 {
+        return match hours % 24 {
+            0 => format!("{}d", hours / 24),
+            h => format!("{}d{h}h", hours / 24),
+        };
+    }
+    if hours < 24 * 365 * 2 {
+        return format!("{}d", hours / 24);
+    }
+    if hours < 24 * 365 * 8 {
+        return match (hours / 24) % 365 {
+            0 => format!("{}y", hours / 24 / 365),
+            d => format!("{}y{d}d", hours / 24 / 365),
+        };
+    }
+    format!("{}y", hours / 24 / 365)
+}
+
+/// A row of a Table built from JSON values: a resource of a few dozen objects
+/// (`sources`), encoded per request rather than kept with each object.
+pub struct ValueRow<'a> {
+    pub cells: serde_json::Value,
+    pub object: &'a serde_json::Value,
 }
 
 /// The columns, in the order of each row's cells.
@@ -411,6 +485,17 @@ impl Format {
             + "]}}\n".len()
     }
 
+    /// A bookmark as a Table without rows, at `resource_version`: for a Table watch of
+    /// `sources`, whose rows are not events and whose bookmarks carry no drop count.
+    pub fn bookmark_without_rows(&self, resource_version: u64) -> Vec<u8> {
+        let mut out = br#"{"type":"BOOKMARK","object":"#.to_vec();
+        open(&mut out, self.version);
+        out.extend_from_slice(itoa::Buffer::new().format(resource_version).as_bytes());
+        out.extend_from_slice(br#""},"columnDefinitions":[],"rows":[]}}"#);
+        out.push(b'\n');
+        out
+    }
+
     /// A bookmark of a Table watch, in kube-apiserver's shape: its watch handler prints
     /// the bookmark object as every other (`asTable`), so the Table has one row, whose
     /// object is the bookmark's metadata (`PartialObjectMetadata`; the bookmark object
@@ -460,6 +545,72 @@ impl Format {
         out.extend_from_slice(br#","rows":["#);
         out.extend_from_slice(&serde_json::to_vec(&row).unwrap_or_default());
         out.extend_from_slice(b"]}}\n");
+        out
+    }
+}
+
+impl Format {
+    /// A whole Table of value rows: a LIST (or GET) of a small resource.
+    pub fn value_table(
+        &self,
+        resource_version: u64,
+        continue_token: Option<&str>,
+        columns: &[u8],
+        rows: &[ValueRow<'_>],
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        open(&mut out, self.version);
+        out.extend_from_slice(itoa::Buffer::new().format(resource_version).as_bytes());
+        out.push(b'"');
+        if let Some(token) = continue_token {
+            out.extend_from_slice(br#","continue":"#);
+            out.extend_from_slice(&serde_json::to_vec(token).unwrap_or_default());
+        }
+        out.extend_from_slice(br#"},"columnDefinitions":"#);
+        out.extend_from_slice(columns);
+        out.extend_from_slice(br#","rows":"#);
+        let rows: Vec<serde_json::Value> = rows.iter().map(|r| self.value_row(r)).collect();
+        out.extend_from_slice(&serde_json::to_vec(&rows).unwrap_or_else(|_| b"[]".to_vec()));
+        out.push(b'}');
+        out
+    }
+
+    /// A watch line (`kind`: ADDED, MODIFIED, DELETED) whose object is a one-row Table;
+    /// `columns` with the first line of a watch only, as kube-apiserver sends them.
+    pub fn value_watch_line(
+        &self,
+        kind: &str,
+        resource_version: u64,
+        columns: Option<&[u8]>,
+        row: &ValueRow<'_>,
+    ) -> Vec<u8> {
+        let mut out = br#"{"type":"#.to_vec();
+        out.extend_from_slice(&serde_json::to_vec(kind).unwrap_or_default());
+        out.extend_from_slice(br#","object":"#);
+        open(&mut out, self.version);
+        out.extend_from_slice(itoa::Buffer::new().format(resource_version).as_bytes());
+        out.extend_from_slice(br#""},"columnDefinitions":"#);
+        out.extend_from_slice(columns.unwrap_or(b"[]"));
+        out.extend_from_slice(br#","rows":["#);
+        out.extend_from_slice(&serde_json::to_vec(&self.value_row(row)).unwrap_or_default());
+        out.extend_from_slice(b"]}}\n");
+        out
+    }
+
+    /// One value row: the cells and, as `includeObject` asks, the object or its metadata.
+    fn value_row(&self, row: &ValueRow<'_>) -> serde_json::Value {
+        let mut out = serde_json::json!({ "cells": row.cells });
+        match self.include {
+            IncludeObject::None => {}
+            IncludeObject::Metadata => {
+                out["object"] = serde_json::json!({
+                    "kind": "PartialObjectMetadata",
+                    "apiVersion": self.version.api_version(),
+                    "metadata": row.object["metadata"],
+                });
+            }
+            IncludeObject::Object => out["object"] = row.object.clone(),
+        }
         out
     }
 }
@@ -676,6 +827,72 @@ mod tests {
             e.code_reason(),
             (http::StatusCode::NOT_ACCEPTABLE, "NotAcceptable")
         );
+    }
+
+    #[test]
+    fn ages_as_kubectl_prints_them() {
+        let d = std::time::Duration::from_secs;
+        for (secs, want) in [
+            (0, "0s"),
+            (119, "119s"),
+            (120, "2m"),
+            (310, "5m10s"),
+            (1800, "30m"),
+            (3 * 3600 + 60 * 5, "3h5m"),
+            (20 * 3600, "20h"),
+            (3 * 86400 + 3600, "3d1h"),
+            (30 * 86400, "30d"),
+            (3 * 365 * 86400 + 86400, "3y1d"),
+            (10 * 365 * 86400, "10y"),
+        ] {
+            assert_eq!(human_duration(d(secs)), want, "{secs}");
+        }
+    }
+
+    #[test]
+    fn value_tables_and_watch_lines() {
+        let columns = column_definitions(&[name_column("Name", "n"), integer_column("N", "n", 1)]);
+        let object = serde_json::json!({"kind": "Source", "metadata": {"name": "a", "resourceVersion": "5"}});
+        let row = ValueRow {
+            cells: serde_json::json!(["a", 1]),
+            object: &object,
+        };
+        for include in [
+            IncludeObject::None,
+            IncludeObject::Metadata,
+            IncludeObject::Object,
+        ] {
+            let f = Format {
+                version: Version::V1,
+                include,
+            };
+            let t: serde_json::Value = serde_json::from_slice(&f.value_table(
+                5,
+                None,
+                &columns,
+                std::slice::from_ref(&row),
+            ))
+            .unwrap();
+            assert_eq!(t["kind"], "Table");
+            assert_eq!(t["metadata"]["resourceVersion"], "5");
+            assert_eq!(t["columnDefinitions"][0]["format"], "name");
+            assert_eq!(t["columnDefinitions"][1]["type"], "integer");
+            assert_eq!(t["rows"][0]["cells"], serde_json::json!(["a", 1]));
+            match include {
+                IncludeObject::None => assert!(t["rows"][0].get("object").is_none()),
+                IncludeObject::Metadata => {
+                    assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+                    assert_eq!(t["rows"][0]["object"]["metadata"]["name"], "a");
+                }
+                IncludeObject::Object => assert_eq!(t["rows"][0]["object"], object),
+            }
+            let line = f.value_watch_line("MODIFIED", 5, None, &row);
+            assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
+            let l: serde_json::Value = serde_json::from_slice(&line).unwrap();
+            assert_eq!(l["type"], "MODIFIED");
+            assert_eq!(l["object"]["columnDefinitions"], serde_json::json!([]));
+            assert_eq!(l["object"]["rows"][0]["cells"][0], "a");
+        }
     }
 
     #[test]

@@ -53,6 +53,7 @@ const CONTRACT_FLAGS: &[&str] = &[
     "--nats-stream",
     "--nats-ca-file",
     "--nats-creds-file",
+    "--source-silent-after",
     "--dev",
 ];
 

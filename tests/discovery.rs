@@ -37,7 +37,9 @@ async fn discovery_documents() {
             ("events", false, "Event"),
             // A kind of its own in discovery, so that kubectl's resource -> kind ->
             // resource mapping does not turn `events` into `namespacedevents`.
-            ("namespacedevents", true, "NamespacedEvent")
+            ("namespacedevents", true, "NamespacedEvent"),
+            // One object per pushing apiserver.
+            ("sources", false, "Source")
         ]
     );
     assert!(
@@ -83,7 +85,8 @@ async fn aggregated_discovery_by_accept_header() {
         scopes,
         [
             ("events".into(), "Cluster".into()),
-            ("namespacedevents".into(), "Namespaced".into())
+            ("namespacedevents".into(), "Namespaced".into()),
+            ("sources".into(), "Cluster".into())
         ]
     );
 }

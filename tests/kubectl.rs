@@ -188,7 +188,8 @@ async fn kubectl_prints_our_status_errors() {
         .skip(1)
         .map(|l| l.split_whitespace().collect())
         .collect();
-    assert_eq!(rows.len(), 2, "{stdout}");
+    // events, namespacedevents and sources.
+    assert_eq!(rows.len(), 3, "{stdout}");
     for row in rows {
         assert!(row.contains(&"get,list,watch"), "{stdout}");
     }

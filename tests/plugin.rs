@@ -1328,3 +1328,125 @@ async fn redacted_events_are_marked() {
     assert_eq!(first["annotations"]["audit.k8s.io/redacted"], "true");
     assert_eq!(first["requestObject"]["data"]["password"], "<redacted>");
 }
+
+/// `kubectl audit sources`: what `kubectl get sources.audit.k8s.io` prints, from the
+/// server's own Table; `-o wide`, one source by name, JSON lines and YAML; a refusal with
+/// the line that checks the permission.
+#[tokio::test]
+async fn sources_prints_every_pusher_as_kubectl_get_does() {
+    let srv = TestServer::start(&[]).await;
+    let kc = Kubeconfig::new(
+        &srv.url(),
+        &srv.ca_path(),
+        &[
+            ("admin", ADMIN_TOKEN, None),
+            ("alice", ALICE_TOKEN, Some("team-a")),
+        ],
+    );
+    let (code, out, err) = kc.run(&["sources"]).await;
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    assert_eq!(err, "No resources found\n");
+
+    srv.push_events(&[event("s-1", Some("team-a"), "get")])
+        .await;
+    let pusher = srv.client(Some(support::server::PUSH_TOKEN));
+    let body = fixtures::event_list("audit.k8s.io/v1", &[event("s-2", None, "get")]);
+    assert_eq!(pusher.push("?source=apiserver-2", body).await.0, 200);
+    assert_eq!(
+        pusher
+            .push("?source=apiserver-2", "{\"kind\":".to_owned())
+            .await
+            .0,
+        400
+    );
+
+    let (code, out, err) = kc.run(&["sources"]).await;
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| {
+            l.split("   ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        rows[0],
+        ["NAME", "READY", "LAST PUSH", "EVENTS/S", "RETRIES", "AGE"],
+        "{out}"
+    );
+    assert_eq!(rows.len(), 3, "{out}");
+    assert_eq!(rows[1][..2], ["apiserver-1", "True"], "{out}");
+    assert_eq!(rows[2][..2], ["apiserver-2", "True"], "{out}");
+    assert_eq!(rows[2][4], "0", "{out}");
+    // The same rows kubectl prints, column for column.
+    let kubectl = kc
+        .command(Path::new("kubectl"), &["get", "sources.audit.k8s.io"])
+        .output()
+        .await
+        .unwrap();
+    let kubectl_rows: Vec<Vec<String>> = String::from_utf8_lossy(&kubectl.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect();
+    let ours: Vec<Vec<String>> = out
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect();
+    // Ages may have moved on by a second between the two: NAME, READY and RETRIES.
+    let pick = |rows: &[Vec<String>]| -> Vec<(String, String, String)> {
+        rows.iter()
+            .skip(1)
+            .map(|r| (r[0].clone(), r[1].clone(), r[r.len() - 2].clone()))
+            .collect()
+    };
+    assert_eq!(pick(&ours), pick(&kubectl_rows), "{out}");
+
+    let (code, out, err) = kc.run(&["sources", "-o", "wide"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().next().unwrap().ends_with("LAST ERROR"), "{out}");
+    assert!(
+        out.contains("400 the body is not an audit EventList"),
+        "{out}"
+    );
+
+    let (code, out, err) = kc.run(&["sources", "apiserver-2", "-o", "json"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let object: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(object["kind"], "Source");
+    assert_eq!(object["status"]["refusedByCode"][0]["code"], 400);
+    let (code, out, _) = kc.run(&["sources", "-o", "json"]).await;
+    assert_eq!(code, 0);
+    let names: Vec<String> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(names, ["apiserver-1", "apiserver-2"]);
+    let (code, out, _) = kc.run(&["sources", "apiserver-1", "-o", "yaml"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("---\n") && out.contains("kind: Source"),
+        "{out}"
+    );
+
+    let (code, _, err) = kc.run(&["sources", "nope"]).await;
+    assert_eq!(code, 1);
+    assert_eq!(
+        err,
+        "Error from server (NotFound): sources.audit.k8s.io \"nope\" not found\n"
+    );
+    let (code, out, err) = kc.run(&["--context", "alice", "sources"]).await;
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert_eq!(
+        err,
+        "Error from server (Forbidden): sources.audit.k8s.io is forbidden: User \"alice\" cannot list resource \"sources\" in API group \"audit.k8s.io\" at the cluster scope: No policy matched.\n\
+         Check with: kubectl auth can-i list sources.audit.k8s.io --context alice\n"
+    );
+}

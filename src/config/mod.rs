@@ -2,8 +2,8 @@
 //! validation into `Settings`: everything the server needs, checked before it binds.
 //! Each group of flags sits in a file of its own (`serving`, `auth`, `stream`), `--dev`'s
 //! preset in `dev`. Builds each module's own settings type (`bus::Config`,
-//! `ingest::Settings`, `nats::Settings`, `tls::CertSource`); no module below imports this
-//! one. Reads no files; `server::App::new` does.
+//! `ingest::Settings`, `nats::Settings`, `sources::Settings`, `tls::CertSource`); no
+//! module below imports this one. Reads no files; `server::App::new` does.
 
 mod auth;
 mod dev;
@@ -29,7 +29,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::source::Source;
-use crate::{budget, bus, ingest, nats, tls};
+use crate::{budget, bus, ingest, nats, sources, tls};
 
 /// One webhook batch is at most 400 events by default; a queue holds a few batches from
 /// each of three apiservers so a watcher keeps up through a burst without dropping.
@@ -140,6 +140,8 @@ pub struct Settings {
     pub granularity: Granularity,
     pub always_allow_paths: Vec<String>,
     pub ingest: ingest::Settings,
+    /// `--source-silent-after`.
+    pub sources: sources::Settings,
     pub bus: bus::Config,
     pub max_event_bytes: usize,
     pub budget: budget::Config,
@@ -289,6 +291,7 @@ impl ServeArgs {
             .max(MIN_RECHECK_INTERVAL);
 
         let ingest = self.ingest.validate(dev)?;
+        let sources = self.ingest.sources()?;
         Ok(Settings {
             listen,
             limits: self.serving.limits()?,
@@ -301,6 +304,7 @@ impl ServeArgs {
             granularity: authz.authorization_granularity,
             always_allow_paths: authz.authorization_always_allow_paths.clone(),
             ingest,
+            sources,
             bus: bus::Config {
                 window_events: self.stream.window_events,
                 window_bytes: self.stream.window_bytes,

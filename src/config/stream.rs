@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use super::{Error, err};
 use crate::authn::pusher;
 use crate::event::Rules;
-use crate::{ingest, nats};
+use crate::{ingest, nats, sources};
 
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Ingest (who may push audit events)")]
@@ -55,9 +55,25 @@ pub struct IngestFlags {
     /// changed, or equals another, without seeing it. Keep it from readers of the stream.
     #[arg(long)]
     pub redaction_key_file: Option<PathBuf>,
+    /// A source (a pushing apiserver, sources.audit.k8s.io) that has not pushed for this
+    /// long is not Ready (reason Silent), and kube_audit_stream_source_ready says 0. The
+    /// audit webhook pushes at least every few seconds even on an idle cluster (it audits
+    /// its own leases and probes).
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = super::parse_duration)]
+    pub source_silent_after: std::time::Duration,
 }
 
 impl IngestFlags {
+    /// `--source-silent-after`: at least a second, the objects' tick.
+    pub(super) fn sources(&self) -> Result<sources::Settings, Error> {
+        if self.source_silent_after < sources::TICK {
+            return Err(err("--source-silent-after", "must be at least 1s"));
+        }
+        Ok(sources::Settings {
+            silent_after: self.source_silent_after,
+        })
+    }
+
     pub(super) fn validate(&self, dev: bool) -> Result<ingest::Settings, Error> {
         if self.max_request_bytes == 0 {
             return Err(err("--max-request-bytes", "must be > 0"));

@@ -18,10 +18,13 @@ use tokio_util::io::StreamReader;
 use super::Error;
 use super::cli::KubeFlags;
 use super::print::{Item, escape_terminal};
-use crate::event::{DROPPED_ANNOTATION, GROUP_VERSION};
+use crate::discovery::SOURCES;
+use crate::event::{API_GROUP, DROPPED_ANNOTATION, GROUP_VERSION};
 
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 
+/// What kubectl asks for to print a resource: the server's Table, else the objects.
+const TABLE_ACCEPT: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
 /// Events per LIST page: kubectl's `--chunk-size` default.
 const LIST_PAGE_EVENTS: u32 = 500;
 /// A read that waits longer than this means the connection is dead. Watches ask for a
@@ -157,6 +160,14 @@ impl Api {
     /// escaped for the terminal (a line break in them too, so that the lines after the
     /// first are the plugin's).
     pub fn refused(&self, status: &Status) -> Error {
+        self.refused_on(
+            status,
+            &self.scope.can_i(self.verb, self.context.as_deref()),
+        )
+    }
+
+    /// `refused`, with the `can-i` line that checks the permission asked for.
+    fn refused_on(&self, status: &Status, can_i: &str) -> Error {
         let reason = status
             .reason
             .as_deref()
@@ -168,12 +179,56 @@ impl Api {
             None => format!("Error from server: {message}"),
         };
         if matches!(status.code, Some(401 | 403)) {
-            out.push_str(&format!(
-                "\nCheck with: {}",
-                self.scope.can_i(self.verb, self.context.as_deref())
-            ));
+            out.push_str(&format!("\nCheck with: {can_i}"));
         }
         Error::Server(out)
+    }
+
+    /// `sources.audit.k8s.io`: every source (or the one named), as the server prints it
+    /// (a Table, with `table`) or as the objects themselves (a `SourceList`, or one).
+    pub async fn sources(&self, name: Option<&str>, table: bool) -> Result<bytes::Bytes, Error> {
+        let mut path = format!("/apis/{GROUP_VERSION}/{SOURCES}");
+        if let Some(name) = name {
+            // What ingest takes as a source name; anything else would not be a segment.
+            let plausible = !name.is_empty()
+                && name.len() <= 253
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-._:".contains(c));
+            if !plausible {
+                return Err(Error::Usage(format!(
+                    "NAME: {name:?} is not a source name (letters, digits, '-', '.', '_' or ':')"
+                )));
+            }
+            path = format!("{path}/{name}");
+        }
+        let mut request = http::Request::get(path);
+        if table {
+            request = request.header(http::header::ACCEPT, TABLE_ACCEPT);
+        }
+        let request = request
+            .body(Vec::new())
+            .map_err(|e| Error::Usage(e.to_string()))?;
+        let verb = if name.is_some() { "get" } else { "list" };
+        let context = self
+            .context
+            .as_deref()
+            .map_or(String::new(), |c| format!(" --context {c}"));
+        let can_i = format!("kubectl auth can-i {verb} {SOURCES}.{API_GROUP}{context}");
+        let body = match self.send(request).await {
+            Ok(body) => body,
+            Err(ApiFailure::Refused(s)) => return Err(self.refused_on(&s, &can_i)),
+            Err(ApiFailure::Transport(e)) => {
+                return Err(Error::Connect(format!("{}: {e}", self.url)));
+            }
+        };
+        Ok(body
+            .collect()
+            .await
+            .map_err(|e| {
+                Error::Connect(format!("{}: reading the answer: {}", self.url, chain(&e)))
+            })?
+            .to_bytes())
     }
 
     /// LIST every page of the window's events that `selector` selects, oldest first,

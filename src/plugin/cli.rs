@@ -1,5 +1,5 @@
 //! `kubectl audit`'s flags: kubectl's own for reaching the cluster (`--kubeconfig`,
-//! `--context`, `-n`, `-A`, `-o`), then one subcommand (`tail`, `who`), each with examples
+//! `--context`, `-n`, `-A`, `-o`), then one subcommand (`tail`, `who`, `sources`), each with examples
 //! in its help. Filters become field selector terms here, checked before any request.
 
 use std::path::PathBuf;
@@ -16,6 +16,9 @@ Examples:
 
   # Every namespace's deletions, as JSON lines for jq
   kubectl audit tail -A --verb delete -o json | jq -r '.user.username'
+
+  # Is every apiserver pushing its audit events?
+  kubectl audit sources
 
 Install: put the kubectl-audit binary in a directory on PATH (cargo install --path . --bin
 kubectl-audit puts it in ~/.cargo/bin); kubectl finds it as `kubectl audit`.";
@@ -55,12 +58,26 @@ Examples:
 Only what the server's in-memory window still holds is searched: it is a debugging stream,
 not a durable audit log.";
 
+const SOURCES_EXAMPLES: &str = "\
+Examples:
+  # Is every apiserver pushing? NAME, READY, LAST PUSH, EVENTS/S, RETRIES, AGE
+  kubectl audit sources
+
+  # With the counts of events, batches and refusals, and the last error
+  kubectl audit sources -o wide
+
+  # One source's figures and conditions, as YAML
+  kubectl audit sources apiserver-1 -o yaml
+
+The same as kubectl get sources.audit.k8s.io (needs list, or get, on it). A source is
+Ready while it has pushed within the server's --source-silent-after.";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "kubectl-audit",
     bin_name = "kubectl audit",
     version,
-    about = "Kubernetes audit events from kube-audit-stream (audit.k8s.io/v1alpha1): follow them, or find who changed an object",
+    about = "Kubernetes audit events from kube-audit-stream (audit.k8s.io/v1alpha1): follow them, find who changed an object, or see every apiserver pushing them",
     after_help = EXAMPLES
 )]
 pub struct Cli {
@@ -111,6 +128,16 @@ pub enum Command {
     /// Who did what to one object while the server's window holds its events, oldest first.
     #[command(after_help = WHO_EXAMPLES)]
     Who(WhoArgs),
+    /// Every kube-apiserver that pushes audit events (sources.audit.k8s.io): whether it is
+    /// Ready, when it last pushed, its rate, retries and refusals.
+    #[command(after_help = SOURCES_EXAMPLES)]
+    Sources(SourcesArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SourcesArgs {
+    /// Only this source (its name: the pushing apiserver's).
+    pub name: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -204,7 +231,7 @@ mod tests {
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Tail(t) => t,
-            Command::Who(_) => unreachable!("parsed tail"),
+            Command::Who(_) | Command::Sources(_) => unreachable!("parsed tail"),
         }
     }
 
@@ -276,7 +303,7 @@ mod tests {
         use clap::CommandFactory;
         let mut cmd = Cli::command();
         assert!(cmd.render_long_help().to_string().contains("Examples:"));
-        for sub in ["tail", "who"] {
+        for sub in ["tail", "who", "sources"] {
             let help = cmd
                 .find_subcommand_mut(sub)
                 .unwrap()

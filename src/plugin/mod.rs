@@ -1,9 +1,9 @@
 //! `kubectl audit`, the kubectl plugin (the `kubectl-audit` binary is a thin `main` over
 //! this module): its flags (`cli`), the reads against the aggregated API through the
-//! user's kubeconfig (`api`: LIST in pages, WATCH resumed from the last resourceVersion),
-//! and the printers (`print`: aligned table, JSON lines, YAML). A client of the server
-//! as kubectl is: it shares with the server only the API's names and annotations (and the
-//! latency format of its Table), never its internals.
+//! user's kubeconfig (`api`: LIST in pages, WATCH resumed from the last resourceVersion;
+//! `sources`, as the server prints them), and the printers (`print`: aligned table, JSON
+//! lines, YAML). A client of the server as kubectl is: it shares with the server only the
+//! API's names and annotations (and the latency format of its Table), never its internals.
 
 pub mod api;
 pub mod cli;
@@ -41,14 +41,34 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let verb = match cli.command {
         Command::Tail(_) => "watch",
-        Command::Who(_) => "list",
+        Command::Who(_) | Command::Sources(_) => "list",
     };
     let api = Api::connect(&cli.kube, verb).await?;
     let mut printer = Printer::new(cli.kube.output);
     match &cli.command {
         Command::Tail(args) => tail(&api, &mut printer, args).await,
         Command::Who(args) => who(&api, &mut printer, args).await,
+        Command::Sources(args) => sources(&api, cli.kube.output, args).await,
     }
+}
+
+/// `kubectl audit sources [NAME]`: what `kubectl get sources.audit.k8s.io` prints (the
+/// server's own Table), or the objects as JSON lines or YAML.
+async fn sources(api: &Api, output: cli::Output, args: &cli::SourcesArgs) -> Result<(), Error> {
+    let table = matches!(output, cli::Output::Table | cli::Output::Wide);
+    let body = api.sources(args.name.as_deref(), table).await?;
+    let unreadable = |e: serde_json::Error| Error::Server(format!("the server's answer: {e}"));
+    if !table {
+        return Ok(print::print(
+            &print::objects(&body, output).map_err(unreadable)?,
+        )?);
+    }
+    match print::server_table(&body, output == cli::Output::Wide).map_err(unreadable)? {
+        Some(text) => print::print(&text)?,
+        // kubectl's words for an empty list, on stderr so that stdout stays the rows.
+        None => eprintln!("No resources found"),
+    }
+    Ok(())
 }
 
 /// `kubectl audit who NAME`: every event of that object the window holds, oldest first.

@@ -363,6 +363,98 @@ impl Printer {
     }
 }
 
+/// A Table the server printed, aligned as kubectl prints it: the columns of priority 0
+/// (every column with `wide`), named in capitals, cells escaped for the terminal, a
+/// missing cell `<none>`. `None` when it has no rows.
+pub fn server_table(table: &[u8], wide: bool) -> Result<Option<Vec<u8>>, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Table {
+        #[serde(rename = "columnDefinitions", default)]
+        columns: Vec<Column>,
+        #[serde(default)]
+        rows: Vec<Row>,
+    }
+    #[derive(Deserialize)]
+    struct Column {
+        name: String,
+        #[serde(default)]
+        priority: u8,
+    }
+    #[derive(Deserialize)]
+    struct Row {
+        #[serde(default)]
+        cells: Vec<serde_json::Value>,
+    }
+    let table: Table = serde_json::from_slice(table)?;
+    if table.rows.is_empty() {
+        return Ok(None);
+    }
+    let shown: Vec<usize> = (0..table.columns.len())
+        .filter(|i| wide || table.columns[*i].priority == 0)
+        .collect();
+    let mut lines: Vec<Vec<String>> = vec![
+        shown
+            .iter()
+            .map(|i| escape_terminal(&table.columns[*i].name.to_uppercase()).into_owned())
+            .collect(),
+    ];
+    for row in &table.rows {
+        lines.push(
+            shown
+                .iter()
+                .map(|i| match row.cells.get(*i) {
+                    None | Some(serde_json::Value::Null) => "<none>".to_owned(),
+                    Some(serde_json::Value::String(s)) => escape_terminal(s).into_owned(),
+                    Some(other) => other.to_string(),
+                })
+                .collect(),
+        );
+    }
+    let mut widths = vec![0; shown.len()];
+    for line in &lines {
+        for (w, cell) in widths.iter_mut().zip(line) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = Vec::new();
+    for line in &lines {
+        let mut text = String::new();
+        for (cell, w) in line.iter().zip(&widths) {
+            let pad = w.saturating_sub(cell.chars().count());
+            text.push_str(&format!("{cell}{:pad$}{GAP}", ""));
+        }
+        out.extend_from_slice(text.trim_end().as_bytes());
+        out.push(b'\n');
+    }
+    Ok(Some(out))
+}
+
+/// Objects the server sent (a list's items, or one object) as JSON lines or YAML
+/// documents, as `tail` prints events.
+pub fn objects(body: &[u8], output: Output) -> Result<Vec<u8>, serde_json::Error> {
+    let value: serde_json::Value = serde_json::from_slice(body)?;
+    let items = match value.get("items").and_then(|i| i.as_array()) {
+        Some(items) if value["kind"].as_str().is_some_and(|k| k.ends_with("List")) => items.clone(),
+        _ => vec![value],
+    };
+    let mut out = Vec::new();
+    for item in &items {
+        if output == Output::Yaml {
+            out.extend_from_slice(b"---\n");
+            out.extend_from_slice(serde_saphyr::to_string(item).unwrap_or_default().as_bytes());
+        } else {
+            out.extend_from_slice(&serde_json::to_vec(item)?);
+            out.push(b'\n');
+        }
+    }
+    Ok(out)
+}
+
+/// Print what `server_table` or `objects` made.
+pub fn print(bytes: &[u8]) -> std::io::Result<()> {
+    write_stdout(bytes)
+}
+
 /// Colour only for a person at a terminal: never in a pipe or file, nor with `NO_COLOR`
 /// set or a dumb terminal.
 fn colour_wanted() -> bool {

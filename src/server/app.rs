@@ -1,8 +1,8 @@
 //! Wiring: `App`, the handles every request shares, built once from `Settings`: the
 //! serving certificate, the authenticator chain (in kube-apiserver's order), the
-//! authorizer, the ingest gate, the bus, discovery documents, metrics and the registry
-//! of open watches. Start-up failures are one typed `Error` that `main` prints on one
-//! line.
+//! authorizer, the ingest gate, the bus, the sources, discovery documents, metrics and the
+//! registry of open watches. Start-up failures are one typed `Error` that `main` prints on
+//! one line.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,6 +22,7 @@ use crate::ingest::{self, Ingest};
 use crate::metrics::Metrics;
 use crate::nats::Nats;
 use crate::source::{self, ReadError};
+use crate::sources::Sources;
 use crate::tls;
 use crate::watch::Watches;
 
@@ -80,6 +81,8 @@ pub(super) struct Inner {
     pub(super) always_allow: AlwaysAllowPaths,
     pub(super) ingest: Ingest,
     pub(super) discovery: Discovery,
+    /// `sources.audit.k8s.io`: each pusher's figures (ingest counts into the same one).
+    pub(super) sources: Sources,
     pub(super) metrics: Arc<Metrics>,
     /// Requests, authentication and authorization decisions, counted by the router.
     pub(super) requests: super::router::RequestMeters,
@@ -134,6 +137,8 @@ impl App {
         };
         let authz: Arc<dyn Authorizer> = Arc::new(authz::Privileged::new(mode));
         let bus = Bus::new(settings.bus.clone());
+        let sources = Sources::new(settings.sources, &metrics);
+        sources.spawn_ticker(shutdown.clone());
         let nats = match &settings.nats {
             None => {
                 // The stream numbers `--bus=nats`'s events; this process numbers its own,
@@ -144,7 +149,15 @@ impl App {
             Some(nats) => {
                 let window = (settings.bus.window_events, settings.bus.window_bytes);
                 let started = Nats::start(nats, bus.clone(), window, &metrics, shutdown.clone());
-                Some(started.await?)
+                let nats_handle = started.await?;
+                // Every replica answers with the same figures: each shares its own counts
+                // in a bucket beside the stream, and sums the others'.
+                sources.share(
+                    nats_handle.jetstream(),
+                    crate::sources::bucket_name(&nats.stream),
+                    shutdown.clone(),
+                );
+                Some(nats_handle)
             }
         };
         let watches = Watches::new(
@@ -176,8 +189,10 @@ impl App {
                     redaction: Arc::new(redaction(&settings.ingest)?),
                     recent: ingest::RecentBatches::default(),
                     published: metrics.published(),
+                    sources: sources.clone(),
                 },
                 discovery: Discovery::new(),
+                sources,
                 requests: super::router::RequestMeters::new(&metrics),
                 metrics,
                 watches,

@@ -111,7 +111,8 @@ impl App {
             self.authorize(&attrs).await?;
         }
         let mut query = None;
-        if attrs.verb == "watch" && attrs.resource_request {
+        // Sources number their objects by time, not by the bus: nothing to wait for.
+        if attrs.verb == "watch" && attrs.resource_request && attrs.resource != discovery::SOURCES {
             // As kube-apiserver does, a watch from a resourceVersion not reached yet waits
             // a moment for it (a replica a few events behind another, with --bus=nats);
             // still not reached, it is answered "too large" and the client lists again.
@@ -216,12 +217,16 @@ impl App {
                     response::bytes(StatusCode::OK, "text/plain; charset=utf-8", "ok")
                 }
                 "/readyz" => readyz(app.bus.down().as_ref().map(Down::reason), req.uri().query()),
-                "/metrics" => response::bytes(
-                    StatusCode::OK,
-                    "text/plain; version=0.0.4",
-                    app.metrics
-                        .render(app.bus.stats(), app.bus.down().is_none()),
-                ),
+                "/metrics" => {
+                    // Each source's Ready as of now, not as of the last tick.
+                    app.sources.refresh_metrics();
+                    response::bytes(
+                        StatusCode::OK,
+                        "text/plain; version=0.0.4",
+                        app.metrics
+                            .render(app.bus.stats(), app.bus.down().is_none()),
+                    )
+                }
                 path => {
                     let accept = req
                         .headers()
@@ -256,6 +261,9 @@ impl App {
             || !attrs.subresource.is_empty()
         {
             return Err(not_found());
+        }
+        if attrs.resource == discovery::SOURCES && attrs.namespace.is_empty() {
+            return self.sources(req, attrs, query);
         }
         let (scope, resource) = match (attrs.resource.as_str(), attrs.namespace.as_str()) {
             (discovery::EVENTS, "") => (Scope::All, discovery::EVENTS),
@@ -304,6 +312,61 @@ impl App {
         }
     }
 
+    /// `sources`: GET, LIST, WATCH, as objects or Tables; cluster-scoped, already
+    /// authorized like any resource.
+    fn sources(
+        &self,
+        req: Request<Incoming>,
+        attrs: Attributes,
+        query: Option<watch::Query>,
+    ) -> Result<Response<Body>, ApiError> {
+        let app = &*self.inner;
+        let query = match query {
+            Some(q) => q,
+            None => watch::Query::parse(req.uri().query())?,
+        };
+        let mut selector = watch::sources::NameSelector::parse(req.uri().query())?;
+        let accept = req
+            .headers()
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok());
+        let format = table::negotiate(accept)?.map(|version| table::Format {
+            version,
+            include: query.include_object,
+        });
+        match (attrs.verb.as_str(), attrs.name.is_empty()) {
+            // A LIST's or a watch's name, if any, is its selector's or its path's: the
+            // collection's, narrowed to that name.
+            ("list", _) => {
+                selector.require_name(&attrs.name);
+                watch::sources::list(&app.sources, &query, &selector, format)
+            }
+            ("get", false) => watch::sources::get(&app.sources, &attrs.name, format),
+            ("watch", _) => {
+                selector.require_name(&attrs.name);
+                let ctx = watch::sources::WatchCtx {
+                    recheck: Some((self.recheck(&attrs), app.recheck_interval)),
+                    guard: app.metrics.watch_started(discovery::SOURCES),
+                    format,
+                    user: attrs.user.name.as_str().into(),
+                };
+                watch::sources::serve(&app.sources, &app.watches, &query, selector, ctx)
+            }
+            _ => Err(ApiError::MethodNotAllowed(
+                "the server does not allow this method on the requested resource".into(),
+            )),
+        }
+    }
+
+    /// Authorize `attrs` again: what a long watch does every recheck interval.
+    fn recheck(&self, attrs: &Attributes) -> watch::Recheck {
+        let (app, attrs) = (self.clone(), attrs.clone());
+        Arc::new(move || {
+            let (app, attrs) = (app.clone(), attrs.clone());
+            Box::pin(async move { app.authorize(&attrs).await })
+        })
+    }
+
     fn watch(
         &self,
         attrs: Attributes,
@@ -313,13 +376,7 @@ impl App {
         format: Option<table::Format>,
     ) -> Result<Response<Body>, ApiError> {
         let app = &*self.inner;
-        let recheck: watch::Recheck = {
-            let (app, attrs) = (self.clone(), attrs.clone());
-            Arc::new(move || {
-                let (app, attrs) = (app.clone(), attrs.clone());
-                Box::pin(async move { app.authorize(&attrs).await })
-            })
-        };
+        let recheck = self.recheck(&attrs);
         let access = self
             .resource_check(&attrs)
             .map(|check| Access::new(check, app.recheck_interval));
@@ -417,7 +474,7 @@ impl RequestMeters {
                 metrics::opts(
                     "http",
                     "requests_total",
-                    "HTTP requests by verb (kube-apiserver's: get, list, watch, create, …; other), resource (events, namespacedevents, ingest, metrics, health, discovery, other) and code.",
+                    "HTTP requests by verb (kube-apiserver's: get, list, watch, create, …; other), resource (events, namespacedevents, sources, ingest, metrics, health, discovery, other) and code.",
                 ),
                 &["verb", "resource", "code"],
             )),
@@ -456,7 +513,7 @@ impl RequestMeters {
 }
 
 /// A request's `verb` and `resource` labels, from closed sets: kube-apiserver's verbs
-/// and our two resources, and for other paths what they are for.
+/// and our resources, and for other paths what they are for.
 fn labels(attrs: &Attributes) -> (&'static str, &'static str) {
     const VERBS: &[&str] = &[
         "get",
@@ -494,6 +551,7 @@ fn labels(attrs: &Attributes) -> (&'static str, &'static str) {
         },
         discovery::EVENTS => discovery::EVENTS,
         discovery::NAMESPACED_EVENTS => discovery::NAMESPACED_EVENTS,
+        discovery::SOURCES => discovery::SOURCES,
         _ => "other",
     };
     (verb, resource)
@@ -565,6 +623,14 @@ mod tests {
         assert_eq!(
             l(Method::GET, "/apis/audit.k8s.io/v1alpha1/events/x", None),
             ("get", "events")
+        );
+        assert_eq!(
+            l(
+                Method::GET,
+                "/apis/audit.k8s.io/v1alpha1/sources",
+                Some("watch=1")
+            ),
+            ("watch", "sources")
         );
         assert_eq!(
             l(Method::GET, "/apis/audit.k8s.io/v1alpha1/secrets", None),

@@ -10,6 +10,7 @@ pub mod access;
 mod body;
 mod list;
 pub mod registry;
+pub mod sources;
 
 use std::time::Duration;
 

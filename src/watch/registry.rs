@@ -24,6 +24,24 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::Closer;
 use crate::status::ApiError;
 
+/// How the registry ends a watch from outside, and asks whether it has something to send
+/// (one not polled for the stall limit while it has is stalled).
+pub trait Stop: Send + Sync {
+    fn close(&self);
+    fn has_pending(&self) -> bool;
+}
+
+/// An events watch: its bus subscription.
+impl Stop for Closer {
+    fn close(&self) {
+        Closer::close(self);
+    }
+
+    fn has_pending(&self) -> bool {
+        Closer::has_pending(self)
+    }
+}
+
 /// No slot for another watch.
 #[derive(Debug, thiserror::Error)]
 pub enum Full {
@@ -118,7 +136,7 @@ struct Entry {
     /// The `last_poll` at which the sweeper first found it stalled; it is ended only if
     /// still unpolled at the next sweep, so a watch woken just before a sweep is spared.
     suspect: AtomicU64,
-    closer: Closer,
+    closer: Box<dyn Stop>,
     stalled: IntCounter,
     user: Arc<str>,
 }
@@ -148,7 +166,7 @@ impl Watches {
     pub fn register(
         &self,
         user: &str,
-        closer: Closer,
+        closer: impl Stop + 'static,
         stalled: IntCounter,
     ) -> Result<Registration, Full> {
         let mut open = self.lock();
@@ -176,7 +194,7 @@ impl Watches {
                 NOT_ENDED
             }),
             suspect: AtomicU64::new(u64::MAX),
-            closer,
+            closer: Box::new(closer),
             stalled,
             user,
         });
