@@ -952,7 +952,7 @@ impl Item {
         ])
     }
 
-    /// Whether it is ready (for tests and the plugin's own checks).
+    /// Whether its Ready condition is True.
     pub fn ready(&self) -> bool {
         self.row.ready
     }
