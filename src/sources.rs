@@ -607,15 +607,15 @@ impl Sources {
         match serde_json::from_slice::<Share>(value) {
             Ok(share) if share.v == SHARE_VERSION => {
                 let mut sources = share.sources;
-                // Another replica keeps its own cap; a share that does not is cut to it.
-                while sources.len() > MAX_SOURCES {
-                    let oldest = sources
-                        .iter()
-                        .min_by_key(|(n, t)| (t.last_heard(), (*n).clone()))
-                        .map(|(n, _)| n.clone());
-                    if let Some(n) = oldest {
-                        sources.remove(&n);
-                    }
+                // Another replica keeps its own cap; a share that does not is cut to it
+                // (the most recently heard kept), in one sort whatever its size.
+                if sources.len() > MAX_SOURCES {
+                    let mut by_recency: Vec<(String, Tally)> = sources.into_iter().collect();
+                    by_recency.sort_by(|a, b| {
+                        b.1.last_heard().cmp(&a.1.last_heard()).then(a.0.cmp(&b.0))
+                    });
+                    by_recency.truncate(MAX_SOURCES);
+                    sources = by_recency.into_iter().collect();
                 }
                 remote.insert(replica.to_owned(), sources);
             }
@@ -952,7 +952,7 @@ impl Item {
         ])
     }
 
-    /// Whether it is ready (for tests and the plugin's own checks).
+    /// Whether its Ready condition is True.
     pub fn ready(&self) -> bool {
         self.row.ready
     }
@@ -1117,6 +1117,21 @@ mod tests {
             s.view().items["api-1"].object["status"]["acceptedEvents"],
             2
         );
+        // A share past the cap is cut to the most recently heard.
+        let many = Share {
+            v: SHARE_VERSION,
+            sources: (0..MAX_SOURCES as i64 + 10)
+                .map(|i| (format!("many-{i:03}"), Tally::new(now + i)))
+                .collect(),
+        };
+        s.remote_share("many", Some(&serde_json::to_vec(&many).unwrap()));
+        {
+            let remote = lock(&s.inner.remote);
+            let kept = &remote["many"];
+            assert_eq!(kept.len(), MAX_SOURCES);
+            assert!(kept.contains_key("many-073") && !kept.contains_key("many-009"));
+        }
+        s.remote_share("many", None);
         // A share of another format is left out.
         s.remote_share("odd", Some(br#"{"v":9,"sources":{"x":{}}}"#));
         s.remote_share("bad", Some(b"nope"));
