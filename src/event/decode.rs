@@ -341,12 +341,50 @@ struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
 /// value and read by clients as another. Maps (`annotations`) are not folded: a Go map
 /// keeps each key as sent, so `a` and `A` are two annotations to every reader.
 ///
+/// Field names, and a bit per length among them: most keys that are not a field's
+/// name have another length, and are ruled out by one bit test.
+pub(super) struct Names<const N: usize> {
+    pub(super) names: [&'static str; N],
+    lengths: u64,
+}
+
+impl<const N: usize> Names<N> {
+    /// Names of fewer than 64 bytes (every field's).
+    pub(super) const fn new(names: [&'static str; N]) -> Self {
+        let mut lengths = 0u64;
+        let mut i = 0;
+        while i < N {
+            lengths |= 1 << names[i].len();
+            i += 1;
+        }
+        Names { names, lengths }
+    }
+
+    fn position(&self, key: &str) -> Option<usize> {
+        self.names.iter().position(|n| *n == key)
+    }
+}
+
 /// `Some(name)` when `key` is not `name` but folds to it, for one of `names` (ASCII, as
-/// every field name is). Cheap: an ASCII key is compared with the names of its length
-/// only, and a key with any other non-ASCII character folds to no ASCII name at all.
-pub(super) fn case_variant_of(key: &str, names: &[&'static str]) -> Option<&'static str> {
+/// every field name is). Cheap, inlined where keys are read: an ASCII key of a length no
+/// name has is ruled out by a bit test; the rest is out of line.
+#[inline]
+pub(super) fn case_variant_of<const N: usize>(key: &str, names: &Names<N>) -> Option<&'static str> {
+    let len = key.len();
+    if len < 64 && names.lengths & (1 << len) == 0 && key.is_ascii() {
+        return None;
+    }
+    case_variant_compared(key, names)
+}
+
+/// An ASCII key is compared with the names of its length only; a key with a non-ASCII
+/// character other than those two letters folds to no ASCII name at all.
+#[cold]
+#[inline(never)]
+fn case_variant_compared<const N: usize>(key: &str, names: &Names<N>) -> Option<&'static str> {
     if key.is_ascii() {
         return names
+            .names
             .iter()
             .find(|n| n.len() == key.len() && n.eq_ignore_ascii_case(key) && **n != key)
             .copied();
@@ -361,6 +399,7 @@ pub(super) fn case_variant_of(key: &str, names: &[&'static str]) -> Option<&'sta
         });
     }
     names
+        .names
         .iter()
         .find(|n| n.eq_ignore_ascii_case(&folded))
         .copied()
@@ -374,7 +413,7 @@ fn case_variant_error(key: &str, name: &str) -> String {
 
 /// Every member of an audit `Event` (v1 and v1beta1), and the `metadata` this server
 /// writes: the names whose case variants an event may not carry.
-const EVENT_FIELDS: [&str; 20] = [
+const EVENT_FIELDS: Names<20> = Names::new([
     "kind",
     "apiVersion",
     "metadata",
@@ -395,13 +434,15 @@ const EVENT_FIELDS: [&str; 20] = [
     "requestReceivedTimestamp",
     "stageTimestamp",
     "timestamp",
-];
+]);
 
-/// The members of a sub-object the server reads, by name (`names`), as raw values:
-/// each at most once, and none under a case variant of its name (`case_variant_of`).
-struct Fields<'a, const N: usize> {
-    names: &'static [&'static str; N],
-    values: [Option<&'a RawValue>; N],
+/// The members of a sub-object the server reads, by name (`names`), each read as `V`
+/// (`Option<Str>` for a string that may be `null`, `&RawValue` to read later): each at
+/// most once, and none under a case variant of its name (`case_variant_of`). Other
+/// members are skipped unread.
+struct Fields<V, const N: usize> {
+    names: &'static Names<N>,
+    values: [Option<V>; N],
     /// Why the object reads differently to different readers, once found.
     ambiguous: Option<String>,
 }
@@ -410,7 +451,7 @@ struct Fields<'a, const N: usize> {
 enum FieldsError {
     /// A member twice, or under a case variant of its name.
     Ambiguous(String),
-    /// Not an object, or not JSON.
+    /// Not an object, not JSON, or a member not of its type.
     Malformed(String),
 }
 
@@ -422,16 +463,19 @@ impl From<FieldsError> for String {
     }
 }
 
-impl<'a, const N: usize> Fields<'a, N> {
-    /// `raw`'s members (`None` for absent or `null`); `what` names the object in errors.
-    fn read(
+impl<V, const N: usize> Fields<V, N> {
+    /// `raw`'s members (none for absent or `null`); `what` names the object in errors.
+    fn read<'a>(
         what: &str,
-        names: &'static [&'static str; N],
+        names: &'static Names<N>,
         raw: Option<&'a RawValue>,
-    ) -> Result<Self, FieldsError> {
+    ) -> Result<Self, FieldsError>
+    where
+        V: Deserialize<'a>,
+    {
         let mut fields = Fields {
             names,
-            values: [None; N],
+            values: std::array::from_fn(|_| None),
             ambiguous: None,
         };
         if let Some(text) = raw.map(RawValue::get).filter(|t| *t != "null") {
@@ -446,20 +490,27 @@ impl<'a, const N: usize> Fields<'a, N> {
         Ok(fields)
     }
 
-    fn get(&self, name: &str) -> Option<&'a RawValue> {
-        let i = self.names.iter().position(|n| *n == name)?;
-        self.values[i]
+    fn get(&self, name: &str) -> Option<&V> {
+        let i = self.names.position(name)?;
+        self.values[i].as_ref()
     }
 }
 
-impl<'de, const N: usize> Visitor<'de> for &mut Fields<'de, N> {
+impl<'a, const N: usize> Fields<Option<Str<'a>>, N> {
+    /// A string member: `""` when absent or `null`.
+    fn str(&self, name: &str) -> &str {
+        self.get(name).and_then(Option::as_ref).map_or("", |s| &s.0)
+    }
+}
+
+impl<'de, V: Deserialize<'de>, const N: usize> Visitor<'de> for &mut Fields<V, N> {
     type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
-            let why = if let Some(i) = self.names.iter().position(|n| *n == key) {
+            let why = if let Some(i) = self.names.position(&key) {
                 if self.values[i].replace(map.next_value()?).is_none() {
                     continue;
                 }
@@ -477,13 +528,60 @@ impl<'de, const N: usize> Visitor<'de> for &mut Fields<'de, N> {
     }
 }
 
+/// `responseStatus.code` as selectors and tables read it: an integer, else none (a
+/// malformed code is kept as sent, not refused), read in the same pass as its object.
+struct Code(Option<i64>);
+
+impl<'de> Deserialize<'de> for Code {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Code;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Code, E> {
+                Ok(Code(Some(v)))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Code, E> {
+                Ok(Code(i64::try_from(v).ok()))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Code, E> {
+                Ok(Code(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Code, E> {
+                Ok(Code(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Code, E> {
+                Ok(Code(None))
+            }
+            fn visit_unit<E>(self) -> Result<Code, E> {
+                Ok(Code(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Code, A::Error> {
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(Code(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Code, A::Error> {
+                while map
+                    .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Code(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// `user`: the name it is routed by.
-const USER_FIELDS: [&str; 1] = ["username"];
+const USER_FIELDS: Names<1> = Names::new(["username"]);
 /// `objectRef`: what it is routed by, and `subresource` for redaction
 /// (`serviceaccounts/token`).
-const OBJECT_REF_FIELDS: [&str; 5] = ["namespace", "resource", "name", "apiGroup", "subresource"];
+const OBJECT_REF_FIELDS: Names<5> =
+    Names::new(["namespace", "resource", "name", "apiGroup", "subresource"]);
 /// `responseStatus`: the code selectors and tables read.
-const RESPONSE_STATUS_FIELDS: [&str; 1] = ["code"];
+const RESPONSE_STATUS_FIELDS: Names<1> = Names::new(["code"]);
 
 /// Read a member's value as `T`; `None` for absent or `null`.
 fn parse<'a, T: Deserialize<'a>>(
@@ -562,6 +660,9 @@ impl<'a> Known<'a> {
                     k.has_bodies |= raw.get() != "null";
                     continue;
                 }
+                // The other members of an Event, exactly so: nothing to fold.
+                "apiVersion" | "metadata" | "requestURI" | "sourceIPs" | "userAgent"
+                | "impersonatedUser" => continue,
                 other => match case_variant_of(other, &EVENT_FIELDS) {
                     Some(name) => return Err(case_variant_error(other, name)),
                     None => continue,
@@ -590,20 +691,26 @@ fn decode_event<'a>(
     let stage = required("stage", k.stage)?;
     let level = required("level", k.level)?;
     let verb = string("verb", k.verb)?;
-    let user = Fields::read("user", &USER_FIELDS, k.user).map_err(String::from)?;
-    let username = string("user.username", user.get("username"))?;
-    let object_ref =
+    let user: Fields<Option<Str<'_>>, 1> =
+        Fields::read("user", &USER_FIELDS, k.user).map_err(String::from)?;
+    let object_ref: Fields<Option<Str<'_>>, 5> =
         Fields::read("objectRef", &OBJECT_REF_FIELDS, k.object_ref).map_err(String::from)?;
-    let field = |key: &str, name: &str| string(key, object_ref.get(name));
-    let resource = field("objectRef.resource", "resource")?;
-    let name = field("objectRef.name", "name")?;
-    let api_group = field("objectRef.apiGroup", "apiGroup")?;
-    let mut namespace = field("objectRef.namespace", "namespace")?;
+    let (resource, name, api_group) = (
+        object_ref.str("resource"),
+        object_ref.str("name"),
+        object_ref.str("apiGroup"),
+    );
+    let mut namespace = object_ref
+        .get("namespace")
+        .and_then(Option::as_ref)
+        .map_or(Cow::Borrowed(""), |s| s.0.clone());
     // Read only for selectors and tables: a malformed one (not an object, a code that is
     // not an integer) is kept as sent, not refused; an ambiguous one (`code` twice, or
     // as `Code` too) is refused, as every field the server reads.
-    let code = match Fields::read("responseStatus", &RESPONSE_STATUS_FIELDS, k.response_status) {
-        Ok(status) => parse::<i64>("code", status.get("code")).ok().flatten(),
+    let status: Result<Fields<Code, 1>, _> =
+        Fields::read("responseStatus", &RESPONSE_STATUS_FIELDS, k.response_status);
+    let code = match status {
+        Ok(status) => status.get("code").and_then(|c| c.0),
         Err(FieldsError::Ambiguous(why)) => return Err(why),
         Err(FieldsError::Malformed(_)) => None,
     };
@@ -627,7 +734,6 @@ fn decode_event<'a>(
             break;
         }
     }
-    let (resource, name, api_group) = (&*resource, &*name, &*api_group);
     // kube-apiserver records a namespace's create with its name and no namespace (its
     // get, patch and delete carry both): served in that namespace too, so that its owners
     // can see who created it.
@@ -644,7 +750,16 @@ fn decode_event<'a>(
     let mut code_digits = itoa::Buffer::new();
     let code = code.map_or("", |c| code_digits.format(c));
     let fields: [&str; FIELD_COUNT] = [
-        &audit_id, &stage, &level, &verb, &username, &namespace, resource, name, api_group, code,
+        &audit_id,
+        &stage,
+        &level,
+        &verb,
+        user.str("username"),
+        &namespace,
+        resource,
+        name,
+        api_group,
+        code,
     ];
     for (end, s) in ends.iter_mut().zip(fields) {
         strings.push_str(s);
@@ -665,14 +780,14 @@ fn decode_event<'a>(
     // Read only for an event with bodies to redact (`serviceaccounts/token`): a Metadata
     // event does not pay for the field.
     let subresource = if k.has_bodies && !ctx.redaction.is_off() {
-        field("objectRef.subresource", "subresource")?
+        object_ref.str("subresource")
     } else {
-        Cow::Borrowed("")
+        ""
     };
     let target = Target {
         api_group,
         resource,
-        subresource: &subresource,
+        subresource,
     };
     for (member, value) in members {
         let key = &*member.0;

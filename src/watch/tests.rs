@@ -198,9 +198,8 @@ fn list_options_validation() {
     }
     let err = Query::parse(Some("resourceVersionMatch=Exact&continue=x")).unwrap_err();
     assert!(
-        err.to_string().contains(
-            "[resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless"
-        ),
+        err.to_string()
+            .contains("[resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless"),
         "{err}"
     );
 }
