@@ -1,5 +1,7 @@
 //! Unit tests of `nats`.
 
+use super::follow::decode_message;
+use super::publish::{fit_record, message_id};
 use super::*;
 use crate::event::decode_event_list;
 
