@@ -13,7 +13,8 @@
 //! makes it) is described by a few byte ranges at decode time and built from the full
 //! line only when a watcher first needs it, then shared.
 //!
-//! Here: the model (`Event`, `Field`, the API's names). `decode`: the `EventList` reader.
+//! Here: the model (`Event`, `Field`, the API's names). `decode`: the `EventList` reader;
+//! `fields`: reading members by name as Go readers do (case variants refused).
 //! `json`: the line's writer. `truncate`: the truncated form and `--max-event-bytes`.
 //! `wire`: an event as a record of the shared stream (`--bus=nats`).
 
@@ -22,6 +23,7 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 
 mod decode;
+mod fields;
 mod json;
 mod redact;
 #[cfg(test)]

@@ -603,7 +603,7 @@ fn refuses_keys_that_differ_from_a_read_field_only_in_case() {
 
 #[test]
 fn case_variants_fold_as_go_does() {
-    use super::decode::{Names, case_variant_of};
+    use super::fields::{Names, case_variant_of};
     let names = Names::new(["namespace", "kind", "stage", "apiGroup"]);
     for (key, want) in [
         ("namespace", None),
