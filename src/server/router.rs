@@ -275,18 +275,7 @@ impl App {
             }
             _ => return Err(not_found()),
         };
-        let query = match query {
-            Some(q) => q,
-            None => watch::Query::parse(req.uri().query())?,
-        };
-        let accept = req
-            .headers()
-            .get(http::header::ACCEPT)
-            .and_then(|v| v.to_str().ok());
-        let format = table::negotiate(accept)?.map(|version| table::Format {
-            version,
-            include: query.include_object,
-        });
+        let (query, format) = read_options(&req, query)?;
         let readable = matches!(*req.method(), Method::GET | Method::HEAD);
         match (attrs.verb.as_str(), attrs.name.is_empty()) {
             // A LIST's name, if any, is its selector's (authorization's only).
@@ -321,19 +310,8 @@ impl App {
         query: Option<watch::Query>,
     ) -> Result<Response<Body>, ApiError> {
         let app = &*self.inner;
-        let query = match query {
-            Some(q) => q,
-            None => watch::Query::parse(req.uri().query())?,
-        };
+        let (query, format) = read_options(&req, query)?;
         let mut selector = watch::sources::NameSelector::parse(req.uri().query())?;
-        let accept = req
-            .headers()
-            .get(http::header::ACCEPT)
-            .and_then(|v| v.to_str().ok());
-        let format = table::negotiate(accept)?.map(|version| table::Format {
-            version,
-            include: query.include_object,
-        });
         match (attrs.verb.as_str(), attrs.name.is_empty()) {
             // A LIST's or a watch's name, if any, is its selector's or its path's: the
             // collection's, narrowed to that name.
@@ -458,6 +436,27 @@ impl App {
         let keys = held.iter().map(|p| ResourceKey::of(&p.event));
         Box::new(watch::access::visible(&check, keys).await)
     }
+}
+
+/// A read's options (`query`: when `route` has read them already, for a watch) and the
+/// Table format its `Accept` header asks for, if any.
+fn read_options(
+    req: &Request<Incoming>,
+    query: Option<watch::Query>,
+) -> Result<(watch::Query, Option<table::Format>), ApiError> {
+    let query = match query {
+        Some(q) => q,
+        None => watch::Query::parse(req.uri().query())?,
+    };
+    let accept = req
+        .headers()
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let format = table::negotiate(accept)?.map(|version| table::Format {
+        version,
+        include: query.include_object,
+    });
+    Ok((query, format))
 }
 
 /// What the router counts. Every label comes from a closed set.
