@@ -630,3 +630,43 @@ async fn list_is_authorized_with_the_list_verb() {
     assert_eq!(list["items"], serde_json::json!([]));
     assert_eq!(list["metadata"]["resourceVersion"], srv.rv(0));
 }
+
+/// A LIST of a large window goes out a frame at a time (the server holds the page's
+/// references and one frame, not the whole body), and reads back as the same EventList.
+#[tokio::test]
+async fn a_large_list_is_written_a_frame_at_a_time() {
+    use http_body_util::BodyExt;
+    let srv = TestServer::start(&[]).await;
+    let lines = fixtures::lines("all-events.jsonl");
+    srv.push_events(&lines).await;
+    let resp = srv
+        .client(Some(ADMIN_TOKEN))
+        .send(http::Method::GET, EVENTS, &[], bytes::Bytes::new())
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    // Streamed: no length known up front (a body built whole would have one).
+    assert!(
+        resp.headers().get("content-length").is_none(),
+        "{:?}",
+        resp.headers()
+    );
+    let mut body = resp.into_body();
+    let (mut frames, mut all) = (0, Vec::new());
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            assert!(data.len() < 2 << 20, "one frame of {} bytes", data.len());
+            frames += 1;
+            all.extend_from_slice(&data);
+        }
+    }
+    assert!(
+        all.len() > 256 << 10,
+        "the window holds the fixture: {} bytes",
+        all.len()
+    );
+    assert!(frames > 1, "{frames} frames for {} bytes", all.len());
+    let list: serde_json::Value = serde_json::from_slice(&all).unwrap();
+    assert_eq!(list["kind"], "EventList");
+    assert_eq!(list["items"].as_array().unwrap().len(), lines.len());
+}

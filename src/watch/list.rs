@@ -6,11 +6,13 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::{Bytes, BytesMut};
 use http::{Response, StatusCode};
+use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 
 use super::{Query, ResourceVersionMatch};
-use crate::bus::{At, Bus, Filter, ListError, ListRange, Scope};
+use crate::bus::{At, Bus, Filter, ListError, ListRange, Published, Scope};
 use crate::event::{API_GROUP, Event, Field, GROUP_VERSION};
 use crate::response::{self, Body};
 use crate::status::ApiError;
@@ -111,40 +113,93 @@ pub fn list(
         .flatten()
         .map(|last| Continue::encode(page.resource_version, last.resource_version));
 
+    let Some(f) = format else {
+        // An EventList: its items are written a frame at a time as the client reads, out
+        // of the window's shared lines, so that a LIST holds the page's references and one
+        // frame, never the whole body, however much the window holds.
+        let mut head = Vec::with_capacity(256);
+        head.extend_from_slice(br#"{"kind":"EventList","apiVersion":""#);
+        head.extend_from_slice(GROUP_VERSION.as_bytes());
+        head.extend_from_slice(br#"","metadata":{"resourceVersion":""#);
+        head.extend_from_slice(itoa::Buffer::new().format(page.resource_version).as_bytes());
+        head.push(b'"');
+        if let Some(token) = &continue_token {
+            head.extend_from_slice(br#","continue":"#);
+            head.extend_from_slice(&serde_json::to_vec(token).unwrap_or_default());
+        }
+        head.extend_from_slice(br#"},"items":["#);
+        let body = ItemsBody {
+            head: Some(Bytes::from(head)),
+            items: page.items.into_iter(),
+            first: true,
+            done: false,
+        };
+        let mut resp = Response::new(body.boxed_unsync());
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        return Ok(resp);
+    };
     let mut out =
         Vec::with_capacity(256 + page.items.iter().map(|p| p.wire_len(false)).sum::<usize>());
-    match format {
-        Some(f) => f.write_table(
-            &mut out,
-            page.resource_version,
-            continue_token.as_deref(),
-            true,
-            &page.items,
-        ),
-        None => {
-            out.extend_from_slice(br#"{"kind":"EventList","apiVersion":""#);
-            out.extend_from_slice(GROUP_VERSION.as_bytes());
-            out.extend_from_slice(br#"","metadata":{"resourceVersion":""#);
-            out.extend_from_slice(itoa::Buffer::new().format(page.resource_version).as_bytes());
-            out.push(b'"');
-            if let Some(token) = &continue_token {
-                out.extend_from_slice(br#","continue":"#);
-                out.extend_from_slice(&serde_json::to_vec(token).unwrap_or_default());
-            }
-            out.extend_from_slice(br#"},"items":["#);
-            for (i, p) in page.items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                let (head, tail) = p.event.object_parts(false);
-                out.extend_from_slice(head);
-                out.extend_from_slice(p.digits());
-                out.extend_from_slice(tail);
-            }
-            out.extend_from_slice(b"]}");
-        }
-    }
+    f.write_table(
+        &mut out,
+        page.resource_version,
+        continue_token.as_deref(),
+        true,
+        &page.items,
+    );
     Ok(response::json(StatusCode::OK, out))
+}
+
+/// What an `EventList` body writes at most per frame, unless one item alone is larger.
+const LIST_FRAME_BYTES: usize = 64 * 1024;
+
+/// An `EventList` written as it is read: the head, then items a frame at a time, then
+/// the closing bytes. Each item is cut out of its event's shared line.
+struct ItemsBody {
+    head: Option<Bytes>,
+    items: std::vec::IntoIter<std::sync::Arc<Published>>,
+    first: bool,
+    done: bool,
+}
+
+impl http_body::Body for ItemsBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if self.done {
+            return std::task::Poll::Ready(None);
+        }
+        let mut frame = match self.head.take() {
+            Some(head) => BytesMut::from(&head[..]),
+            None => BytesMut::new(),
+        };
+        while frame.len() < LIST_FRAME_BYTES {
+            let Some(p) = self.items.next() else {
+                frame.extend_from_slice(b"]}");
+                self.done = true;
+                break;
+            };
+            if !std::mem::replace(&mut self.first, false) {
+                frame.extend_from_slice(b",");
+            }
+            let (head, tail) = p.event.object_parts(false);
+            frame.extend_from_slice(head);
+            frame.extend_from_slice(p.digits());
+            frame.extend_from_slice(tail);
+        }
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(frame.freeze()))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
 }
 
 /// GET one event by name (`<auditID>-<stage in lower case>`) while the window holds it;
