@@ -7,11 +7,11 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::Stdio;
 
 use tokio::io::AsyncBufReadExt;
 
 use support::fixtures::{event, event_list};
+use support::kubectl::Kubectl;
 use support::server::{ALICE_TOKEN, PUSH_TOKEN, TestServer};
 
 const TEAM_A: &str = "/apis/audit.k8s.io/v1alpha1/namespaces/team-a/namespacedevents?watch=1";
@@ -43,52 +43,6 @@ fn kubectls() -> Vec<PathBuf> {
         all.extend(versions);
     }
     all
-}
-
-struct Kubectl<'a> {
-    bin: PathBuf,
-    srv: &'a TestServer,
-    home: tempfile::TempDir,
-}
-
-impl<'a> Kubectl<'a> {
-    fn new(bin: PathBuf, srv: &'a TestServer) -> Self {
-        Kubectl {
-            bin,
-            srv,
-            home: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn command(&self, token: Option<&str>, args: &[&str]) -> tokio::process::Command {
-        let mut c = tokio::process::Command::new(&self.bin);
-        c.arg("--server").arg(self.srv.url());
-        c.arg("--certificate-authority").arg(self.srv.ca_path());
-        if let Some(t) = token {
-            c.args(["--token", t]);
-        }
-        c.args(args)
-            .env("KUBECONFIG", self.home.path().join("kubeconfig"))
-            .env("HOME", self.home.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        c
-    }
-
-    /// Run to completion: (success, stdout, stderr).
-    async fn run(&self, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
-        let out = tokio::time::timeout(support::DEADLINE, self.command(token, args).output())
-            .await
-            .expect("kubectl hung")
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into(),
-            String::from_utf8_lossy(&out.stderr).into(),
-        )
-    }
 }
 
 #[tokio::test]

@@ -7,14 +7,13 @@
 
 mod support;
 
-use std::process::Stdio;
-
 use http::StatusCode;
 use serde_json::Value;
 use tokio::io::AsyncBufReadExt;
 
 use support::client::Client;
 use support::fixtures::{event, event_list};
+use support::kubectl::Kubectl;
 use support::nats::NatsServer;
 use support::process::ServerProcess;
 use support::server::{ADMIN_TOKEN, ALICE_TOKEN, PUSH_TOKEN, TestServer};
@@ -359,58 +358,17 @@ async fn a_silent_source_turns_not_ready() {
     .await;
 }
 
-/// `kubectl` from PATH, with a HOME of its own and a flag-given server, as tests/kubectl.rs.
-struct Kubectl<'a> {
-    srv: &'a TestServer,
-    home: tempfile::TempDir,
-}
-
-impl<'a> Kubectl<'a> {
-    fn new(srv: &'a TestServer) -> Self {
-        Kubectl {
-            srv,
-            home: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn command(&self, token: &str, args: &[&str]) -> tokio::process::Command {
-        let mut c = tokio::process::Command::new("kubectl");
-        c.arg("--server")
-            .arg(self.srv.url())
-            .arg("--certificate-authority")
-            .arg(self.srv.ca_path())
-            .args(["--token", token])
-            .args(args)
-            .env("KUBECONFIG", self.home.path().join("kubeconfig"))
-            .env("HOME", self.home.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        c
-    }
-
-    async fn run(&self, token: &str, args: &[&str]) -> (bool, String, String) {
-        let out = tokio::time::timeout(DEADLINE, self.command(token, args).output())
-            .await
-            .expect("kubectl hung")
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into(),
-            String::from_utf8_lossy(&out.stderr).into(),
-        )
-    }
-}
-
 #[tokio::test]
 async fn kubectl_gets_sources_as_a_built_in_resource() {
     let srv = TestServer::start(&[]).await;
     two_sources(&srv).await;
-    let k = Kubectl::new(&srv);
+    let k = Kubectl::new("kubectl".into(), &srv);
 
     let (ok, out, err) = k
-        .run(ADMIN_TOKEN, &["api-resources", "--api-group=audit.k8s.io"])
+        .run(
+            Some(ADMIN_TOKEN),
+            &["api-resources", "--api-group=audit.k8s.io"],
+        )
         .await;
     assert!(ok, "{err}");
     assert!(
@@ -421,7 +379,9 @@ async fn kubectl_gets_sources_as_a_built_in_resource() {
         "{out}"
     );
 
-    let (ok, out, err) = k.run(ADMIN_TOKEN, &["get", "sources.audit.k8s.io"]).await;
+    let (ok, out, err) = k
+        .run(Some(ADMIN_TOKEN), &["get", "sources.audit.k8s.io"])
+        .await;
     assert!(ok, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     let header: Vec<&str> = lines[0]
@@ -442,7 +402,10 @@ async fn kubectl_gets_sources_as_a_built_in_resource() {
     assert!(lines[2].starts_with("apiserver-2 "), "{out}");
 
     let (ok, out, err) = k
-        .run(ADMIN_TOKEN, &["get", "sources.audit.k8s.io", "-o", "wide"])
+        .run(
+            Some(ADMIN_TOKEN),
+            &["get", "sources.audit.k8s.io", "-o", "wide"],
+        )
         .await;
     assert!(ok, "{err}");
     assert!(out.lines().next().unwrap().contains("LAST ERROR"), "{out}");
@@ -453,7 +416,7 @@ async fn kubectl_gets_sources_as_a_built_in_resource() {
 
     let (ok, out, err) = k
         .run(
-            ADMIN_TOKEN,
+            Some(ADMIN_TOKEN),
             &["get", "sources.audit.k8s.io", "apiserver-2", "-o", "json"],
         )
         .await;
@@ -463,7 +426,9 @@ async fn kubectl_gets_sources_as_a_built_in_resource() {
     assert_eq!(object["status"]["refusedBatches"], 1);
 
     // alice may not list sources.
-    let (ok, _, err) = k.run(ALICE_TOKEN, &["get", "sources.audit.k8s.io"]).await;
+    let (ok, _, err) = k
+        .run(Some(ALICE_TOKEN), &["get", "sources.audit.k8s.io"])
+        .await;
     assert!(!ok);
     assert!(
         err.contains(r#"Error from server (Forbidden): sources.audit.k8s.io is forbidden: User "alice" cannot list resource "sources" in API group "audit.k8s.io" at the cluster scope"#),
@@ -472,7 +437,7 @@ async fn kubectl_gets_sources_as_a_built_in_resource() {
 
     // -w: the rows, then a row for the new source.
     let mut child = k
-        .command(ADMIN_TOKEN, &["get", "sources.audit.k8s.io", "-w"])
+        .command(Some(ADMIN_TOKEN), &["get", "sources.audit.k8s.io", "-w"])
         .spawn()
         .unwrap();
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();

@@ -7,6 +7,7 @@ pub mod client;
 pub mod cluster;
 pub mod fake_apiserver;
 pub mod fixtures;
+pub mod kubectl;
 pub mod nats;
 pub mod nats_server;
 pub mod pki;
