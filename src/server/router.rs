@@ -21,6 +21,7 @@ use crate::event::Event;
 use crate::event::{API_GROUP, API_VERSION};
 use crate::metrics::{self, Metrics};
 use crate::response::{self, Body};
+use crate::selector::FieldSelector;
 use crate::status::ApiError;
 use crate::table;
 use crate::tls::Peer;
@@ -280,11 +281,13 @@ impl App {
         match (attrs.verb.as_str(), attrs.name.is_empty()) {
             // A LIST's name, if any, is its selector's (authorization's only).
             ("list", _) => {
-                let visible = self.visible(&attrs, &scope, &query).await;
+                let visible = self.visible(&attrs, &scope, &query.field_selector).await;
                 watch::list(&app.bus, scope, &query, format, &*visible)
             }
             ("get", false) => {
-                let visible = self.visible(&attrs, &scope, &query).await;
+                // Only the events of that name are asked about, not the whole window.
+                let named = FieldSelector::name(&attrs.name);
+                let visible = self.visible(&attrs, &scope, &named).await;
                 watch::get(&app.bus, scope, resource, &attrs.name, format, &*visible)
             }
             ("watch", true) if readable => self.watch(attrs, scope, resource, &query, format),
@@ -412,19 +415,19 @@ impl App {
     }
 
     /// What a LIST or GET may show: everything, or (by resource) what the answers for
-    /// the window's resources allow, each asked once.
+    /// the resources of the window's events that `selector` picks allow, each asked once.
     async fn visible(
         &self,
         attrs: &Attributes,
         scope: &Scope,
-        query: &watch::Query,
+        selector: &FieldSelector,
     ) -> Box<dyn Fn(&Event) -> bool + Send + Sync> {
         let Some(check) = self.resource_check(attrs) else {
             return Box::new(|_| true);
         };
         let filter = Filter {
             scope: scope.clone(),
-            selector: query.field_selector.clone(),
+            selector: selector.clone(),
         };
         // A bus that is down answers the LIST itself with its 503.
         let held = self
