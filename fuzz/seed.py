@@ -63,6 +63,11 @@ def decoder_seeds():
         '{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{"auditID":"a","stage":"ResponseComplete",'
         '"level":"Metadata","user":{"username":"u","uid":"\\udadd"}}]}'
     )
+    # A namespace's create: no objectRef.namespace, routed to the namespace it names.
+    yield (
+        '{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{"auditID":"a","stage":"ResponseComplete",'
+        '"level":"Metadata","verb":"create","objectRef":{"resource":"namespaces","name":"foo","apiVersion":"v1"}}]}'
+    )
 
 
 def main():

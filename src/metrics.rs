@@ -42,6 +42,8 @@ pub struct Metrics {
     watch_withheld: IntCounterVec,
     watch_namespace_budget: IntCounterVec,
     watch_stalled: IntCounterVec,
+    lists: IntGaugeVec,
+    list_stalled: IntCounterVec,
     panics: IntCounterVec,
     bus_published: IntCounter,
     bus_dropped: IntCounter,
@@ -165,6 +167,22 @@ impl Metrics {
                     "watch",
                     "stalled_total",
                     "Watches ended because their client took nothing for the stall limit."
+                ),
+                &["resource"]
+            )),
+            lists: reg!(IntGaugeVec::new(
+                opts(
+                    "list",
+                    "in_flight",
+                    "LISTs being written, by resource (capped by --max-watchers and --max-watchers-per-user, apart from watches)."
+                ),
+                &["resource"]
+            )),
+            list_stalled: reg!(IntCounterVec::new(
+                opts(
+                    "list",
+                    "stalled_total",
+                    "LISTs ended because their client took nothing for the stall limit."
                 ),
                 &["resource"]
             )),
@@ -335,6 +353,16 @@ impl Metrics {
         }
     }
 
+    /// Count a LIST in flight until the guard is dropped.
+    pub fn list_started(&self, resource: &'static str) -> ListGuard {
+        let gauge = self.lists.with_label_values(&[resource]);
+        gauge.inc();
+        ListGuard {
+            gauge,
+            stalled: self.list_stalled.with_label_values(&[resource]),
+        }
+    }
+
     /// The text of a scrape: the bus's counters (`bus_up`: whether it is up now) caught
     /// up, then every family.
     pub fn render(&self, bus: &Stats, bus_up: bool) -> String {
@@ -492,6 +520,25 @@ impl WatchGuard {
 }
 
 impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// Held by a LIST while it is written.
+pub struct ListGuard {
+    gauge: IntGauge,
+    stalled: IntCounter,
+}
+
+impl ListGuard {
+    /// Counts the LIST if the sweeper ends it.
+    pub fn stalled_counter(&self) -> IntCounter {
+        self.stalled.clone()
+    }
+}
+
+impl Drop for ListGuard {
     fn drop(&mut self) {
         self.gauge.dec();
     }

@@ -2,7 +2,8 @@
 //! nothing older, paging that returns every event once, kube-apiserver's errors (410
 //! for an expired continue token or resourceVersion, 404 for a name that left the
 //! window, 422 for invalid list options), server-side Tables on LIST, GET and WATCH, and
-//! a WatchList that ends its initial events with the annotated bookmark.
+//! a WatchList that ends its initial events with the annotated bookmark; LISTs streamed
+//! and capped in flight.
 
 mod support;
 
@@ -10,7 +11,7 @@ use std::collections::BTreeSet;
 
 use http::StatusCode;
 use support::fixtures::{self, event};
-use support::server::{ADMIN_TOKEN, ALICE_TOKEN, TestServer};
+use support::server::{ADMIN_TOKEN, ALICE_TOKEN, BOB_TOKEN, TestServer};
 
 const EVENTS: &str = "/apis/audit.k8s.io/v1alpha1/events";
 const TEAM_A: &str = "/apis/audit.k8s.io/v1alpha1/namespaces/team-a/namespacedevents";
@@ -639,34 +640,159 @@ async fn a_large_list_is_written_a_frame_at_a_time() {
     let srv = TestServer::start(&[]).await;
     let lines = fixtures::lines("all-events.jsonl");
     srv.push_events(&lines).await;
-    let resp = srv
-        .client(Some(ADMIN_TOKEN))
-        .send(http::Method::GET, EVENTS, &[], bytes::Bytes::new())
-        .await;
-    assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(resp.headers()["content-type"], "application/json");
-    // Streamed: no length known up front (a body built whole would have one).
-    assert!(
-        resp.headers().get("content-length").is_none(),
-        "{:?}",
-        resp.headers()
-    );
-    let mut body = resp.into_body();
-    let (mut frames, mut all) = (0, Vec::new());
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame.unwrap().into_data() {
-            assert!(data.len() < 2 << 20, "one frame of {} bytes", data.len());
-            frames += 1;
-            all.extend_from_slice(&data);
+    // An EventList, and a Table (rows with their objects, the largest form).
+    for (accept, kind, items) in [
+        ("application/json", "EventList", "items"),
+        (TABLE, "Table", "rows"),
+    ] {
+        let resp = srv
+            .client(Some(ADMIN_TOKEN))
+            .send(
+                http::Method::GET,
+                &format!("{EVENTS}?includeObject=Object"),
+                &[("accept", accept)],
+                bytes::Bytes::new(),
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK, "{kind}");
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        // Streamed: no length known up front (a body built whole would have one).
+        assert!(
+            resp.headers().get("content-length").is_none(),
+            "{kind}: {:?}",
+            resp.headers()
+        );
+        let mut body = resp.into_body();
+        let (mut frames, mut all) = (0, Vec::new());
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                assert!(data.len() < 2 << 20, "one frame of {} bytes", data.len());
+                frames += 1;
+                all.extend_from_slice(&data);
+            }
+        }
+        assert!(
+            all.len() > 256 << 10,
+            "the window holds the fixture: {} bytes",
+            all.len()
+        );
+        assert!(
+            frames > 1,
+            "{kind}: {frames} frames for {} bytes",
+            all.len()
+        );
+        let list: serde_json::Value = serde_json::from_slice(&all).unwrap();
+        assert_eq!(list["kind"], kind);
+        assert_eq!(list[items].as_array().unwrap().len(), lines.len(), "{kind}");
+        if kind == "Table" {
+            let row = &list["rows"][0];
+            assert!(row["cells"].as_array().is_some_and(|c| !c.is_empty()));
+            assert_eq!(row["object"]["kind"], "Event");
         }
     }
+}
+
+/// LISTs in flight are capped in all and per user under the watches' flags, apart from
+/// watches, with kube-apiserver's max-in-flight answer (429, `Retry-After`); a LIST whose
+/// client stopped reading is ended after the stall limit and gives its slot back.
+#[tokio::test]
+async fn lists_in_flight_are_capped_and_an_unread_one_gives_its_slot_back() {
+    use http::Method;
+    use http_body_util::BodyExt;
+    const STALL: std::time::Duration = std::time::Duration::from_secs(2);
+    let srv = TestServer::start_tuned(
+        &["--max-watchers", "3", "--max-watchers-per-user", "2"],
+        |s| s.stall_limit = STALL,
+    )
+    .await;
+    srv.push_events(&fixtures::lines("all-events.jsonl")).await;
+    let team_b: Vec<String> = (0..100)
+        .map(|i| event(&format!("b-{i}"), Some("team-b"), "update"))
+        .collect();
+    srv.push_events(&team_b).await;
+
+    let admin = srv.client(Some(ADMIN_TOKEN)).http2();
+    let bob = srv.client(Some(BOB_TOKEN)).http2();
+    // One connection each with a stream window of 4 KiB: a LIST nobody reads stops
+    // there, in flight.
+    let mut admin_conn = admin.http2_connection(4096).await;
+    let mut bob_conn = bob.http2_connection(4096).await;
+    let mut stuck = Vec::new();
+    for _ in 0..2 {
+        let resp = admin_conn
+            .send_request(admin.request(Method::GET, EVENTS, &[], ""))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        stuck.push(resp);
+    }
+    let refused = |resp: http::Response<hyper::body::Incoming>, what: &'static str| async move {
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS, "{what}");
+        assert_eq!(resp.headers()[http::header::RETRY_AFTER], "1", "{what}");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(status["reason"], "TooManyRequests", "{what}");
+        status["message"].as_str().unwrap().to_owned()
+    };
+    let third = admin_conn
+        .send_request(admin.request(Method::GET, EVENTS, &[], ""))
+        .await
+        .unwrap();
+    let message = refused(third, "admin's third").await;
     assert!(
-        all.len() > 256 << 10,
-        "the window holds the fixture: {} bytes",
-        all.len()
+        message.contains(r#"LISTs in flight for user "admin" (limit 2)"#),
+        "{message}"
     );
-    assert!(frames > 1, "{frames} frames for {} bytes", all.len());
-    let list: serde_json::Value = serde_json::from_slice(&all).unwrap();
-    assert_eq!(list["kind"], "EventList");
-    assert_eq!(list["items"].as_array().unwrap().len(), lines.len());
+    // Watches are held apart: one still opens.
+    let watch = admin_conn
+        .send_request(admin.request(Method::GET, &format!("{EVENTS}?watch=1"), &[], ""))
+        .await
+        .unwrap();
+    assert_eq!(watch.status(), StatusCode::OK);
+    // Another user gets a slot, up to the server's limit.
+    let bobs = bob_conn
+        .send_request(bob.request(Method::GET, TEAM_B, &[], ""))
+        .await
+        .unwrap();
+    assert_eq!(bobs.status(), StatusCode::OK);
+    let fourth = bob_conn
+        .send_request(bob.request(Method::GET, TEAM_B, &[], ""))
+        .await
+        .unwrap();
+    let message = refused(fourth, "the fourth in all").await;
+    assert!(message.contains("LISTs in flight (limit 3)"), "{message}");
+    let scrape = || async {
+        let body = srv.client(Some(ADMIN_TOKEN)).get("/metrics").await.1;
+        (
+            support::metric(
+                &body,
+                r#"kube_audit_stream_list_in_flight{resource="events"}"#,
+            ),
+            support::metric(
+                &body,
+                r#"kube_audit_stream_list_stalled_total{resource="events"}"#,
+            ),
+        )
+    };
+    assert_eq!(scrape().await.0, Some(2.0));
+
+    // Unread for the stall limit, the LISTs are ended and their slots given back.
+    support::eventually("the unread LISTs to end", || async {
+        scrape().await == (Some(0.0), Some(2.0))
+    })
+    .await;
+    let resp = admin_conn
+        .send_request(admin.request(Method::GET, EVENTS, &[], ""))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Read late, an ended LIST stops short: its client sees a broken body, not a
+    // shorter list that looks whole.
+    let late = tokio::time::timeout(support::DEADLINE, stuck.remove(0).into_body().collect())
+        .await
+        .expect("the ended LIST's stream ends")
+        .unwrap()
+        .to_bytes();
+    assert!(serde_json::from_slice::<serde_json::Value>(&late).is_err());
+    drop((watch, bobs, resp));
 }

@@ -681,9 +681,16 @@ async fn the_dashboard_and_the_alerts_query_metrics_that_exist_with_nats() {
 
 async fn dashboard_and_alerts_against(bus: &[&str]) {
     let nats = !bus.is_empty();
-    // A fake cluster: alice has a token, may watch team-a and read /metrics.
+    // A fake cluster: alice has a token, may watch and list team-a and read /metrics.
     let cluster = Cluster::new().await;
     cluster.fake.allow(Rule::non_resource("alice", "/metrics"));
+    cluster.fake.allow(Rule::namespaced(
+        "alice",
+        &["list"],
+        "team-a",
+        "audit.k8s.io",
+        "namespacedevents",
+    ));
     let srv = cluster.server(bus).await;
     let alice = srv.client(Some("alice-token"));
     // With NATS the bus is up once the stream is reached; /readyz needs no credentials,
@@ -698,6 +705,8 @@ async fn dashboard_and_alerts_against(bus: &[&str]) {
         .await;
     w.added(1).await;
     drop(w);
+    // A LIST, for the families of LISTs in flight.
+    assert_eq!(alice.get(TEAM_A).await.0, StatusCode::OK);
     // Twice: the second answers come from the caches.
     let _ = alice.get("/metrics").await;
     let (code, m) = alice.get("/metrics").await;
@@ -783,7 +792,10 @@ async fn dashboard_and_alerts_against(bus: &[&str]) {
     drop(cluster.fake);
     let (code, _) = srv.client(Some("bob-token")).get(TEAM_A).await;
     assert_eq!(code, StatusCode::UNAUTHORIZED);
-    let (code, _) = alice.get(TEAM_A).await;
+    // (Her LIST of team-a is cached: another namespace is a new question.)
+    let (code, _) = alice
+        .get("/apis/audit.k8s.io/v1alpha1/namespaces/team-c/namespacedevents")
+        .await;
     assert_eq!(code, StatusCode::INTERNAL_SERVER_ERROR);
     // alice's token and her /metrics permission are still cached.
     let (code, m) = alice.get("/metrics").await;
@@ -803,7 +815,7 @@ async fn dashboard_and_alerts_against(bus: &[&str]) {
         ),
         (
             "kube_audit_stream_authentication_token_cache_requests_total{result=\"hit\"}",
-            4.0,
+            5.0,
         ),
         (
             "kube_audit_stream_authorization_decisions_total{decision=\"error\"}",

@@ -7,14 +7,29 @@
 #![no_main]
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use kube_audit_stream::bus::{Bus, Config, Scope};
 use kube_audit_stream::event::decode_event_list;
-use kube_audit_stream::watch::{self, Query};
+use kube_audit_stream::metrics::Metrics;
+use kube_audit_stream::watch::{self, Query, Watches};
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
+
+/// A LIST's slot: one of a registry that never fills.
+fn slot() -> watch::InFlight {
+    static LISTS: OnceLock<(Watches, Metrics)> = OnceLock::new();
+    let (lists, metrics) = LISTS.get_or_init(|| {
+        let lists = Watches::lists(usize::MAX, usize::MAX, Duration::from_secs(60));
+        (lists, Metrics::new())
+    });
+    match watch::enter_list(lists, "fuzz", "events", metrics.list_started("events")) {
+        Ok(slot) => slot,
+        Err(e) => panic!("no slot: {e:?}"),
+    }
+}
 
 /// A window of four events, resourceVersions 1 to 4: small numbers land inside it.
 fn bus() -> &'static Bus {
@@ -106,7 +121,7 @@ fuzz_target!(|data: &[u8]| {
     let deadline = q.deadline(now);
     assert!(deadline >= now, "{text:?}");
     if !q.watch
-        && let Err(e) = watch::list(bus(), Scope::All, &q, None, &|_| true)
+        && let Err(e) = watch::list(bus(), Scope::All, &q, None, &|_| true, slot())
     {
         let (code, _) = e.code_reason();
         assert!(

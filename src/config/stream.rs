@@ -168,11 +168,12 @@ pub struct Stream {
     #[arg(long, default_value_t = 100 * 1024)]
     pub max_event_bytes: usize,
     /// Open watches at most, all users together; one more gets 429 with Retry-After.
-    /// Each costs a queue and a few KiB.
+    /// Each costs a queue and a few KiB. LISTs in flight are held to it apart.
     #[arg(long, default_value_t = 5_000)]
     pub max_watchers: usize,
     /// Open watches at most per user, so that one user (or one runaway script) cannot
-    /// take every slot; one more gets 429 with Retry-After.
+    /// take every slot; one more gets 429 with Retry-After. LISTs in flight are held to
+    /// it apart.
     #[arg(long, default_value_t = 100)]
     pub max_watchers_per_user: usize,
 }

@@ -87,6 +87,8 @@ pub(super) struct Inner {
     /// Requests, authentication and authorization decisions, counted by the router.
     pub(super) requests: super::router::RequestMeters,
     pub(super) watches: Watches,
+    /// LISTs in flight, held apart from watches under the same limits.
+    pub(super) lists: Watches,
     pub(super) budget: budget::Config,
     /// The server-wide egress cap, if any, shared by every watch's budget.
     pub(super) egress: Option<Arc<EgressShare>>,
@@ -166,6 +168,12 @@ impl App {
             settings.stall_limit,
         );
         watches.spawn_sweeper(shutdown.clone());
+        let lists = Watches::lists(
+            settings.max_watchers,
+            settings.max_watchers_per_user,
+            settings.stall_limit,
+        );
+        lists.spawn_sweeper(shutdown.clone());
         Ok(App {
             inner: Arc::new(Inner {
                 tls,
@@ -196,6 +204,7 @@ impl App {
                 requests: super::router::RequestMeters::new(&metrics),
                 metrics,
                 watches,
+                lists,
                 budget: settings.budget,
                 egress: (settings.max_egress_bytes_per_second > 0)
                     .then(|| EgressShare::new(settings.max_egress_bytes_per_second)),

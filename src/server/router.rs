@@ -281,8 +281,10 @@ impl App {
         match (attrs.verb.as_str(), attrs.name.is_empty()) {
             // A LIST's name, if any, is its selector's (authorization's only).
             ("list", _) => {
+                let guard = app.metrics.list_started(resource);
+                let slot = watch::enter_list(&app.lists, &attrs.user.name, resource, guard)?;
                 let visible = self.visible(&attrs, &scope, &query.field_selector).await;
-                watch::list(&app.bus, scope, &query, format, &*visible)
+                watch::list(&app.bus, scope, &query, format, &*visible, slot)
             }
             ("get", false) => {
                 // Only the events of that name are asked about, not the whole window.

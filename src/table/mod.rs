@@ -356,6 +356,9 @@ pub fn latency(from: &str, to: &str) -> Option<String> {
     })
 }
 
+/// What closes a Table after its last row.
+pub const TABLE_TAIL: &[u8] = b"]}";
+
 /// Where a Table starts: kind, apiVersion and the opening of its metadata.
 fn open(out: &mut impl BufMut, version: Version) {
     out.put_slice(br#"{"kind":"Table","apiVersion":""#);
@@ -364,7 +367,7 @@ fn open(out: &mut impl BufMut, version: Version) {
 }
 
 impl Format {
-    /// A whole Table: `rows` written by `write_rows`, metadata from the rest.
+    /// A whole Table: a row for each of `items`, metadata from the rest.
     pub fn write_table(
         &self,
         out: &mut Vec<u8>,
@@ -372,6 +375,25 @@ impl Format {
         continue_token: Option<&str>,
         headers: bool,
         items: &[std::sync::Arc<Published>],
+    ) {
+        self.write_table_head(out, resource_version, continue_token, headers);
+        for (i, p) in items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            self.write_row(out, p, false);
+        }
+        out.extend_from_slice(TABLE_TAIL);
+    }
+
+    /// A Table up to its first row, for a writer that adds the rows (`write_row`, a comma
+    /// between two) and then `TABLE_TAIL` as its client reads.
+    pub fn write_table_head(
+        &self,
+        out: &mut Vec<u8>,
+        resource_version: u64,
+        continue_token: Option<&str>,
+        headers: bool,
     ) {
         open(out, self.version);
         out.extend_from_slice(itoa::Buffer::new().format(resource_version).as_bytes());
@@ -387,17 +409,10 @@ impl Format {
             out.extend_from_slice(b"[]");
         }
         out.extend_from_slice(br#","rows":["#);
-        for (i, p) in items.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            self.write_row(out, p, false);
-        }
-        out.extend_from_slice(b"]}");
     }
 
     /// One row: the cells and, as `includeObject` asks, the object or its metadata.
-    fn write_row(&self, out: &mut impl BufMut, p: &Published, truncated: bool) {
+    pub fn write_row(&self, out: &mut impl BufMut, p: &Published, truncated: bool) {
         out.put_slice(br#"{"cells":"#);
         out.put_slice(cells(&p.event));
         let (head, tail) = match self.include {

@@ -1,22 +1,27 @@
 //! LIST and GET of events. A LIST returns the replay window (what the bus still holds,
 //! never older history) as an `EventList` or a Table, in pages (`limit`, `continue`) that
-//! are consistent with the first page's resourceVersion; a GET returns one event while
-//! the window holds it. Items are cut out of each event's shared watch line, not
-//! re-encoded.
+//! are consistent with the first page's resourceVersion, streamed as its client reads,
+//! from a slot of its own among the LISTs in flight; a GET returns one event while the
+//! window holds it. Items are cut out of each event's shared watch line, not re-encoded.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
 use bytes::{Bytes, BytesMut};
 use http::{Response, StatusCode};
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
+use super::registry::{Registration, Stop, Watches};
 use super::{Query, ResourceVersionMatch};
 use crate::bus::{At, Bus, Filter, ListError, ListRange, Published, Scope};
 use crate::event::{API_GROUP, Event, Field, GROUP_VERSION};
+use crate::metrics::ListGuard;
 use crate::response::{self, Body};
 use crate::status::ApiError;
-use crate::table::Format;
+use crate::table::{Format, TABLE_TAIL};
 
 /// What a continue token holds: where the next page starts, and the resourceVersion
 /// the pages are consistent with (0: none, the token kube-apiserver calls inconsistent).
@@ -80,7 +85,88 @@ fn range(query: &Query) -> Result<ListRange, ApiError> {
     })
 }
 
-/// LIST the window's events that `scope` and the field selector select.
+/// A LIST's place among those in flight (`--max-watchers`, `--max-watchers-per-user`
+/// hold LISTs apart from watches, as kube-apiserver's `--max-requests-inflight` does),
+/// taken before the window is read and held by its body until the last byte is taken,
+/// the client goes, or the sweeper finds the client stopped reading.
+pub struct InFlight {
+    registration: Registration,
+    pending: Pending,
+}
+
+/// What a LIST has still to write, and its place in the in-flight gauge, shared with the
+/// sweeper, which drops both when it ends a LIST whose client stopped reading: a body no
+/// longer polled is not dropped either while its connection lives, and would keep its
+/// references to evicted events and its count.
+#[derive(Clone)]
+struct Pending(Arc<Mutex<Writing>>);
+
+struct Writing {
+    items: Option<std::vec::IntoIter<Arc<Published>>>,
+    guard: Option<ListGuard>,
+}
+
+impl Pending {
+    fn lock(&self) -> MutexGuard<'_, Writing> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Done, or ended: nothing more to write or to count.
+    fn finish(&self) {
+        let mut w = self.lock();
+        w.items = None;
+        w.guard = None;
+    }
+}
+
+impl Stop for Pending {
+    fn close(&self) {
+        self.finish();
+    }
+
+    fn has_pending(&self) -> bool {
+        self.lock().items.is_some()
+    }
+}
+
+/// Take a slot for `user`'s LIST, counted by `guard` while it is written. A refusal
+/// is logged as the router logs one, and is a 429.
+pub fn enter(
+    lists: &Watches,
+    user: &str,
+    resource: &str,
+    guard: ListGuard,
+) -> Result<InFlight, ApiError> {
+    let stalled = guard.stalled_counter();
+    let pending = Pending(Arc::new(Mutex::new(Writing {
+        items: None,
+        guard: Some(guard),
+    })));
+    match lists.register(user, pending.clone(), stalled) {
+        Ok(registration) => Ok(InFlight {
+            registration,
+            pending,
+        }),
+        Err(full) => {
+            let (flag, limit) = full.flag();
+            tracing::info!(
+                user,
+                resource,
+                code = 429,
+                flag,
+                limit,
+                reason = %full,
+                "request refused"
+            );
+            Err(full.into())
+        }
+    }
+}
+
+/// LIST the window's events that `scope` and the field selector select, as an
+/// `EventList` or a Table written a frame at a time as the client reads: out of the
+/// window's shared lines, so that a LIST holds its page's references and one frame, never
+/// the whole body, however much the window holds.
 /// `visible`: what this reader may see of what the scope selects (everything, unless
 /// `--authorization-granularity=resource`).
 pub fn list(
@@ -89,6 +175,7 @@ pub fn list(
     query: &Query,
     format: Option<Format>,
     visible: &dyn Fn(&Event) -> bool,
+    slot: InFlight,
 ) -> Result<Response<Body>, ApiError> {
     let range = range(query)?;
     let filter = Filter {
@@ -113,54 +200,53 @@ pub fn list(
         .flatten()
         .map(|last| Continue::encode(page.resource_version, last.resource_version));
 
-    let Some(f) = format else {
-        // An EventList: its items are written a frame at a time as the client reads, out
-        // of the window's shared lines, so that a LIST holds the page's references and one
-        // frame, never the whole body, however much the window holds.
-        let mut head = Vec::with_capacity(256);
-        head.extend_from_slice(br#"{"kind":"EventList","apiVersion":""#);
-        head.extend_from_slice(GROUP_VERSION.as_bytes());
-        head.extend_from_slice(br#"","metadata":{"resourceVersion":""#);
-        head.extend_from_slice(itoa::Buffer::new().format(page.resource_version).as_bytes());
-        head.push(b'"');
-        if let Some(token) = &continue_token {
-            head.extend_from_slice(br#","continue":"#);
-            head.extend_from_slice(&serde_json::to_vec(token).unwrap_or_default());
+    let mut head = Vec::with_capacity(256);
+    match &format {
+        Some(f) => f.write_table_head(
+            &mut head,
+            page.resource_version,
+            continue_token.as_deref(),
+            true,
+        ),
+        None => {
+            head.extend_from_slice(br#"{"kind":"EventList","apiVersion":""#);
+            head.extend_from_slice(GROUP_VERSION.as_bytes());
+            head.extend_from_slice(br#"","metadata":{"resourceVersion":""#);
+            head.extend_from_slice(itoa::Buffer::new().format(page.resource_version).as_bytes());
+            head.push(b'"');
+            if let Some(token) = &continue_token {
+                head.extend_from_slice(br#","continue":"#);
+                head.extend_from_slice(&serde_json::to_vec(token).unwrap_or_default());
+            }
+            head.extend_from_slice(br#"},"items":["#);
         }
-        head.extend_from_slice(br#"},"items":["#);
-        let body = ItemsBody {
-            head: Some(Bytes::from(head)),
-            items: page.items.into_iter(),
-            first: true,
-            done: false,
-        };
-        let mut resp = Response::new(body.boxed_unsync());
-        resp.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        return Ok(resp);
+    }
+    slot.pending.lock().items = Some(page.items.into_iter());
+    let body = ItemsBody {
+        head: Some(Bytes::from(head)),
+        format,
+        slot,
+        first: true,
+        done: false,
     };
-    let mut out =
-        Vec::with_capacity(256 + page.items.iter().map(|p| p.wire_len(false)).sum::<usize>());
-    f.write_table(
-        &mut out,
-        page.resource_version,
-        continue_token.as_deref(),
-        true,
-        &page.items,
+    let mut resp = Response::new(body.boxed_unsync());
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
     );
-    Ok(response::json(StatusCode::OK, out))
+    Ok(resp)
 }
 
-/// What an `EventList` body writes at most per frame, unless one item alone is larger.
+/// What a LIST body writes at most per frame, unless one item alone is larger.
 const LIST_FRAME_BYTES: usize = 64 * 1024;
 
-/// An `EventList` written as it is read: the head, then items a frame at a time, then
-/// the closing bytes. Each item is cut out of its event's shared line.
+/// An `EventList` or a Table written as it is read: the head, then items or rows a frame
+/// at a time, then the closing bytes. Each is cut out of its event's shared line.
 struct ItemsBody {
     head: Option<Bytes>,
-    items: std::vec::IntoIter<std::sync::Arc<Published>>,
+    /// `Some`: Table rows; `None`: `EventList` items.
+    format: Option<Format>,
+    slot: InFlight,
     first: bool,
     done: bool,
 }
@@ -173,26 +259,47 @@ impl http_body::Body for ItemsBody {
         mut self: std::pin::Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        if self.done {
+        let this = &mut *self;
+        // Ended from outside: its client took nothing for the stall limit. The body ends
+        // short of its closing bytes, which a client reads as a broken response.
+        if this.done || !this.slot.registration.polled(Instant::now()) {
+            this.done = true;
             return std::task::Poll::Ready(None);
         }
-        let mut frame = match self.head.take() {
+        let mut frame = match this.head.take() {
             Some(head) => BytesMut::from(&head[..]),
             None => BytesMut::new(),
         };
+        let mut writing = this.slot.pending.lock();
+        let Some(iter) = writing.items.as_mut() else {
+            this.done = true;
+            return std::task::Poll::Ready(None);
+        };
         while frame.len() < LIST_FRAME_BYTES {
-            let Some(p) = self.items.next() else {
-                frame.extend_from_slice(b"]}");
-                self.done = true;
+            let Some(p) = iter.next() else {
+                frame.extend_from_slice(match this.format {
+                    Some(_) => TABLE_TAIL,
+                    None => b"]}",
+                });
+                // Nothing left to send: the sweeper leaves it be from here on, and it
+                // counts as in flight no more.
+                writing.items = None;
+                writing.guard = None;
+                this.done = true;
                 break;
             };
-            if !std::mem::replace(&mut self.first, false) {
+            if !std::mem::replace(&mut this.first, false) {
                 frame.extend_from_slice(b",");
             }
-            let (head, tail) = p.event.object_parts(false);
-            frame.extend_from_slice(head);
-            frame.extend_from_slice(p.digits());
-            frame.extend_from_slice(tail);
+            match &this.format {
+                Some(f) => f.write_row(&mut frame, &p, false),
+                None => {
+                    let (head, tail) = p.event.object_parts(false);
+                    frame.extend_from_slice(head);
+                    frame.extend_from_slice(p.digits());
+                    frame.extend_from_slice(tail);
+                }
+            }
         }
         std::task::Poll::Ready(Some(Ok(http_body::Frame::data(frame.freeze()))))
     }

@@ -28,7 +28,7 @@ pub use crate::selector::FieldSelector;
 use crate::status::ApiError;
 use crate::table::Format;
 pub use crate::table::IncludeObject;
-pub use list::{get, list};
+pub use list::{InFlight, enter as enter_list, get, list};
 pub use registry::Watches;
 
 /// A field selector that does not parse: 400, as kube-apiserver answers it.
@@ -368,10 +368,7 @@ pub fn serve(
         Ok(registration) => registration,
         Err(full) => {
             // Who was turned away, at which limit, as the router logs a refusal.
-            let (flag, limit) = match &full {
-                registry::Full::Server(limit) => ("--max-watchers", *limit),
-                registry::Full::User { limit, .. } => ("--max-watchers-per-user", *limit),
-            };
+            let (flag, limit) = full.flag();
             tracing::info!(
                 user = %ctx.user,
                 resource = %ctx.resource,

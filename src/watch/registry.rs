@@ -1,6 +1,9 @@
 //! The server's open watches: their slots, in all and per user (one more than either
 //! limit gets 429), the one sweeper that ends watches whose client stopped reading, and
-//! shutdown.
+//! shutdown. LISTs in flight are held the same way in a registry of their own
+//! (`Watches::lists`), as kube-apiserver's `--max-requests-inflight` holds its reads
+//! apart from its watches: a LIST streams the window as its client reads, so one whose
+//! client stopped reading is ended by the same sweeper and gives back its slot.
 //!
 //! Hyper polls a response body only when the connection can take more, and an HTTP/2
 //! stream whose client stopped reading (its flow-control window shut) is never polled
@@ -42,13 +45,56 @@ impl Stop for Closer {
     }
 }
 
-/// No slot for another watch.
+/// What a registry holds: open watches, or LISTs in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Watch,
+    List,
+}
+
+impl Kind {
+    /// Its slots, as a refusal names them.
+    fn slots(self) -> &'static str {
+        match self {
+            Kind::Watch => "open watches",
+            Kind::List => "LISTs in flight",
+        }
+    }
+
+    /// One of them, as the sweeper's log line names it.
+    fn one(self) -> &'static str {
+        match self {
+            Kind::Watch => "watch",
+            Kind::List => "LIST",
+        }
+    }
+}
+
+/// No slot for another watch or LIST.
 #[derive(Debug, thiserror::Error)]
 pub enum Full {
-    #[error("too many open watches (limit {0}), please try again later")]
-    Server(usize),
-    #[error("too many open watches for user {user:?} (limit {limit}), please try again later")]
-    User { user: String, limit: usize },
+    #[error("too many {} (limit {limit}), please try again later", kind.slots())]
+    Server { kind: Kind, limit: usize },
+    #[error(
+        "too many {} for user {user:?} (limit {limit}), please try again later",
+        kind.slots()
+    )]
+    User {
+        kind: Kind,
+        user: String,
+        limit: usize,
+    },
+}
+
+impl Full {
+    /// The flag that sets the limit reached, and its value (LISTs share the watches'
+    /// flags: one answer per user or server either way).
+    pub fn flag(&self) -> (&'static str, usize) {
+        match self {
+            Full::Server { limit, .. } => ("--max-watchers", *limit),
+            Full::User { limit, .. } => ("--max-watchers-per-user", *limit),
+        }
+    }
 }
 
 /// Over a watch limit: 429, as kube-apiserver's max-in-flight filter answers.
@@ -65,6 +111,7 @@ pub struct Watches {
 }
 
 struct Inner {
+    kind: Kind,
     max: usize,
     max_per_user: usize,
     stall_limit: Duration,
@@ -142,9 +189,20 @@ struct Entry {
 }
 
 impl Watches {
+    /// The registry of open watches.
     pub fn new(max: usize, max_per_user: usize, stall_limit: Duration) -> Self {
+        Self::of(Kind::Watch, max, max_per_user, stall_limit)
+    }
+
+    /// The registry of LISTs in flight.
+    pub fn lists(max: usize, max_per_user: usize, stall_limit: Duration) -> Self {
+        Self::of(Kind::List, max, max_per_user, stall_limit)
+    }
+
+    fn of(kind: Kind, max: usize, max_per_user: usize, stall_limit: Duration) -> Self {
         Watches {
             inner: Arc::new(Inner {
+                kind,
                 max,
                 max_per_user,
                 stall_limit,
@@ -171,12 +229,16 @@ impl Watches {
     ) -> Result<Registration, Full> {
         let mut open = self.lock();
         if open.entries.len() >= self.inner.max {
-            return Err(Full::Server(self.inner.max));
+            return Err(Full::Server {
+                kind: self.inner.kind,
+                limit: self.inner.max,
+            });
         }
         let limit = self.inner.max_per_user;
         let user: Arc<str> = match open.per_user.get_key_value(user) {
             Some((_, n)) if *n >= limit => {
                 return Err(Full::User {
+                    kind: self.inner.kind,
                     user: user.to_owned(),
                     limit,
                 });
@@ -275,7 +337,8 @@ impl Watches {
             tracing::info!(
                 user = %e.user,
                 stall_limit = ?self.inner.stall_limit,
-                "watch stalled: its client took nothing for too long; ending it"
+                "{} stalled: its client took nothing for too long; ending it",
+                self.inner.kind.one()
             );
             e.ended.store(Ended::Stalled as u8, Ordering::Relaxed);
             e.stalled.inc();
