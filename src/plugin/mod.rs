@@ -107,16 +107,41 @@ async fn who(api: &Api, printer: &mut Printer, args: &WhoArgs) -> Result<(), Err
     Ok(())
 }
 
+/// Where the events of a read go: the printer (`tail`), or the policy being built
+/// (`rbac -w`); `follow` feeds either the same way.
+trait Sink {
+    fn batch(&mut self, items: &[print::Item]) -> std::io::Result<()>;
+    /// Before the first live event (a table prints its header).
+    fn start_live(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Sink for Printer {
+    fn batch(&mut self, items: &[print::Item]) -> std::io::Result<()> {
+        Printer::batch(self, items)
+    }
+
+    fn start_live(&mut self) -> std::io::Result<()> {
+        Printer::start_live(self)
+    }
+}
+
+/// The start of `--since`'s stretch of time, by the events' own time.
+fn since_cutoff(since: Option<humantime::Duration>) -> Option<Timestamp> {
+    since.map(|d| {
+        let d = k8s_openapi::jiff::SignedDuration::try_from(*d).unwrap_or_default();
+        Timestamp::now() - d
+    })
+}
+
 /// `kubectl audit tail`: the window's matching events, then live ones, until Ctrl-C.
 async fn tail(api: &Api, printer: &mut Printer, args: &TailArgs) -> Result<(), Error> {
     let selector = args.field_selector()?;
     let selector = selector.as_deref();
-    let cutoff = args.since.map(|d| {
-        let d = k8s_openapi::jiff::SignedDuration::try_from(*d).unwrap_or_default();
-        Timestamp::now() - d
-    });
+    let cutoff = since_cutoff(args.since);
     let mut state = Follow::default();
-    let mut rv = match args.since_rv {
+    let rv = match args.since_rv {
         Some(rv) => rv,
         None => {
             api.list(selector, |page| {
@@ -131,12 +156,29 @@ async fn tail(api: &Api, printer: &mut Printer, args: &TailArgs) -> Result<(), E
             .await?
         }
     };
-    let mut backoff = Backoff::default();
     // Whether the server ever answered: until it has, an unreachable one is an error, as
     // for kubectl, not an outage to wait out.
-    let mut answered = args.since_rv.is_none();
+    let answered = args.since_rv.is_none();
+    let timeout = args.watch_timeout_seconds();
+    follow(api, printer, &mut state, selector, rv, answered, timeout).await
+}
+
+/// Watch from `rv` until Ctrl-C (or a refusal), handing each event to `sink`: resumed
+/// after a lost connection from the last resourceVersion seen, and after expired history
+/// or a restarted server from what the window still holds. `answered`: whether the
+/// server has answered already (until it has, an unreachable one is an error).
+async fn follow(
+    api: &Api,
+    sink: &mut impl Sink,
+    state: &mut Follow,
+    selector: Option<&str>,
+    mut rv: u64,
+    mut answered: bool,
+    timeout_seconds: u32,
+) -> Result<(), Error> {
+    let mut backoff = Backoff::default();
     loop {
-        let mut watch = match api.watch(selector, rv, args.watch_timeout_seconds()).await {
+        let mut watch = match api.watch(selector, rv, timeout_seconds).await {
             Ok(w) => w,
             Err(ApiFailure::Refused(status)) => return Err(api.refused(&status)),
             Err(ApiFailure::Transport(e)) if !answered => {
@@ -154,7 +196,7 @@ async fn tail(api: &Api, printer: &mut Printer, args: &TailArgs) -> Result<(), E
         }
         answered = true;
         // A table's header, before any live row, even when nothing was held.
-        printer.start_live()?;
+        sink.start_live()?;
         let mut lines = 0usize;
         loop {
             let next = watch.next().await;
@@ -166,7 +208,7 @@ async fn tail(api: &Api, printer: &mut Printer, args: &TailArgs) -> Result<(), E
                 Ok(Some(api::WatchEvent::Added(ev))) => {
                     rv = ev.resource_version().unwrap_or(rv);
                     state.seen(std::slice::from_ref(&*ev));
-                    printer.batch(std::slice::from_ref(&*ev))?;
+                    sink.batch(std::slice::from_ref(&*ev))?;
                 }
                 Ok(Some(api::WatchEvent::Bookmark { rv: at, dropped })) => {
                     rv = at.unwrap_or(rv);
@@ -178,7 +220,7 @@ async fn tail(api: &Api, printer: &mut Printer, args: &TailArgs) -> Result<(), E
                     }
                 }
                 Ok(Some(api::WatchEvent::Error(status))) if status.code == Some(410) => {
-                    match resume_after_gone(api, printer, &mut state, selector, &status, rv).await {
+                    match resume_after_gone(api, sink, state, selector, &status, rv).await {
                         Ok(now) => rv = now,
                         // The next watch from the same place meets the same 410.
                         Err(Error::Connect(e)) => {
@@ -195,7 +237,7 @@ async fn tail(api: &Api, printer: &mut Printer, args: &TailArgs) -> Result<(), E
                 // above). With several replicas, one a moment behind waits instead, so a
                 // replica that lags is never taken for this.
                 Ok(Some(api::WatchEvent::Error(status))) if status.code == Some(504) => {
-                    match restarted(api, printer, &mut state, selector, rv).await {
+                    match restarted(api, sink, state, selector, rv).await {
                         Ok(Some(now)) => rv = now,
                         Ok(None) => {}
                         Err(Error::Connect(e)) => {
@@ -241,7 +283,7 @@ async fn tail(api: &Api, printer: &mut Printer, args: &TailArgs) -> Result<(), E
 /// the window still holds, and return the resourceVersion to watch from.
 async fn resume_after_gone(
     api: &Api,
-    printer: &mut Printer,
+    sink: &mut impl Sink,
     state: &mut Follow,
     selector: Option<&str>,
     status: &api::Status,
@@ -261,7 +303,7 @@ async fn resume_after_gone(
     let rv = api
         .list(selector, |page| {
             state.seen(page);
-            printer.batch(page)
+            sink.batch(page)
         })
         .await?;
     Ok(rv)
@@ -272,7 +314,7 @@ async fn resume_after_gone(
 /// print what it holds, and return where to watch from.
 async fn restarted(
     api: &Api,
-    printer: &mut Printer,
+    sink: &mut impl Sink,
     state: &mut Follow,
     selector: Option<&str>,
     rv: u64,
@@ -287,7 +329,7 @@ async fn restarted(
     let now = api
         .list(selector, |page| {
             state.seen(page);
-            printer.batch(page)
+            sink.batch(page)
         })
         .await?;
     Ok(Some(now))
