@@ -1,14 +1,16 @@
 //! `kubectl audit`, the kubectl plugin (the `kubectl-audit` binary is a thin `main` over
 //! this module): its flags (`cli`), the reads against the aggregated API through the
 //! user's kubeconfig (`api`: LIST in pages, WATCH resumed from the last resourceVersion;
-//! `sources`, as the server prints them), and the printers (`print`: aligned table, JSON
-//! lines, YAML). A client of the server as kubectl is: it shares with the server only the
-//! API's names and annotations (and the latency format of its Table), never its internals.
+//! `sources`, as the server prints them), the printers (`print`: aligned table, JSON
+//! lines, YAML), and `rbac`'s policy made from a user's events. A client of the server as
+//! kubectl is: it shares with the server only the API's names and annotations (and the
+//! latency format of its Table), never its internals.
 
 pub mod api;
 pub mod cli;
 mod escape;
 pub mod print;
+pub mod rbac;
 
 use std::time::Duration;
 
@@ -36,19 +38,165 @@ pub enum Error {
     Output(#[from] std::io::Error),
 }
 
-/// Run one command to its end (`tail` only ends on an error).
-pub async fn run(cli: Cli) -> Result<(), Error> {
+/// Run one command to its end (`tail`, and `rbac -w`, only end on an error).
+pub async fn run(mut cli: Cli) -> Result<(), Error> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let verb = match cli.command {
+    let verb = match &cli.command {
         Command::Tail(_) => "watch",
-        Command::Who(_) | Command::Sources(_) => "list",
+        Command::Rbac(args) if args.watch => "watch",
+        Command::Who(_) | Command::Sources(_) | Command::Rbac(_) => "list",
     };
+    // A user's requests reach past one namespace (cluster-scoped ones, non-resource URLs,
+    // other namespaces): without -n or -A, `rbac` reads every event, not the context's
+    // namespace.
+    if matches!(cli.command, Command::Rbac(_))
+        && cli.kube.namespace.is_none()
+        && !cli.kube.all_namespaces
+    {
+        cli.kube.all_events = true;
+    }
     let api = Api::connect(&cli.kube, verb).await?;
     let mut printer = Printer::new(cli.kube.output);
     match &cli.command {
         Command::Tail(args) => tail(&api, &mut printer, args).await,
         Command::Who(args) => who(&api, &mut printer, args).await,
         Command::Sources(args) => sources(&api, cli.kube.output, args).await,
+        Command::Rbac(args) => rbac(&api, cli.kube.output, args).await,
+    }
+}
+
+/// How long each watch of `rbac -w` lasts before it is renewed (`tail`'s default).
+const RBAC_WATCH_TIMEOUT_SECONDS: u32 = 290;
+
+/// `kubectl audit rbac --user U`: the least policy that allows U's requests the window
+/// holds, as YAML; with `-w`, printed again each time live events make it grow.
+async fn rbac(api: &Api, output: cli::Output, args: &cli::RbacArgs) -> Result<(), Error> {
+    if matches!(output, cli::Output::Json | cli::Output::Wide) {
+        return Err(Error::Usage(
+            "rbac prints YAML for kubectl apply -f - (-o yaml, the default)".to_owned(),
+        ));
+    }
+    if args.user.is_empty() {
+        return Err(Error::Usage("--user: a user name is needed".to_owned()));
+    }
+    let namespace = match api.scope() {
+        Scope::Namespace(ns) => Some(ns.clone()),
+        Scope::AllNamespaces | Scope::AllEvents => None,
+    };
+    let mut policy = PolicySink {
+        builder: rbac::Builder::new(rbac::Options {
+            user: args.user.clone(),
+            namespace,
+            resource_names: args.resource_names,
+        }),
+        cutoff: since_cutoff(args.since),
+        printed: None,
+    };
+    // No field selector on the user: the server selects on user.username, and the requests
+    // of an impersonated user (impersonatedUser) are that user's.
+    let rv = api
+        .list(None, |page| {
+            policy.take(page);
+            Ok(())
+        })
+        .await?;
+    policy.print()?;
+    if policy.printed.is_none() {
+        policy.nothing(api.scope());
+    }
+    if !args.watch {
+        return Ok(());
+    }
+    let mut state = Follow::default();
+    follow(
+        api,
+        &mut policy,
+        &mut state,
+        None,
+        rv,
+        true,
+        RBAC_WATCH_TIMEOUT_SECONDS,
+    )
+    .await
+}
+
+/// `rbac`'s reader: the events taken into the policy, and the policy last printed.
+struct PolicySink {
+    builder: rbac::Builder,
+    cutoff: Option<Timestamp>,
+    /// The YAML last printed; `None` before any.
+    printed: Option<String>,
+}
+
+impl PolicySink {
+    /// Take events into the policy; whether it grew.
+    fn take(&mut self, items: &[print::Item]) -> bool {
+        let mut grew = false;
+        for item in items {
+            if self
+                .cutoff
+                .is_some_and(|c| item.view.time().is_some_and(|t| t < c))
+            {
+                continue;
+            }
+            match self.builder.add(item.raw()) {
+                Ok(g) => grew |= g,
+                // The server sent it as an event; one this reader cannot read is said, not
+                // dropped silently.
+                Err(e) => eprintln!(
+                    "Left out event {}: {e}",
+                    escape_terminal(&item.view.metadata.name)
+                ),
+            }
+        }
+        grew
+    }
+
+    /// Print the policy when it has objects and differs from the one printed last.
+    fn print(&mut self) -> std::io::Result<()> {
+        let policy = self.builder.policy();
+        if policy.is_empty() {
+            return Ok(());
+        }
+        let yaml = policy
+            .to_yaml(&self.builder.options().user)
+            .map_err(std::io::Error::other)?;
+        if self.printed.as_ref() == Some(&yaml) {
+            return Ok(());
+        }
+        let mut out = String::new();
+        if self.printed.is_some() {
+            // A reader of the stream sees where the new whole policy starts.
+            out.push_str("\n# The policy grew: all of it again.\n");
+        }
+        out.push_str(&yaml);
+        print::print(out.as_bytes())?;
+        self.printed = Some(yaml);
+        Ok(())
+    }
+
+    /// Say on stderr why nothing was printed.
+    fn nothing(&self, scope: &Scope) {
+        let user = escape_terminal(&self.builder.options().user);
+        match self.builder.events() {
+            0 => eprintln!(
+                "No audit events of user \"{user}\" {} in the server's window: no policy.",
+                scope.describe()
+            ),
+            n => eprintln!(
+                "{n} audit {} of user \"{user}\", all of discovery every user may read already: no policy.",
+                if n == 1 { "event" } else { "events" }
+            ),
+        }
+    }
+}
+
+impl Sink for PolicySink {
+    fn batch(&mut self, items: &[print::Item]) -> std::io::Result<()> {
+        if self.take(items) {
+            self.print()?;
+        }
+        Ok(())
     }
 }
 
