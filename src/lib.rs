@@ -52,9 +52,10 @@
 //! * [`metrics`]: Prometheus metrics in the app's own registry.
 //! * [`logging`]: the log's format (text or component-base JSON) and `-v` verbosity.
 //! * [`plugin`]: `kubectl audit`, the kubectl plugin (the `kubectl-audit` binary): `tail`,
-//!   `who` and `sources` through the user's kubeconfig, a client of the API like kubectl,
-//!   never of the server's internals (it shares only the API's names and annotations, and
-//!   the latency format of its Table; `sources` prints the server's own Table).
+//!   `who`, `sources` and `rbac` (the least RBAC for a user's requests) through the user's
+//!   kubeconfig, a client of the API like kubectl, never of the server's internals (it
+//!   shares only the API's names and annotations, and the latency format of its Table;
+//!   `sources` prints the server's own Table).
 
 // No unsafe code anywhere in the crate, and it stays so: the compiler refuses it.
 #![forbid(unsafe_code)]

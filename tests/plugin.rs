@@ -6,7 +6,8 @@
 //! a 410 reported and survived, a restarted server noticed, drops, truncation and
 //! redaction shown, refusals (and revocation) with the server's message, `who`, `--since`,
 //! plain tables in pipes and coloured ones on a terminal, one-line errors, Ctrl-C; control
-//! characters in events and in the server's messages never reaching the terminal.
+//! characters in events and in the server's messages never reaching the terminal; `rbac`'s
+//! policy from audit2rbac's demo log as audit2rbac documents it, parsed by kubectl.
 
 mod support;
 
@@ -1449,4 +1450,383 @@ async fn sources_prints_every_pusher_as_kubectl_get_does() {
         "Error from server (Forbidden): sources.audit.k8s.io is forbidden: User \"alice\" cannot list resource \"sources\" in API group \"audit.k8s.io\" at the cluster scope: No policy matched.\n\
          Check with: kubectl auth can-i list sources.audit.k8s.io --context alice\n"
     );
+}
+
+// `kubectl audit rbac`.
+
+/// The objects of `yaml` as kubectl reads a manifest (`kubectl label --local` parses it
+/// without a server, as `apply -f -` would, and prints what it read as JSON).
+async fn kubectl_reads(yaml: &str) -> Vec<Value> {
+    // A HOME and kubeconfig of its own, never the user's; --local reads neither.
+    let home = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new("kubectl")
+        .args([
+            "label",
+            "--local",
+            "-f",
+            "-",
+            "kubectl-audit.test/parsed=true",
+            "-o",
+            "json",
+        ])
+        .env("KUBECONFIG", home.path().join("kubeconfig"))
+        .env("HOME", home.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(yaml.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(DEADLINE, child.wait_with_output())
+        .await
+        .expect("kubectl hung")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "kubectl cannot read it: {stderr}\n{yaml}"
+    );
+    // One JSON object per object read, one after the other.
+    serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter::<Value>()
+        .map(|o| {
+            // As kubectl read it, less the label it was asked to add.
+            let mut o = o.unwrap();
+            let labels = o["metadata"]["labels"].as_object_mut().unwrap();
+            labels.remove("kubectl-audit.test/parsed");
+            o
+        })
+        .collect()
+}
+
+/// The policy's objects, typed: each must be the RBAC object its kind says.
+fn typed(objects: &[Value]) -> Vec<String> {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    objects
+        .iter()
+        .map(|o| {
+            let kind = o["kind"].as_str().unwrap().to_owned();
+            let fits = match kind.as_str() {
+                "Role" => serde_json::from_value::<Role>(o.clone()).is_ok(),
+                "ClusterRole" => serde_json::from_value::<ClusterRole>(o.clone()).is_ok(),
+                "RoleBinding" => serde_json::from_value::<RoleBinding>(o.clone()).is_ok(),
+                "ClusterRoleBinding" => {
+                    serde_json::from_value::<ClusterRoleBinding>(o.clone()).is_ok()
+                }
+                _ => false,
+            };
+            assert!(fits, "not an rbac.authorization.k8s.io/v1 object: {o}");
+            let ns = o["metadata"]["namespace"].as_str().unwrap_or("-");
+            format!("{kind} {ns}")
+        })
+        .collect()
+}
+
+/// The objects of a YAML text without its comments.
+fn without_comments(yaml: &str) -> String {
+    yaml.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+fn admin(srv: &TestServer) -> Kubeconfig {
+    Kubeconfig::new(
+        &srv.url(),
+        &srv.ca_path(),
+        &[
+            ("admin", ADMIN_TOKEN, None),
+            ("alice", ALICE_TOKEN, Some("team-a")),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn rbac_makes_the_roles_audit2rbac_documents_for_its_demo_log() {
+    let srv = TestServer::start(&[]).await;
+    let kc = admin(&srv);
+    srv.push_events(&fixtures::lines("audit2rbac-demo.log"))
+        .await;
+
+    // alice: the lines audit2rbac's README shows for this log (its Role and RoleBinding),
+    // every one the same; audit2rbac prints no comments, nor a `---` before the first
+    // document.
+    let (code, out, err) = kc.run(&["rbac", "--user", "alice"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        without_comments(&out),
+        r#"---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  labels:
+    audit2rbac.liggitt.net/generated: "true"
+    audit2rbac.liggitt.net/user: alice
+  name: audit2rbac:alice
+  namespace: ns1
+rules:
+- apiGroups:
+  - ""
+  resources:
+  - configmaps
+  - pods
+  - secrets
+  verbs:
+  - get
+  - list
+  - watch
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  labels:
+    audit2rbac.liggitt.net/generated: "true"
+    audit2rbac.liggitt.net/user: alice
+  name: audit2rbac:alice
+  namespace: ns1
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: audit2rbac:alice
+subjects:
+- apiGroup: rbac.authorization.k8s.io
+  kind: User
+  name: alice
+"#
+    );
+    // Her three requests were refused: what she needs, listed first.
+    let comments: Vec<&str> = out.lines().take_while(|l| l.starts_with('#')).collect();
+    assert_eq!(
+        comments,
+        [
+            r#"# 3 denied requests of alice (HTTP 403, or an authorizer's "forbid"), which the policy below grants;"#,
+            "# check each once it is applied:",
+            "#   kubectl auth can-i list configmaps -n ns1 --as alice",
+            "#   kubectl auth can-i list pods -n ns1 --as alice",
+            "#   kubectl auth can-i list secrets -n ns1 --as alice",
+        ]
+    );
+    assert_eq!(
+        typed(&kubectl_reads(&out).await),
+        ["Role ns1", "RoleBinding ns1"]
+    );
+
+    // The service account: bound as one; its list of pods in every namespace is the
+    // ClusterRole audit2rbac makes (nodes and pods), which also covers its list in default.
+    let sa = "system:serviceaccount:ns1:sa1";
+    let (code, out, err) = kc.run(&["rbac", "--user", sa]).await;
+    assert_eq!(code, 0, "{err}");
+    let objects = kubectl_reads(&out).await;
+    assert_eq!(typed(&objects), ["ClusterRole -", "ClusterRoleBinding -"]);
+    assert_eq!(
+        objects[0]["rules"],
+        serde_json::json!([{"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["get", "list", "watch"]}])
+    );
+    assert_eq!(
+        objects[1]["subjects"],
+        serde_json::json!([{"kind": "ServiceAccount", "name": "sa1", "namespace": "ns1"}])
+    );
+    assert_eq!(
+        objects[1]["metadata"]["name"],
+        "audit2rbac:system:serviceaccount:ns1:sa1"
+    );
+
+    // bob: audit2rbac puts his list of pods (in default and in ns1) in its ClusterRole
+    // with nodes (--expand-multi-namespace, on by default); here each namespace keeps
+    // its own Role, the least that allows it. His discovery requests (get /api, /apis/…)
+    // every user may make already: no rule, as in audit2rbac.
+    let (code, out, err) = kc.run(&["rbac", "--user", "bob"]).await;
+    assert_eq!(code, 0, "{err}");
+    let objects = kubectl_reads(&out).await;
+    assert_eq!(
+        typed(&objects),
+        [
+            "Role default",
+            "Role ns1",
+            "ClusterRole -",
+            "RoleBinding default",
+            "RoleBinding ns1",
+            "ClusterRoleBinding -"
+        ]
+    );
+    assert_eq!(
+        objects[2]["rules"],
+        serde_json::json!([{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}])
+    );
+    for role in &objects[..2] {
+        assert_eq!(
+            role["rules"],
+            serde_json::json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}])
+        );
+    }
+
+    // -n: bob's requests in default alone, read from that namespace's events.
+    let (code, out, err) = kc.run(&["rbac", "--user", "bob", "-n", "default"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        typed(&kubectl_reads(&out).await),
+        ["Role default", "RoleBinding default"]
+    );
+    assert!(
+        out.contains("#   kubectl auth can-i list pods -n default --as bob\n"),
+        "{out}"
+    );
+    assert!(!out.contains("nodes"), "{out}");
+
+    // A user the window has no event of: no policy, and why on stderr.
+    let (code, out, err) = kc.run(&["rbac", "--user", "carol"]).await;
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    assert_eq!(
+        err,
+        "No audit events of user \"carol\" anywhere in the server's window: no policy.\n"
+    );
+    let (code, out, err) = kc.run(&["rbac", "--user", "alice", "-n", "default"]).await;
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    assert!(err.contains("in namespace default"), "{err}");
+}
+
+#[tokio::test]
+async fn rbac_of_a_service_account_in_its_namespace_with_names_and_live() {
+    let srv = TestServer::start(&[]).await;
+    let kc = admin(&srv);
+    let builder = "system:serviceaccount:team-a:builder";
+    let mut denied: Value = serde_json::from_str(&event_of(
+        "e3", "team-a", builder, "get", "secrets", "token", 3,
+    ))
+    .unwrap();
+    denied["responseStatus"] = serde_json::json!({"code": 403, "reason": "Forbidden"});
+    srv.push_events(&[
+        event_of("e1", "team-a", builder, "get", "configmaps", "settings", 1),
+        event_of(
+            "e2",
+            "team-a",
+            builder,
+            "update",
+            "configmaps",
+            "settings",
+            2,
+        ),
+        denied.to_string(),
+        event_of("e4", "team-b", builder, "get", "configmaps", "other", 4),
+    ])
+    .await;
+
+    // As alice, who may read team-a's events only: her namespace's Role.
+    let (code, out, err) = kc
+        .run(&[
+            "rbac",
+            "--user",
+            builder,
+            "--context",
+            "alice",
+            "-n",
+            "team-a",
+            "--resource-names",
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let objects = kubectl_reads(&out).await;
+    assert_eq!(typed(&objects), ["Role team-a", "RoleBinding team-a"]);
+    assert_eq!(
+        objects[0]["rules"],
+        serde_json::json!([
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["settings"], "verbs": ["get", "patch", "update"]},
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["token"], "verbs": ["get"]},
+        ])
+    );
+    assert_eq!(
+        objects[1]["subjects"],
+        serde_json::json!([{"kind": "ServiceAccount", "name": "builder", "namespace": "team-a"}])
+    );
+    assert!(
+        out.starts_with(
+            "# 1 denied request of system:serviceaccount:team-a:builder (HTTP 403, or an authorizer's \"forbid\"), which the policy below grants;\n# check each once it is applied:\n#   kubectl auth can-i get secrets/token -n team-a --as system:serviceaccount:team-a:builder\n---\n"
+        ),
+        "{out}"
+    );
+    // Without --resource-names, rules for every object of the resource.
+    let (code, out, _) = kc
+        .run(&[
+            "rbac",
+            "--user",
+            builder,
+            "--context",
+            "alice",
+            "-n",
+            "team-a",
+        ])
+        .await;
+    assert_eq!(code, 0);
+    assert!(!out.contains("resourceNames"), "{out}");
+    // Every event: team-b's get of a configmap too.
+    let (_, out, _) = kc.run(&["rbac", "--user", builder]).await;
+    assert_eq!(
+        typed(&kubectl_reads(&out).await),
+        [
+            "Role team-a",
+            "Role team-b",
+            "RoleBinding team-a",
+            "RoleBinding team-b"
+        ]
+    );
+    // YAML only, and every event needs an administrator's permission.
+    let (code, _, err) = kc.run(&["rbac", "--user", builder, "-o", "json"]).await;
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error: rbac prints YAML"), "{err}");
+    let (code, _, err) = kc
+        .run(&["rbac", "--user", builder, "--context", "alice", "-A"])
+        .await;
+    assert_eq!(code, 1);
+    assert!(
+        err.ends_with("Check with: kubectl auth can-i list namespacedevents.audit.k8s.io --all-namespaces --context alice\n"),
+        "{err}"
+    );
+
+    // -w: the policy, then the whole policy again once a new request makes it grow.
+    let mut live = kc.spawn(&["rbac", "--user", builder, "-n", "team-a", "-w"]);
+    let first = policy_lines(&mut live).await;
+    assert!(
+        first.contains("  - configmaps\n") && !first.contains("pods"),
+        "{first}"
+    );
+    watchers(&srv, 1).await;
+    // The same request again: no new policy; a new one: all of it again.
+    srv.push_events(&[
+        event_of("e5", "team-a", builder, "get", "configmaps", "settings", 5),
+        event_of("e6", "team-a", builder, "create", "pods", "build-1", 6),
+    ])
+    .await;
+    assert_eq!(live.line().await, "");
+    assert_eq!(live.line().await, "# The policy grew: all of it again.");
+    let second = policy_lines(&mut live).await;
+    assert!(second.starts_with("# 1 denied request"), "{second}");
+    let objects = kubectl_reads(&second).await;
+    assert_eq!(
+        objects[0]["rules"],
+        serde_json::json!([
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "patch", "update"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["create"]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+        ])
+    );
+    assert!(live.stderr().is_empty(), "{:?}", live.stderr());
+}
+
+/// The lines of one whole policy of one namespace a running `rbac -w` prints, up to the
+/// last line of its RoleBinding (its subject's namespace, a ServiceAccount's last field).
+async fn policy_lines(running: &mut Running) -> String {
+    let mut text = String::new();
+    let mut in_subjects = false;
+    loop {
+        let line = running.line().await;
+        in_subjects |= line == "subjects:";
+        text.push_str(&line);
+        text.push('\n');
+        if in_subjects && line.starts_with("  namespace: ") {
+            return text;
+        }
+    }
 }

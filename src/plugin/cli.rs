@@ -1,5 +1,5 @@
 //! `kubectl audit`'s flags: kubectl's own for reaching the cluster (`--kubeconfig`,
-//! `--context`, `-n`, `-A`, `-o`), then one subcommand (`tail`, `who`, `sources`), each with examples
+//! `--context`, `-n`, `-A`, `-o`), then one subcommand (`tail`, `who`, `sources`, `rbac`), each with examples
 //! in its help. Filters become field selector terms here, checked before any request.
 
 use std::path::PathBuf;
@@ -19,6 +19,9 @@ Examples:
 
   # Is every apiserver pushing its audit events?
   kubectl audit sources
+
+  # The least RBAC a service account needs, from what it did
+  kubectl audit rbac --user system:serviceaccount:team-a:builder | kubectl apply -f -
 
 Install: put the kubectl-audit binary in a directory on PATH (cargo install --path . --bin
 kubectl-audit puts it in ~/.cargo/bin); kubectl finds it as `kubectl audit`.";
@@ -72,12 +75,34 @@ Examples:
 The same as kubectl get sources.audit.k8s.io (needs list, or get, on it). A source is
 Ready while it has pushed within the server's --source-silent-after.";
 
+const RBAC_EXAMPLES: &str = "\
+Examples:
+  # The Roles, ClusterRole and bindings that allow every request of a service account
+  kubectl audit rbac --user system:serviceaccount:team-a:builder
+
+  # Only its requests in team-a (a Role and RoleBinding there), over the last 10 minutes
+  kubectl audit rbac --user system:serviceaccount:team-a:builder -n team-a --since 10m
+
+  # Keep reading: the policy is printed again each time it grows; apply it when done
+  kubectl audit rbac --user alice -w
+
+  # Grant only the objects it used, by name, and apply the result
+  kubectl audit rbac --user alice --resource-names | kubectl apply -f -
+
+Without -n, every event is read (events.audit.k8s.io, an administrator's permission), so
+that cluster-scoped requests and non-resource URLs get their ClusterRole. The requests of
+an impersonated user are that user's. Denied requests (403) are listed first as comments,
+each with the kubectl auth can-i line that checks it: the policy grants them too, as they
+are what the user was missing. Discovery (get /api*, /version, /healthz…) is left out:
+every user may read it already. Only what the server's window still holds is read: run
+the workload, then this.";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "kubectl-audit",
     bin_name = "kubectl audit",
     version,
-    about = "Kubernetes audit events from kube-audit-stream (audit.k8s.io/v1alpha1): follow them, find who changed an object, or see every apiserver pushing them",
+    about = "Kubernetes audit events from kube-audit-stream (audit.k8s.io/v1alpha1): follow them, find who changed an object, see every apiserver pushing them, or make the least RBAC a user needs",
     after_help = EXAMPLES
 )]
 pub struct Cli {
@@ -132,6 +157,29 @@ pub enum Command {
     /// Ready, when it last pushed, its rate, retries and refusals.
     #[command(after_help = SOURCES_EXAMPLES)]
     Sources(SourcesArgs),
+    /// The least RBAC (Role per namespace, ClusterRole, and their bindings) that allows
+    /// every request one user made, as YAML for kubectl apply -f -.
+    #[command(after_help = RBAC_EXAMPLES)]
+    Rbac(RbacArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RbacArgs {
+    /// The user whose requests to allow, as the audit events name it (a service account
+    /// is system:serviceaccount:NAMESPACE:NAME and is bound as a ServiceAccount).
+    #[arg(long, value_name = "USER")]
+    pub user: String,
+    /// Only the held events of this last stretch of time (e.g. 10m, 1h), by the events'
+    /// own time; default: everything the server holds.
+    #[arg(long, value_name = "DURATION")]
+    pub since: Option<humantime::Duration>,
+    /// Then follow live events, printing the policy again each time it grows.
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+    /// Allow only the objects used, by name (resourceNames), instead of every object of
+    /// the resource.
+    #[arg(long)]
+    pub resource_names: bool,
 }
 
 #[derive(Args, Debug)]
@@ -231,7 +279,9 @@ mod tests {
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Tail(t) => t,
-            Command::Who(_) | Command::Sources(_) => unreachable!("parsed tail"),
+            Command::Who(_) | Command::Sources(_) | Command::Rbac(_) => {
+                unreachable!("parsed tail")
+            }
         }
     }
 
@@ -303,7 +353,7 @@ mod tests {
         use clap::CommandFactory;
         let mut cmd = Cli::command();
         assert!(cmd.render_long_help().to_string().contains("Examples:"));
-        for sub in ["tail", "who", "sources"] {
+        for sub in ["tail", "who", "sources", "rbac"] {
             let help = cmd
                 .find_subcommand_mut(sub)
                 .unwrap()

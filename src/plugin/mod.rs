@@ -1,14 +1,16 @@
 //! `kubectl audit`, the kubectl plugin (the `kubectl-audit` binary is a thin `main` over
 //! this module): its flags (`cli`), the reads against the aggregated API through the
 //! user's kubeconfig (`api`: LIST in pages, WATCH resumed from the last resourceVersion;
-//! `sources`, as the server prints them), and the printers (`print`: aligned table, JSON
-//! lines, YAML). A client of the server as kubectl is: it shares with the server only the
-//! API's names and annotations (and the latency format of its Table), never its internals.
+//! `sources`, as the server prints them), the printers (`print`: aligned table, JSON
+//! lines, YAML), and `rbac`'s policy made from a user's events. A client of the server as
+//! kubectl is: it shares with the server only the API's names and annotations (and the
+//! latency format of its Table), never its internals.
 
 pub mod api;
 pub mod cli;
 mod escape;
 pub mod print;
+pub mod rbac;
 
 use std::time::Duration;
 
@@ -36,19 +38,165 @@ pub enum Error {
     Output(#[from] std::io::Error),
 }
 
-/// Run one command to its end (`tail` only ends on an error).
-pub async fn run(cli: Cli) -> Result<(), Error> {
+/// Run one command to its end (`tail`, and `rbac -w`, only end on an error).
+pub async fn run(mut cli: Cli) -> Result<(), Error> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let verb = match cli.command {
+    let verb = match &cli.command {
         Command::Tail(_) => "watch",
-        Command::Who(_) | Command::Sources(_) => "list",
+        Command::Rbac(args) if args.watch => "watch",
+        Command::Who(_) | Command::Sources(_) | Command::Rbac(_) => "list",
     };
+    // A user's requests reach past one namespace (cluster-scoped ones, non-resource URLs,
+    // other namespaces): without -n or -A, `rbac` reads every event, not the context's
+    // namespace.
+    if matches!(cli.command, Command::Rbac(_))
+        && cli.kube.namespace.is_none()
+        && !cli.kube.all_namespaces
+    {
+        cli.kube.all_events = true;
+    }
     let api = Api::connect(&cli.kube, verb).await?;
     let mut printer = Printer::new(cli.kube.output);
     match &cli.command {
         Command::Tail(args) => tail(&api, &mut printer, args).await,
         Command::Who(args) => who(&api, &mut printer, args).await,
         Command::Sources(args) => sources(&api, cli.kube.output, args).await,
+        Command::Rbac(args) => rbac(&api, cli.kube.output, args).await,
+    }
+}
+
+/// How long each watch of `rbac -w` lasts before it is renewed (`tail`'s default).
+const RBAC_WATCH_TIMEOUT_SECONDS: u32 = 290;
+
+/// `kubectl audit rbac --user U`: the least policy that allows U's requests the window
+/// holds, as YAML; with `-w`, printed again each time live events make it grow.
+async fn rbac(api: &Api, output: cli::Output, args: &cli::RbacArgs) -> Result<(), Error> {
+    if matches!(output, cli::Output::Json | cli::Output::Wide) {
+        return Err(Error::Usage(
+            "rbac prints YAML for kubectl apply -f - (-o yaml, the default)".to_owned(),
+        ));
+    }
+    if args.user.is_empty() {
+        return Err(Error::Usage("--user: a user name is needed".to_owned()));
+    }
+    let namespace = match api.scope() {
+        Scope::Namespace(ns) => Some(ns.clone()),
+        Scope::AllNamespaces | Scope::AllEvents => None,
+    };
+    let mut policy = PolicySink {
+        builder: rbac::Builder::new(rbac::Options {
+            user: args.user.clone(),
+            namespace,
+            resource_names: args.resource_names,
+        }),
+        cutoff: since_cutoff(args.since),
+        printed: None,
+    };
+    // No field selector on the user: the server selects on user.username, and the requests
+    // of an impersonated user (impersonatedUser) are that user's.
+    let rv = api
+        .list(None, |page| {
+            policy.take(page);
+            Ok(())
+        })
+        .await?;
+    policy.print()?;
+    if policy.printed.is_none() {
+        policy.nothing(api.scope());
+    }
+    if !args.watch {
+        return Ok(());
+    }
+    let mut state = Follow::default();
+    follow(
+        api,
+        &mut policy,
+        &mut state,
+        None,
+        rv,
+        true,
+        RBAC_WATCH_TIMEOUT_SECONDS,
+    )
+    .await
+}
+
+/// `rbac`'s reader: the events taken into the policy, and the policy last printed.
+struct PolicySink {
+    builder: rbac::Builder,
+    cutoff: Option<Timestamp>,
+    /// The YAML last printed; `None` before any.
+    printed: Option<String>,
+}
+
+impl PolicySink {
+    /// Take events into the policy; whether it grew.
+    fn take(&mut self, items: &[print::Item]) -> bool {
+        let mut grew = false;
+        for item in items {
+            if self
+                .cutoff
+                .is_some_and(|c| item.view.time().is_some_and(|t| t < c))
+            {
+                continue;
+            }
+            match self.builder.add(item.raw()) {
+                Ok(g) => grew |= g,
+                // The server sent it as an event; one this reader cannot read is said, not
+                // dropped silently.
+                Err(e) => eprintln!(
+                    "Left out event {}: {e}",
+                    escape_terminal(&item.view.metadata.name)
+                ),
+            }
+        }
+        grew
+    }
+
+    /// Print the policy when it has objects and differs from the one printed last.
+    fn print(&mut self) -> std::io::Result<()> {
+        let policy = self.builder.policy();
+        if policy.is_empty() {
+            return Ok(());
+        }
+        let yaml = policy
+            .to_yaml(&self.builder.options().user)
+            .map_err(std::io::Error::other)?;
+        if self.printed.as_ref() == Some(&yaml) {
+            return Ok(());
+        }
+        let mut out = String::new();
+        if self.printed.is_some() {
+            // A reader of the stream sees where the new whole policy starts.
+            out.push_str("\n# The policy grew: all of it again.\n");
+        }
+        out.push_str(&yaml);
+        print::print(out.as_bytes())?;
+        self.printed = Some(yaml);
+        Ok(())
+    }
+
+    /// Say on stderr why nothing was printed.
+    fn nothing(&self, scope: &Scope) {
+        let user = escape_terminal(&self.builder.options().user);
+        match self.builder.events() {
+            0 => eprintln!(
+                "No audit events of user \"{user}\" {} in the server's window: no policy.",
+                scope.describe()
+            ),
+            n => eprintln!(
+                "{n} audit {} of user \"{user}\", all of discovery every user may read already: no policy.",
+                if n == 1 { "event" } else { "events" }
+            ),
+        }
+    }
+}
+
+impl Sink for PolicySink {
+    fn batch(&mut self, items: &[print::Item]) -> std::io::Result<()> {
+        if self.take(items) {
+            self.print()?;
+        }
+        Ok(())
     }
 }
 
@@ -107,16 +255,41 @@ async fn who(api: &Api, printer: &mut Printer, args: &WhoArgs) -> Result<(), Err
     Ok(())
 }
 
+/// Where the events of a read go: the printer (`tail`), or the policy being built
+/// (`rbac -w`); `follow` feeds either the same way.
+trait Sink {
+    fn batch(&mut self, items: &[print::Item]) -> std::io::Result<()>;
+    /// Before the first live event (a table prints its header).
+    fn start_live(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Sink for Printer {
+    fn batch(&mut self, items: &[print::Item]) -> std::io::Result<()> {
+        Printer::batch(self, items)
+    }
+
+    fn start_live(&mut self) -> std::io::Result<()> {
+        Printer::start_live(self)
+    }
+}
+
+/// The start of `--since`'s stretch of time, by the events' own time.
+fn since_cutoff(since: Option<humantime::Duration>) -> Option<Timestamp> {
+    since.map(|d| {
+        let d = k8s_openapi::jiff::SignedDuration::try_from(*d).unwrap_or_default();
+        Timestamp::now() - d
+    })
+}
+
 /// `kubectl audit tail`: the window's matching events, then live ones, until Ctrl-C.
 async fn tail(api: &Api, printer: &mut Printer, args: &TailArgs) -> Result<(), Error> {
     let selector = args.field_selector()?;
     let selector = selector.as_deref();
-    let cutoff = args.since.map(|d| {
-        let d = k8s_openapi::jiff::SignedDuration::try_from(*d).unwrap_or_default();
-        Timestamp::now() - d
-    });
+    let cutoff = since_cutoff(args.since);
     let mut state = Follow::default();
-    let mut rv = match args.since_rv {
+    let rv = match args.since_rv {
         Some(rv) => rv,
         None => {
             api.list(selector, |page| {
@@ -131,12 +304,29 @@ async fn tail(api: &Api, printer: &mut Printer, args: &TailArgs) -> Result<(), E
             .await?
         }
     };
-    let mut backoff = Backoff::default();
     // Whether the server ever answered: until it has, an unreachable one is an error, as
     // for kubectl, not an outage to wait out.
-    let mut answered = args.since_rv.is_none();
+    let answered = args.since_rv.is_none();
+    let timeout = args.watch_timeout_seconds();
+    follow(api, printer, &mut state, selector, rv, answered, timeout).await
+}
+
+/// Watch from `rv` until Ctrl-C (or a refusal), handing each event to `sink`: resumed
+/// after a lost connection from the last resourceVersion seen, and after expired history
+/// or a restarted server from what the window still holds. `answered`: whether the
+/// server has answered already (until it has, an unreachable one is an error).
+async fn follow(
+    api: &Api,
+    sink: &mut impl Sink,
+    state: &mut Follow,
+    selector: Option<&str>,
+    mut rv: u64,
+    mut answered: bool,
+    timeout_seconds: u32,
+) -> Result<(), Error> {
+    let mut backoff = Backoff::default();
     loop {
-        let mut watch = match api.watch(selector, rv, args.watch_timeout_seconds()).await {
+        let mut watch = match api.watch(selector, rv, timeout_seconds).await {
             Ok(w) => w,
             Err(ApiFailure::Refused(status)) => return Err(api.refused(&status)),
             Err(ApiFailure::Transport(e)) if !answered => {
@@ -154,7 +344,7 @@ async fn tail(api: &Api, printer: &mut Printer, args: &TailArgs) -> Result<(), E
         }
         answered = true;
         // A table's header, before any live row, even when nothing was held.
-        printer.start_live()?;
+        sink.start_live()?;
         let mut lines = 0usize;
         loop {
             let next = watch.next().await;
@@ -166,7 +356,7 @@ async fn tail(api: &Api, printer: &mut Printer, args: &TailArgs) -> Result<(), E
                 Ok(Some(api::WatchEvent::Added(ev))) => {
                     rv = ev.resource_version().unwrap_or(rv);
                     state.seen(std::slice::from_ref(&*ev));
-                    printer.batch(std::slice::from_ref(&*ev))?;
+                    sink.batch(std::slice::from_ref(&*ev))?;
                 }
                 Ok(Some(api::WatchEvent::Bookmark { rv: at, dropped })) => {
                     rv = at.unwrap_or(rv);
@@ -178,7 +368,7 @@ async fn tail(api: &Api, printer: &mut Printer, args: &TailArgs) -> Result<(), E
                     }
                 }
                 Ok(Some(api::WatchEvent::Error(status))) if status.code == Some(410) => {
-                    match resume_after_gone(api, printer, &mut state, selector, &status, rv).await {
+                    match resume_after_gone(api, sink, state, selector, &status, rv).await {
                         Ok(now) => rv = now,
                         // The next watch from the same place meets the same 410.
                         Err(Error::Connect(e)) => {
@@ -195,7 +385,7 @@ async fn tail(api: &Api, printer: &mut Printer, args: &TailArgs) -> Result<(), E
                 // above). With several replicas, one a moment behind waits instead, so a
                 // replica that lags is never taken for this.
                 Ok(Some(api::WatchEvent::Error(status))) if status.code == Some(504) => {
-                    match restarted(api, printer, &mut state, selector, rv).await {
+                    match restarted(api, sink, state, selector, rv).await {
                         Ok(Some(now)) => rv = now,
                         Ok(None) => {}
                         Err(Error::Connect(e)) => {
@@ -241,7 +431,7 @@ async fn tail(api: &Api, printer: &mut Printer, args: &TailArgs) -> Result<(), E
 /// the window still holds, and return the resourceVersion to watch from.
 async fn resume_after_gone(
     api: &Api,
-    printer: &mut Printer,
+    sink: &mut impl Sink,
     state: &mut Follow,
     selector: Option<&str>,
     status: &api::Status,
@@ -261,7 +451,7 @@ async fn resume_after_gone(
     let rv = api
         .list(selector, |page| {
             state.seen(page);
-            printer.batch(page)
+            sink.batch(page)
         })
         .await?;
     Ok(rv)
@@ -272,7 +462,7 @@ async fn resume_after_gone(
 /// print what it holds, and return where to watch from.
 async fn restarted(
     api: &Api,
-    printer: &mut Printer,
+    sink: &mut impl Sink,
     state: &mut Follow,
     selector: Option<&str>,
     rv: u64,
@@ -287,7 +477,7 @@ async fn restarted(
     let now = api
         .list(selector, |page| {
             state.seen(page);
-            printer.batch(page)
+            sink.batch(page)
         })
         .await?;
     Ok(Some(now))
