@@ -144,7 +144,8 @@ impl Query {
                 "fieldSelector" => q.field_selector = FieldSelector::parse(&value)?,
                 "labelSelector" if !value.trim().is_empty() => {
                     return Err(ApiError::BadRequest(
-                        "labelSelector: audit events have no labels; use fieldSelector".into(),
+                        "labelSelector: audit events and sources have no labels; use fieldSelector"
+                            .into(),
                     ));
                 }
                 // Other options do not change what we answer; kube-apiserver ignores
