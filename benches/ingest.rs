@@ -9,6 +9,12 @@
 //!   yardstick (decode should reach half its pace);
 //! * `baseline_value_tree`: a full `serde_json::Value` parse, what a naive decoder does.
 //!
+//! Redaction at ingest (the tenants issue) beside them: `decode_event_list` runs with
+//! every rule on, the server's default; `decode_redaction_off` is the same decode with
+//! `--redact=` (no rule), and `decode_redaction_hmac` with `--redaction-key-file` (values
+//! replaced by an HMAC). A Metadata event has no bodies, so on and off must cost the same
+//! for `audit2rbac_demo`; for `all_events` the difference is what redaction costs.
+//!
 //! Counters are bytes and events per iteration, so divan prints MB/s and events/s.
 //! Run with `cargo bench --bench ingest`.
 
@@ -18,7 +24,7 @@ mod common;
 
 use divan::counter::{BytesCount, ItemsCount};
 use divan::{Bencher, black_box};
-use kube_audit_stream::event::decode_event_list;
+use kube_audit_stream::event::{Redaction, Rules, decode_event_list, decode_event_list_with};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -67,6 +73,19 @@ fn counted<'a, 'b>(bencher: Bencher<'a, 'b>, fixture: &Fixture) -> Bencher<'a, '
 fn decode(bencher: Bencher, fixture: &'static Fixture) {
     counted(bencher, fixture).bench(|| {
         decode_event_list(black_box(&fixture.body), SOURCE, NOW)
+            .expect("the fixture decoded once at load")
+    });
+}
+
+/// No redaction rule (`--redact=`).
+static OFF: LazyLock<Redaction> = LazyLock::new(Redaction::off);
+/// Every rule, values replaced by an HMAC under a key (`--redaction-key-file`).
+static HMAC: LazyLock<Redaction> =
+    LazyLock::new(|| Redaction::new(Rules::all(), Some(b"bench-redaction-key")));
+
+fn decode_with(bencher: Bencher, fixture: &'static Fixture, redaction: &'static Redaction) {
+    counted(bencher, fixture).bench(|| {
+        decode_event_list_with(black_box(&fixture.body), SOURCE, NOW, redaction)
             .expect("the fixture decoded once at load")
     });
 }
@@ -146,6 +165,16 @@ mod all_events {
     }
 
     #[divan::bench]
+    fn decode_redaction_off(bencher: Bencher) {
+        decode_with(bencher, &ALL_EVENTS, &OFF);
+    }
+
+    #[divan::bench]
+    fn decode_redaction_hmac(bencher: Bencher) {
+        decode_with(bencher, &ALL_EVENTS, &HMAC);
+    }
+
+    #[divan::bench]
     fn baseline_raw_split(bencher: Bencher) {
         raw_split(bencher, &ALL_EVENTS);
     }
@@ -168,6 +197,16 @@ mod audit2rbac_demo {
     #[divan::bench]
     fn decode_event_list(bencher: Bencher) {
         decode(bencher, &AUDIT2RBAC);
+    }
+
+    #[divan::bench]
+    fn decode_redaction_off(bencher: Bencher) {
+        decode_with(bencher, &AUDIT2RBAC, &OFF);
+    }
+
+    #[divan::bench]
+    fn decode_redaction_hmac(bencher: Bencher) {
+        decode_with(bencher, &AUDIT2RBAC, &HMAC);
     }
 
     #[divan::bench]

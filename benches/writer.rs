@@ -5,8 +5,9 @@
 //!
 //! Each sample publishes one decoded batch in the input generator (outside the timed
 //! section), then times polling the body until it has nothing more to send. The budget
-//! is unlimited, as with `--watcher-bytes-per-second=0`. Counters are the batch's events
-//! and wire bytes. Run with `cargo bench --bench writer`.
+//! is unlimited, as with `--watcher-bytes-per-second=0`, and the delivery-stage sampling
+//! is on, as in the server. Counters are the batch's events and wire bytes. Run with
+//! `cargo bench --bench writer`.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, LazyLock};
@@ -81,6 +82,8 @@ fn write(bencher: Bencher, fixture: &Fixture) {
         user: "bench".into(),
         resource: "events",
         namespace: String::new(),
+        // As the server runs it: one frame in 16 measured stage by stage.
+        stages: watch::StageMeters::new(&metrics),
     };
     let resp = watch::serve(&bus, &watches, Scope::All, &query, ctx).expect("a watch");
     let mut body = std::pin::pin!(resp.into_body());

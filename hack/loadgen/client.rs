@@ -24,12 +24,58 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-/// HTTP/2 receive windows and frame size of the watchers' connections: large, so that
-/// flow control (WINDOW_UPDATE round trips) and per-frame overhead on the generator's
-/// side do not become what limits a fan-out measurement.
-const H2_STREAM_WINDOW: u32 = 8 << 20;
-const H2_CONNECTION_WINDOW: u32 = 64 << 20;
-const H2_MAX_FRAME: u32 = 1 << 20;
+/// The HTTP/2 settings a watcher's connection advertises: the largest frame it takes,
+/// and its receive windows. They decide how the server must send (frames of 16 KiB cost
+/// it far more than frames of 1 MiB), and the server has to serve every kind of client,
+/// so the load generator offers the two common ones (`--h2-preset`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct H2Settings {
+    pub max_frame: u32,
+    pub stream_window: u32,
+    pub connection_window: u32,
+}
+
+impl H2Settings {
+    /// HTTP/2's own defaults (RFC 9113 §6.5.2), what a client that sets nothing
+    /// advertises: 16 KiB frames, 65,535-byte windows. Go transports before 1.24 also
+    /// read 16 KiB frames.
+    pub const PROTOCOL_DEFAULTS: H2Settings = H2Settings {
+        max_frame: 16 * 1024,
+        stream_window: 65_535,
+        connection_window: 65_535,
+    };
+    /// Go 1.24 and later (kube-aggregator among them): 1 MiB frames, a 4 MiB stream
+    /// window, and Go's 1 GiB connection window.
+    pub const GO_1_24: H2Settings = H2Settings {
+        max_frame: 1 << 20,
+        stream_window: 4 << 20,
+        connection_window: 1 << 30,
+    };
+
+    /// "16 KiB frames, windows 64 KiB / 64 KiB".
+    pub fn describe(&self) -> String {
+        format!(
+            "{} frames, windows {} per stream / {} per connection",
+            size(self.max_frame),
+            size(self.stream_window),
+            size(self.connection_window)
+        )
+    }
+}
+
+/// 16384 → "16 KiB", 65535 → "64 KiB - 1".
+fn size(n: u32) -> String {
+    let n = u64::from(n);
+    for (unit, name) in [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
+        if n >= unit && n % unit == 0 {
+            return format!("{} {name}", n / unit);
+        }
+        if n + 1 >= unit && (n + 1) % unit == 0 {
+            return format!("{} {name} - 1", (n + 1) / unit);
+        }
+    }
+    format!("{n} B")
+}
 
 pub type H1 = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 pub type H2 = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
@@ -194,16 +240,21 @@ pub async fn connect_h1(
 }
 
 /// One HTTP/2 connection for many watches (the connector must offer `h2`), the way the
-/// kube-apiserver aggregator multiplexes watches onto a few connections.
-pub async fn connect_h2(tls: &TlsConnector, addr: SocketAddr) -> anyhow::Result<H2> {
+/// kube-apiserver aggregator multiplexes watches onto a few connections, advertising
+/// `settings` (no adaptive window: the client's windows stay what it advertised).
+pub async fn connect_h2(
+    tls: &TlsConnector,
+    addr: SocketAddr,
+    settings: H2Settings,
+) -> anyhow::Result<H2> {
     let stream = tls_stream(tls, addr, None).await?;
     if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
         bail!("the server did not agree to HTTP/2 (ALPN h2)");
     }
     let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(H2_STREAM_WINDOW)
-        .initial_connection_window_size(H2_CONNECTION_WINDOW)
-        .max_frame_size(H2_MAX_FRAME)
+        .initial_stream_window_size(settings.stream_window)
+        .initial_connection_window_size(settings.connection_window)
+        .max_frame_size(settings.max_frame)
         .adaptive_window(false)
         .handshake(TokioIo::new(stream))
         .await?;

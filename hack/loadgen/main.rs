@@ -9,9 +9,14 @@
 //! over a few connections, as the kube-apiserver aggregator does), and prints what it saw:
 //! events/s pushed and delivered, push→watcher latency, events lost without being
 //! reported, the server's CPU (in cores and per event or byte) and RSS, the generator's
-//! own CPU (so that a result limited by the generator says so), and the baselines
+//! own CPU (so that a result limited by the generator says so), the server's own
+//! delivery-stage histograms (scraped from /metrics after each phase), and the baselines
 //! measured in the same run: serde_json split + routing read of the same bodies on one
-//! core, and `openssl speed` AES-128-GCM.
+//! core, and `openssl speed` AES-128-GCM. The HTTP/2 watchers advertise the settings of
+//! `--h2-preset` (16 KiB or 1 MiB frames, as the two kinds of aggregator do).
+//!
+//! `--scenario all` ends with the performance table (issue 24's rows, each figure the
+//! ratio the table states beside its same-run baseline) as markdown for BENCHMARKS.md.
 //!
 //! `loadgen soak` is the soak run instead (soak.rs, docs/security.md "Soak"): the same
 //! server child, clients and pushers, steady ingest while watchers and hostile clients
@@ -43,7 +48,8 @@ use http::{Method, StatusCode};
 use http_body_util::BodyExt as _;
 use tokio::time::Instant;
 
-use crate::measure::{CpuSampler, CpuUse, Histogram, SplitRoute};
+use crate::client::H2Settings;
+use crate::measure::{CpuSampler, CpuUse, Histogram, PromHistogram, SplitRoute};
 use crate::push::{PushStats, Pusher, Rate, Templates};
 use crate::server::{ServerProcess, Verdict};
 use crate::watch::{Group, Scope, WatchStats};
@@ -69,7 +75,7 @@ struct Opts {
     #[command(subcommand)]
     mode: Option<Mode>,
     /// Run the preset for one row of the performance table (or `all`); other flags are
-    /// then ignored except --duration and --fixture.
+    /// then ignored except --duration, --fixture and the --h2-* flags.
     #[arg(long, value_enum)]
     scenario: Option<Scenario>,
     /// A short run of every kind of watcher (for CI): a few seconds, exit code only.
@@ -113,6 +119,23 @@ struct Opts {
     /// `nats-server` on the PATH), pushers and watchers spread over them.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10))]
     nats_replicas: Option<u64>,
+    /// The HTTP/2 settings the watchers advertise: `16KiB` (HTTP/2's defaults, what a
+    /// client that sets nothing advertises: 16 KiB frames, 65,535-byte windows) or `1MiB`
+    /// (Go 1.24 and later, as kube-aggregator: 1 MiB frames, a 4 MiB stream window, a
+    /// 1 GiB connection window). `--scenario all` runs the fan-out row with each
+    /// [default: 1MiB; 16KiB for --smoke, the most flow control].
+    #[arg(long, value_enum, ignore_case = true)]
+    h2_preset: Option<H2Preset>,
+    /// Overrides the preset's largest frame the watchers take, in bytes (or with a KiB
+    /// or MiB suffix), 16KiB to 16MiB - 1.
+    #[arg(long, value_parser = parse_h2_frame)]
+    h2_max_frame: Option<u32>,
+    /// Overrides the preset's receive window per stream, in bytes (or KiB, MiB, GiB).
+    #[arg(long, value_parser = parse_h2_window)]
+    h2_stream_window: Option<u32>,
+    /// Overrides the preset's receive window per connection, in bytes (or KiB, MiB, GiB).
+    #[arg(long, value_parser = parse_h2_window)]
+    h2_connection_window: Option<u32>,
     /// Extra flag for the server, repeatable, e.g. `--server-arg=--watcher-bytes-per-second=0`
     /// (the scenarios pass the table's `--watcher-bytes-per-second=0 --max-event-bytes=4194304`).
     #[arg(long = "server-arg", allow_hyphen_values = true)]
@@ -136,8 +159,9 @@ enum Scenario {
     /// 1,000 namespace watchers over 10 HTTP/2 connections: latency, and max ingest with
     /// them vs without.
     Namespaces,
-    /// 100 full-stream HTTP/2 watchers at 10 k Metadata events/s: delivery, latency,
-    /// delivered bytes per server CPU-second vs AES-128-GCM.
+    /// 100 full-stream HTTP/2 watchers at 10 k Metadata events/s, advertising
+    /// --h2-preset: delivery, latency, delivered bytes per server CPU-second vs
+    /// AES-128-GCM.
     Fanout,
     /// 10 full-stream watchers: server CPU per delivered byte, HTTP/2 on one connection
     /// vs HTTP/1.1.
@@ -149,8 +173,74 @@ enum Scenario {
     /// beside one replica with the memory bus: max ingest and server CPU per event, and
     /// push->watcher latency with 30 HTTP/2 watchers spread over the replicas. Not in `all`.
     ScaleOut,
-    /// Every scenario in turn.
+    /// The performance table's rows (ingest-metadata, ingest-mixed, namespaces, fanout
+    /// with 16 KiB frames, fanout with 1 MiB frames), then h1-vs-h2 and idle; ends with
+    /// the table as markdown.
     All,
+}
+
+/// The two kinds of HTTP/2 client the server must serve well.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum H2Preset {
+    /// HTTP/2's defaults: 16 KiB frames, 65,535-byte windows.
+    #[value(name = "16KiB")]
+    Frames16K,
+    /// Go 1.24 and later (kube-aggregator): 1 MiB frames, 4 MiB stream window.
+    #[value(name = "1MiB")]
+    Frames1M,
+}
+
+impl H2Preset {
+    fn settings(self) -> H2Settings {
+        match self {
+            H2Preset::Frames16K => H2Settings::PROTOCOL_DEFAULTS,
+            H2Preset::Frames1M => H2Settings::GO_1_24,
+        }
+    }
+}
+
+impl Opts {
+    /// `preset`'s settings with the --h2-* overrides.
+    fn h2(&self, preset: H2Preset) -> H2Settings {
+        let p = preset.settings();
+        H2Settings {
+            max_frame: self.h2_max_frame.unwrap_or(p.max_frame),
+            stream_window: self.h2_stream_window.unwrap_or(p.stream_window),
+            connection_window: self.h2_connection_window.unwrap_or(p.connection_window),
+        }
+    }
+}
+
+/// "16384", "16KiB", "4MiB", "1GiB" → bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let (num, unit) = [("gib", 1u64 << 30), ("mib", 1 << 20), ("kib", 1 << 10)]
+        .iter()
+        .find_map(|(suffix, unit)| lower.strip_suffix(suffix).map(|n| (n.trim(), *unit)))
+        .unwrap_or((lower.as_str(), 1));
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| format!("{s:?}: a size in bytes, or with a KiB, MiB or GiB suffix"))
+}
+
+/// HTTP/2's bounds on SETTINGS_MAX_FRAME_SIZE (RFC 9113 §6.5.2).
+fn parse_h2_frame(s: &str) -> Result<u32, String> {
+    let n = parse_size(s)?;
+    u32::try_from(n)
+        .ok()
+        .filter(|n| (16_384..=16_777_215).contains(n))
+        .ok_or_else(|| format!("{s:?}: HTTP/2 frames are 16384 to 16777215 bytes"))
+}
+
+/// HTTP/2's bounds on a flow-control window: 65,535 (the default) to 2^31 - 1.
+fn parse_h2_window(s: &str) -> Result<u32, String> {
+    let n = parse_size(s)?;
+    u32::try_from(n)
+        .ok()
+        .filter(|n| (65_535..=(1 << 31) - 1).contains(n))
+        .ok_or_else(|| format!("{s:?}: HTTP/2 windows are 65535 to 2147483647 bytes"))
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -218,27 +308,32 @@ async fn run(opts: Opts) -> anyhow::Result<bool> {
         let o = run_phase(custom_phase(&opts, duration)).await?;
         return Ok(o.passed());
     };
+    let chosen = opts.h2_preset.unwrap_or(H2Preset::Frames1M);
+    // The table's rows first (the fan-out row once per kind of client), then the checks
+    // of earlier issues.
     let all = [
-        Scenario::IngestMetadata,
-        Scenario::IngestMixed,
-        Scenario::Namespaces,
-        Scenario::Fanout,
-        Scenario::H1VsH2,
-        Scenario::Idle,
+        (Scenario::IngestMetadata, chosen),
+        (Scenario::IngestMixed, chosen),
+        (Scenario::Namespaces, chosen),
+        (Scenario::Fanout, H2Preset::Frames16K),
+        (Scenario::Fanout, H2Preset::Frames1M),
+        (Scenario::H1VsH2, chosen),
+        (Scenario::Idle, chosen),
     ];
-    let list: &[Scenario] = if scenario == Scenario::All {
+    let list: &[(Scenario, H2Preset)] = if scenario == Scenario::All {
         &all
     } else {
-        std::slice::from_ref(&scenario)
+        &[(scenario, chosen)]
     };
-    for &s in list {
-        let (result, passed) = run_scenario(s, &opts, duration).await?;
+    for &(s, preset) in list {
+        let (result, passed) = run_scenario(s, &opts, opts.h2(preset), duration).await?;
         println!("{}", result.line());
         println!();
         ok &= passed;
         results.push(result);
     }
     print_summary(&results);
+    print_table(&results);
     Ok(ok)
 }
 
@@ -279,6 +374,8 @@ struct Phase {
     /// `Some(n)`: n replicas sharing one NATS JetStream stream (`--bus=nats`), pushers
     /// and watchers spread over them; `None`: one replica, memory bus.
     nats_replicas: Option<usize>,
+    /// What the HTTP/2 watchers' connections advertise.
+    h2: H2Settings,
 }
 
 impl Phase {
@@ -295,6 +392,7 @@ impl Phase {
             idle: None,
             server_args: TABLE_SERVER_FLAGS.iter().map(|s| s.to_string()).collect(),
             nats_replicas: None,
+            h2: H2Settings::GO_1_24,
         }
     }
 
@@ -317,6 +415,9 @@ impl Phase {
             .collect();
         if watchers.is_empty() {
             watchers.push("no watcher".into());
+        }
+        if self.groups.iter().any(|g| g.h2_connections.is_some()) {
+            watchers.push(format!("HTTP/2 clients advertise {}", self.h2.describe()));
         }
         format!(
             "{} pushers x batches of {} at {rate}, {:?} fixture{}, {:.0} s; {}",
@@ -384,7 +485,83 @@ struct Outcome {
     /// CPU-seconds of each server-side process over the whole run, when there are several.
     cpu_by_process: Vec<(String, f64)>,
     metrics: Vec<String>,
+    /// The server's latency histograms, scraped at the end of the phase.
+    server: ServerLatency,
     baseline: Option<SplitRoute>,
+}
+
+/// The server's own latency histograms (its /metrics): each watch's delivery stages
+/// (sampled), and ingest's time from a push's start to its events on the bus.
+#[derive(Default)]
+struct ServerLatency {
+    /// queue, frame, socket: see the server's `watch::stages`.
+    stages: Vec<(&'static str, PromHistogram)>,
+    ingest_batch: Option<PromHistogram>,
+}
+
+/// The stages the server records, in the order an event goes through them.
+const STAGES: [&str; 3] = ["queue", "frame", "socket"];
+const STAGE_FAMILY: &str = "kube_audit_stream_watch_delivery_stage_seconds";
+const INGEST_BATCH_FAMILY: &str = "kube_audit_stream_ingest_batch_duration_seconds";
+
+impl ServerLatency {
+    fn parse(text: &str) -> ServerLatency {
+        ServerLatency {
+            stages: STAGES
+                .iter()
+                .filter_map(|&s| {
+                    PromHistogram::parse(text, STAGE_FAMILY, &format!("stage=\"{s}\""))
+                        .map(|h| (s, h))
+                })
+                .collect(),
+            ingest_batch: PromHistogram::parse(text, INGEST_BATCH_FAMILY, ""),
+        }
+    }
+
+    /// "p50 0.12 ms, p99 3.4 ms" of a histogram in seconds.
+    fn quantiles(h: &PromHistogram) -> String {
+        let q = |p: f64| {
+            h.quantile(p)
+                .map_or("?".to_owned(), |v| format!("{:.2} ms", v * 1e3))
+        };
+        format!("p50 {}, p99 {}", q(0.5), q(0.99))
+    }
+
+    /// One line: push→bus, then each delivery stage, with what each was measured on.
+    fn line(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if let Some(h) = self.ingest_batch.as_ref().filter(|h| h.count > 0.0) {
+            parts.push(format!(
+                "ingest push->bus {} ({} batches)",
+                Self::quantiles(h),
+                h.count
+            ));
+        }
+        let sampled = self.stages.first().map_or(0.0, |(_, h)| h.count);
+        if sampled > 0.0 {
+            let stages: Vec<String> = self
+                .stages
+                .iter()
+                .map(|(s, h)| format!("{s} {}", Self::quantiles(h)))
+                .collect();
+            parts.push(format!(
+                "watch stages ({sampled} sampled frames): {}",
+                stages.join("; ")
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join(" | "))
+    }
+
+    /// "0.1 / 2.3 ms" (p50 / p99) of one delivery stage.
+    fn stage_cell(&self, stage: &str) -> String {
+        self.stages
+            .iter()
+            .find(|(s, _)| *s == stage)
+            .and_then(|(_, h)| Some((h.quantile(0.5)?, h.quantile(0.99)?)))
+            .map_or("?".to_owned(), |(a, b)| {
+                format!("{:.2} / {:.2} ms", a * 1e3, b * 1e3)
+            })
+    }
 }
 
 impl Outcome {
@@ -584,7 +761,7 @@ async fn drive(
                 ..g.clone()
             })
             .collect();
-        opened.extend(watch::open(&groups, phase.namespaces, s.addr, token).await?);
+        opened.extend(watch::open(&groups, phase.namespaces, s.addr, token, phase.h2).await?);
     }
     let rss_idle = match phase.idle {
         Some(idle) => {
@@ -685,7 +862,7 @@ async fn drive(
         cpu_by_process.clear();
     }
     let (rss_end, rss_peak) = (rss(false), rss(true));
-    let metrics = scrape_metrics(addr, token).await;
+    let (metrics, server) = scrape_metrics(addr, token).await;
     Ok(Outcome {
         requested_rate: match phase.rate {
             Rate::PerSecond(r) => Some(r),
@@ -703,6 +880,7 @@ async fn drive(
         generator_rss_peak: measure::rss_kib(None).1,
         cpu_by_process,
         metrics,
+        server,
         baseline: None,
     })
 }
@@ -732,8 +910,8 @@ async fn wait_ready(addr: SocketAddr, token: &str) -> anyhow::Result<()> {
     }
 }
 
-/// The server's counters of interest, from `/metrics`.
-async fn scrape_metrics(addr: SocketAddr, token: &str) -> Vec<String> {
+/// The server's counters of interest, from `/metrics`, and its latency histograms.
+async fn scrape_metrics(addr: SocketAddr, token: &str) -> (Vec<String>, ServerLatency) {
     let fetch = async {
         let tls = client::connector(b"http/1.1", None)?;
         let mut conn = client::connect_h1(&tls, addr, None).await?;
@@ -756,13 +934,21 @@ async fn scrape_metrics(addr: SocketAddr, token: &str) -> Vec<String> {
         "stalled_total",
     ];
     match tokio::time::timeout(Duration::from_secs(30), fetch).await {
-        Ok(Ok(text)) => text
-            .lines()
-            .filter(|l| !l.starts_with('#') && WANTED.iter().any(|w| l.contains(w)))
-            .map(str::to_owned)
-            .collect(),
-        Ok(Err(e)) => vec![format!("(GET /metrics failed: {e:#})")],
-        Err(_) => vec!["(GET /metrics timed out)".to_owned()],
+        Ok(Ok(text)) => (
+            text.lines()
+                .filter(|l| !l.starts_with('#') && WANTED.iter().any(|w| l.contains(w)))
+                .map(str::to_owned)
+                .collect(),
+            ServerLatency::parse(&text),
+        ),
+        Ok(Err(e)) => (
+            vec![format!("(GET /metrics failed: {e:#})")],
+            ServerLatency::default(),
+        ),
+        Err(_) => (
+            vec!["(GET /metrics timed out)".to_owned()],
+            ServerLatency::default(),
+        ),
     }
 }
 
@@ -781,6 +967,7 @@ fn custom_phase(opts: &Opts, duration: Duration) -> Phase {
     p.server_args.clear();
     p.pushers = opts.pushers as usize;
     p.batch = opts.batch as usize;
+    p.h2 = opts.h2(opts.h2_preset.unwrap_or(H2Preset::Frames1M));
     p.namespaces = opts.namespaces as usize;
     p.nats_replicas = opts.nats_replicas.map(|n| n as usize);
     let proto = |label: &str| -> (String, Option<usize>) {
@@ -837,6 +1024,9 @@ fn smoke_phase(opts: &Opts) -> Phase {
     p.pushers = 2;
     p.batch = 50;
     p.namespaces = 8;
+    // The smallest frames and windows unless asked otherwise: the most HTTP/2 flow
+    // control for a short run.
+    p.h2 = opts.h2(opts.h2_preset.unwrap_or(H2Preset::Frames16K));
     p.server_args = vec![
         "--watcher-bytes-per-second=262144".into(),
         "--watcher-burst-bytes=524288".into(),
@@ -880,6 +1070,52 @@ struct ScenarioResult {
     /// `None`: no verdict possible (e.g. no openssl).
     met: Option<bool>,
     limits: Vec<String>,
+    /// Its row of the performance table, for the scenarios that are one.
+    row: Option<TableRow>,
+}
+
+/// A row of the performance table (issue 24): the figure as the ratio the table states,
+/// its baseline from the same run, the goal.
+struct TableRow {
+    figure: String,
+    result: String,
+    baseline: String,
+    goal: &'static str,
+    /// For the rows with watchers: where the time went.
+    latency: Option<LatencyCells>,
+}
+
+/// p50 / p99 of each part of an event's way, for the rows with watchers.
+struct LatencyCells {
+    /// The generator's push → watcher, every event of the fast watchers.
+    end_to_end: String,
+    /// The server's push → bus, per batch.
+    ingest: String,
+    /// The server's delivery stages, sampled: queue, frame, socket.
+    stages: [String; 3],
+}
+
+impl LatencyCells {
+    fn of(o: &Outcome) -> LatencyCells {
+        let lat = o.latency();
+        let end_to_end = match (lat.percentile(50.0), lat.percentile(99.0)) {
+            (Some(a), Some(b)) => format!("{:.2} / {:.2} ms", a as f64 / 1e6, b as f64 / 1e6),
+            _ => "?".to_owned(),
+        };
+        let ingest = o
+            .server
+            .ingest_batch
+            .as_ref()
+            .and_then(|h| Some((h.quantile(0.5)?, h.quantile(0.99)?)))
+            .map_or("?".to_owned(), |(a, b)| {
+                format!("{:.2} / {:.2} ms", a * 1e3, b * 1e3)
+            });
+        LatencyCells {
+            end_to_end,
+            ingest,
+            stages: STAGES.map(|s| o.server.stage_cell(s)),
+        }
+    }
 }
 
 impl ScenarioResult {
@@ -902,7 +1138,7 @@ impl ScenarioResult {
 }
 
 fn print_summary(results: &[ScenarioResult]) {
-    println!("== summary (for BENCHMARKS.md)");
+    println!("== summary");
     println!();
     println!("| scenario | result | target met | limited by the generator or other load |");
     println!("|---|---|---|---|");
@@ -919,6 +1155,64 @@ fn print_summary(results: &[ScenarioResult]) {
         };
         println!("| {} | {} | {met} | {limited} |", r.name, r.figures);
     }
+    println!();
+}
+
+/// The performance table (issue 24) of the scenarios that are one of its rows, as
+/// markdown for BENCHMARKS.md; then where the watcher rows' time went.
+fn print_table(results: &[ScenarioResult]) {
+    let rows: Vec<(&ScenarioResult, &TableRow)> = results
+        .iter()
+        .filter_map(|r| r.row.as_ref().map(|row| (r, row)))
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    println!("== the performance table (for BENCHMARKS.md)");
+    println!();
+    println!(
+        "| figure | result | baseline (same run) | goal | met | limited by the generator or other load |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (r, row) in &rows {
+        let met = match r.met {
+            Some(true) => "met",
+            Some(false) => "not met",
+            None => "no verdict",
+        };
+        let limited = if r.limits.is_empty() {
+            "no".to_owned()
+        } else {
+            format!("yes: {}", r.limits.join("; "))
+        };
+        println!(
+            "| {} | {} | {} | {} | {met} | {limited} |",
+            row.figure, row.result, row.baseline, row.goal
+        );
+    }
+    let latency: Vec<(&str, &LatencyCells)> = rows
+        .iter()
+        .filter_map(|(r, row)| row.latency.as_ref().map(|l| (r.name, l)))
+        .collect();
+    if latency.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "Where the time goes, p50 / p99 (the server's stages sampled, one frame in 16 per watch):"
+    );
+    println!();
+    println!(
+        "| scenario | push → watcher (generator) | push → bus (server, per batch) | queue | frame | socket |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (name, l) in latency {
+        println!(
+            "| {name} | {} | {} | {} | {} | {} |",
+            l.end_to_end, l.ingest, l.stages[0], l.stages[1], l.stages[2]
+        );
+    }
+    println!();
 }
 
 fn watcher_fixture(opts: &Opts) -> Fixture {
@@ -939,23 +1233,27 @@ fn h2_group(label: &str, count: usize, per_namespace: bool, connections: usize) 
 }
 
 /// `Ok((result, passed))`: `passed` is false when events were lost unreported or a push
-/// failed, whatever the figures.
+/// failed, whatever the figures. HTTP/2 watchers advertise `h2`.
 async fn run_scenario(
     s: Scenario,
     opts: &Opts,
+    h2: H2Settings,
     duration: Duration,
 ) -> anyhow::Result<(ScenarioResult, bool)> {
     Ok(match s {
         Scenario::IngestMetadata => ingest("ingest-metadata", Fixture::Metadata, duration).await?,
         Scenario::IngestMixed => ingest("ingest-mixed", Fixture::Mixed, duration).await?,
-        Scenario::Namespaces => namespaces(watcher_fixture(opts), duration).await?,
-        Scenario::Fanout => fanout(watcher_fixture(opts), duration).await?,
-        Scenario::H1VsH2 => h1_vs_h2(watcher_fixture(opts), duration).await?,
-        Scenario::Idle => idle(watcher_fixture(opts)).await?,
-        Scenario::ScaleOut => scale_out(watcher_fixture(opts), duration).await?,
+        Scenario::Namespaces => namespaces(watcher_fixture(opts), duration, h2).await?,
+        Scenario::Fanout => fanout(watcher_fixture(opts), duration, h2).await?,
+        Scenario::H1VsH2 => h1_vs_h2(watcher_fixture(opts), duration, h2).await?,
+        Scenario::Idle => idle(watcher_fixture(opts), h2).await?,
+        Scenario::ScaleOut => scale_out(watcher_fixture(opts), duration, h2).await?,
         Scenario::All => unreachable!("expanded by the caller"),
     })
 }
+
+/// The goal of the ingest rows: events per server CPU-second ÷ split+route on one core.
+const INGEST_GOAL: f64 = 0.7;
 
 /// Ingest events per server CPU-second, and the split+route baseline's per core.
 async fn ingest(
@@ -967,20 +1265,42 @@ async fn ingest(
     let per_cpu = o.pushed.events as f64 / o.cpu_push.server.max(1e-9);
     let base = o.baseline.map(|b| b.events_per_second);
     let ratio = base.map(|b| per_cpu / b);
+    let ratio_text = ratio.map_or("?".into(), |r| format!("{r:.2}"));
     let figures = format!(
-        "{} events/s on {:.2} server cores = {} events per server CPU-s; split+route {} events/s on one core; ratio {} (target >= 0.5)",
+        "{} events/s on {:.2} server cores = {} events per server CPU-s; split+route {} events/s on one core; ratio {ratio_text} (target >= {INGEST_GOAL})",
         int(o.ingest_rate()),
         o.cpu_push.server_cores(),
         int(per_cpu),
         base.map_or("?".into(), int),
-        ratio.map_or("?".into(), |r| format!("{r:.2}")),
     );
+    let what = match fixture {
+        Fixture::Metadata => "Metadata events (`audit2rbac-demo.log`)",
+        Fixture::Mixed => "mixed real events (`all-events.jsonl`)",
+    };
+    let row = TableRow {
+        figure: format!(
+            "ingest, {what}: events per server CPU-s ÷ a bare serde_json split + routing read of the same bodies on one core"
+        ),
+        result: format!(
+            "**{ratio_text}** ({} ev per server CPU-s; {} ev/s on {:.2} cores)",
+            int(per_cpu),
+            int(o.ingest_rate()),
+            o.cpu_push.server_cores()
+        ),
+        baseline: format!(
+            "split + routing read {} ev/s on one core",
+            base.map_or("?".into(), int)
+        ),
+        goal: "≥ 0.7",
+        latency: None,
+    };
     Ok((
         ScenarioResult {
             name,
             figures,
-            met: ratio.map(|r| r >= 0.5),
+            met: ratio.map(|r| r >= INGEST_GOAL),
             limits: o.limits(),
+            row: Some(row),
         },
         o.passed(),
     ))
@@ -988,7 +1308,11 @@ async fn ingest(
 
 /// One replica on the memory bus, then on NATS, then three on NATS: ingest cost per
 /// event (every server-side process counted, NATS included), and latency.
-async fn scale_out(fixture: Fixture, duration: Duration) -> anyhow::Result<(ScenarioResult, bool)> {
+async fn scale_out(
+    fixture: Fixture,
+    duration: Duration,
+    h2: H2Settings,
+) -> anyhow::Result<(ScenarioResult, bool)> {
     const REPLICAS: usize = 3;
     let phase = |n: u8, what: &str, replicas: Option<usize>, watchers: bool| {
         let rate = if watchers {
@@ -998,6 +1322,7 @@ async fn scale_out(fixture: Fixture, duration: Duration) -> anyhow::Result<(Scen
         };
         let mut p = Phase::new(format!("scale-out {n}/5: {what}"), fixture, rate, duration);
         p.nats_replicas = replicas;
+        p.h2 = h2;
         if watchers {
             p.groups = vec![h2_group("full-stream watchers", 30, false, 3)];
         }
@@ -1071,16 +1396,23 @@ async fn scale_out(fixture: Fixture, duration: Duration) -> anyhow::Result<(Scen
             figures,
             met: Some(cost <= 2.0),
             limits,
+            row: None,
         },
         all.iter().all(|o| o.passed()),
     ))
 }
 
+/// 1,000 namespace watchers over 10 HTTP/2 connections: latency at the table's rate, then
+/// max ingest with them and without, in the same run. The row's figure is events per
+/// server CPU-second with them ÷ without (the delivery's CPU counted: from the first push
+/// to the last delivery); max ingest with ÷ without is printed beside it.
 async fn namespaces(
     fixture: Fixture,
     duration: Duration,
+    h2: H2Settings,
 ) -> anyhow::Result<(ScenarioResult, bool)> {
     const N: usize = 1000;
+    const GOAL: f64 = 0.8;
     let watchers = || vec![h2_group("namespace watchers", 0, true, 10)];
     let mut p1 = Phase::new(
         "namespaces 1/3: latency at 10 k events/s",
@@ -1090,6 +1422,7 @@ async fn namespaces(
     );
     p1.namespaces = N;
     p1.groups = watchers();
+    p1.h2 = h2;
     let o1 = run_phase(p1).await?;
     let mut p2 = Phase::new(
         "namespaces 2/3: max ingest with the watchers",
@@ -1099,6 +1432,7 @@ async fn namespaces(
     );
     p2.namespaces = N;
     p2.groups = watchers();
+    p2.h2 = h2;
     let o2 = run_phase(p2).await?;
     let mut p3 = Phase::new(
         "namespaces 3/3: max ingest without watchers",
@@ -1109,67 +1443,127 @@ async fn namespaces(
     p3.namespaces = N;
     let o3 = run_phase(p3).await?;
     let p99 = o1.p99_ms();
-    let ratio = o2.ingest_rate() / o3.ingest_rate().max(1e-9);
+    let per_cpu = |o: &Outcome| o.pushed.events as f64 / o.cpu_delivery.server.max(1e-9);
+    let cpu_ratio = per_cpu(&o2) / per_cpu(&o3).max(1e-9);
+    let rate_ratio = o2.ingest_rate() / o3.ingest_rate().max(1e-9);
     let figures = format!(
-        "p99 push->watcher {} at {} events/s (target < 50 ms), {} of {} events delivered; max ingest {} events/s with the watchers vs {} without = {:.2} (target >= 0.8)",
-        p99.map_or("?".into(), |v| format!("{v:.1} ms")),
-        int(o1.ingest_rate()),
-        o1.delivered_events(),
-        o1.expected_events(),
+        "events per server CPU-s with the watchers {} vs {} without = {cpu_ratio:.2} (target >= {GOAL}); max ingest {} events/s with them vs {} without = {rate_ratio:.2}; {} of {} events delivered at max ingest; at {} events/s p99 push->watcher {}, {} of {} delivered",
+        int(per_cpu(&o2)),
+        int(per_cpu(&o3)),
         int(o2.ingest_rate()),
         int(o3.ingest_rate()),
-        ratio,
+        o2.delivered_events(),
+        o2.expected_events(),
+        int(o1.ingest_rate()),
+        p99.map_or("?".into(), |v| format!("{v:.1} ms")),
+        o1.delivered_events(),
+        o1.expected_events(),
     );
+    let row = TableRow {
+        figure: "1,000 namespace watchers over 10 HTTP/2 connections at max ingest: events per server CPU-s with them ÷ without".into(),
+        result: format!(
+            "**{cpu_ratio:.2}** ({} vs {} ev per server CPU-s; max ingest {} vs {} ev/s = {rate_ratio:.2}; {:.2} % delivered)",
+            int(per_cpu(&o2)),
+            int(per_cpu(&o3)),
+            int(o2.ingest_rate()),
+            int(o3.ingest_rate()),
+            100.0 * o2.delivered_events() as f64 / o2.expected_events().max(1) as f64,
+        ),
+        baseline: format!(
+            "the same server without watchers: {} ev per server CPU-s",
+            int(per_cpu(&o3))
+        ),
+        goal: "≥ 0.8",
+        latency: Some(LatencyCells::of(&o2)),
+    };
     let limits = labelled(&[("phase 1", &o1), ("phase 2", &o2), ("phase 3", &o3)]);
     Ok((
         ScenarioResult {
             name: "namespaces",
             figures,
-            met: Some(p99.is_some_and(|v| v < 50.0) && ratio >= 0.8),
+            met: Some(cpu_ratio >= GOAL),
             limits,
+            row: Some(row),
         },
         o1.passed() && o2.passed() && o3.passed(),
     ))
 }
 
-async fn fanout(fixture: Fixture, duration: Duration) -> anyhow::Result<(ScenarioResult, bool)> {
+/// 100 full-stream HTTP/2 watchers at 10 k events/s, advertising `h2`: delivered share,
+/// p99 push→watcher, delivered bytes per server CPU-second ÷ AES-128-GCM on one core.
+async fn fanout(
+    fixture: Fixture,
+    duration: Duration,
+    h2: H2Settings,
+) -> anyhow::Result<(ScenarioResult, bool)> {
+    const GOAL_P99_MS: f64 = 50.0;
+    const GOAL_AES: f64 = 0.4;
+    let name = if h2 == H2Settings::PROTOCOL_DEFAULTS {
+        "fanout-16KiB"
+    } else if h2 == H2Settings::GO_1_24 {
+        "fanout-1MiB"
+    } else {
+        "fanout"
+    };
     let mut p = Phase::new(
-        "fanout: 100 full-stream HTTP/2 watchers at 10 k events/s",
+        format!("{name}: 100 full-stream HTTP/2 watchers at 10 k events/s"),
         fixture,
         Rate::PerSecond(TABLE_RATE),
         duration,
     );
     p.groups = vec![h2_group("full-stream watchers", 100, false, 10)];
+    p.h2 = h2;
     let o = run_phase(p).await?;
     let aes = measure::openssl_aes_gcm().await;
     let delivered = o.delivered_events() as f64 / o.expected_events().max(1) as f64;
     let bytes_per_cpu = o.delivered_bytes() as f64 / o.cpu_delivery.server.max(1e-9);
     let ratio = aes.as_ref().ok().map(|a| bytes_per_cpu / a);
+    let ratio_text = ratio.map_or("?".into(), |r| format!("{r:.2}"));
     let p99 = o.p99_ms();
+    let p99_text = p99.map_or("?".into(), |v| format!("{v:.1} ms"));
+    let aes_text = match &aes {
+        Ok(a) => format!("{}/s", mb(*a)),
+        Err(e) => format!("unknown ({e})"),
+    };
     let figures = format!(
-        "{:.2}% delivered ({} deliveries/s), p99 {} (target < 100 ms); {}/s delivered per server CPU-s vs AES-128-GCM {} per CPU-s = {} (target >= 0.25)",
+        "{:.2}% delivered ({} deliveries/s), p99 {p99_text} (target < {GOAL_P99_MS} ms); {}/s delivered per server CPU-s vs AES-128-GCM {aes_text} per CPU-s = {ratio_text} (target >= {GOAL_AES}); clients advertise {}",
         100.0 * delivered,
         int(o.delivered_events() as f64 / o.cpu_delivery.wall),
-        p99.map_or("?".into(), |v| format!("{v:.1} ms")),
         mb(bytes_per_cpu),
-        match &aes {
-            Ok(a) => format!("{}/s", mb(*a)),
-            Err(e) => format!("unknown ({e})"),
-        },
-        ratio.map_or("?".into(), |r| format!("{r:.2}")),
+        h2.describe(),
     );
+    let row = TableRow {
+        figure: format!(
+            "100 full-stream HTTP/2 watchers at 10 k Metadata ev/s, watchers advertising {}: delivered / p99 / bytes per server CPU-s ÷ AES-128-GCM",
+            h2.describe()
+        ),
+        result: format!(
+            "**{:.2} % / {p99_text} / {ratio_text}** ({} delivered per server CPU-s)",
+            100.0 * delivered,
+            mb(bytes_per_cpu)
+        ),
+        baseline: format!("AES-128-GCM {aes_text} on one core (openssl speed)"),
+        goal: "100 % / < 50 ms / ≥ 0.4",
+        latency: Some(LatencyCells::of(&o)),
+    };
     Ok((
         ScenarioResult {
-            name: "fanout",
+            name,
             figures,
-            met: ratio.map(|r| r >= 0.25 && delivered >= 1.0 && p99.is_some_and(|v| v < 100.0)),
+            met: ratio
+                .map(|r| r >= GOAL_AES && delivered >= 1.0 && p99.is_some_and(|v| v < GOAL_P99_MS)),
             limits: o.limits(),
+            row: Some(row),
         },
         o.passed(),
     ))
 }
 
-async fn h1_vs_h2(fixture: Fixture, duration: Duration) -> anyhow::Result<(ScenarioResult, bool)> {
+async fn h1_vs_h2(
+    fixture: Fixture,
+    duration: Duration,
+    h2: H2Settings,
+) -> anyhow::Result<(ScenarioResult, bool)> {
     let mut a = Phase::new(
         "h1-vs-h2 1/2: 10 watchers over HTTP/1.1",
         fixture,
@@ -1191,6 +1585,7 @@ async fn h1_vs_h2(fixture: Fixture, duration: Duration) -> anyhow::Result<(Scena
         duration,
     );
     b.groups = vec![h2_group("full-stream watchers", 10, false, 1)];
+    b.h2 = h2;
     let ob = run_phase(b).await?;
     // Server CPU-nanoseconds per delivered byte.
     let per_byte = |o: &Outcome| 1e9 * o.cpu_delivery.server / o.delivered_bytes().max(1) as f64;
@@ -1207,12 +1602,13 @@ async fn h1_vs_h2(fixture: Fixture, duration: Duration) -> anyhow::Result<(Scena
             figures,
             met: Some(ratio <= 1.2),
             limits: labelled(&[("HTTP/1.1", &oa), ("HTTP/2", &ob)]),
+            row: None,
         },
         oa.passed() && ob.passed(),
     ))
 }
 
-async fn idle(fixture: Fixture) -> anyhow::Result<(ScenarioResult, bool)> {
+async fn idle(fixture: Fixture, h2: H2Settings) -> anyhow::Result<(ScenarioResult, bool)> {
     const N: usize = 1000;
     // The watchers sit idle; then one small batch per pusher shows they are live.
     let mut p = Phase::new(
@@ -1224,6 +1620,7 @@ async fn idle(fixture: Fixture) -> anyhow::Result<(ScenarioResult, bool)> {
     p.batch = 10;
     p.idle = Some(IDLE_SETTLE);
     p.groups = vec![h2_group("full-stream watchers", N, false, 10)];
+    p.h2 = h2;
     let o = run_phase(p).await?;
     let per_watcher = match (o.rss_start, o.rss_idle) {
         (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / N as f64),
@@ -1242,6 +1639,7 @@ async fn idle(fixture: Fixture) -> anyhow::Result<(ScenarioResult, bool)> {
             met: per_watcher.map(|v| v <= 16.0),
             // Only the idle part is measured; a short push after it does not matter here.
             limits: Vec::new(),
+            row: None,
         },
         o.passed(),
     ))
@@ -1377,6 +1775,9 @@ fn report(o: &Outcome) {
     }
     for m in &o.metrics {
         println!("   server     {m}");
+    }
+    if let Some(line) = o.server.line() {
+        println!("   stages     {line}");
     }
     let parsed: u64 = o.watchers.iter().map(|w| w.stats.parsed_lines).sum();
     let bad: u64 = o.watchers.iter().map(|w| w.stats.bad_lines).sum();

@@ -443,3 +443,79 @@ fn parse_openssl_speed(text: &str) -> Option<f64> {
     let k: f64 = last.strip_suffix('k')?.parse().ok()?;
     Some(k * 1000.0)
 }
+
+// ---------------------------------------------------------------------------------------
+// The server's own histograms, from a scrape of /metrics.
+
+/// One series of a Prometheus histogram read from a scrape's text: cumulative counts by
+/// upper bound, in the order the server writes them (ascending, `+Inf` last).
+#[derive(Clone, Debug, Default)]
+pub struct PromHistogram {
+    buckets: Vec<(f64, f64)>,
+    /// Observations in all (the `+Inf` bucket).
+    pub count: f64,
+}
+
+impl PromHistogram {
+    /// The series of `family` whose labels include `label` (`stage="queue"`; "" for a
+    /// family without labels). `None` when the scrape has no such series.
+    pub fn parse(text: &str, family: &str, label: &str) -> Option<PromHistogram> {
+        let prefix = format!("{family}_bucket{{");
+        let mut buckets = Vec::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix(&prefix) else {
+                continue;
+            };
+            let Some((labels, value)) = rest.split_once("} ") else {
+                continue;
+            };
+            if !labels.split(',').any(|l| l == label) && !label.is_empty() {
+                continue;
+            }
+            let le = labels
+                .split(',')
+                .find_map(|l| l.strip_prefix("le=\""))
+                .and_then(|v| v.strip_suffix('"'));
+            let bound = match le {
+                Some("+Inf") => f64::INFINITY,
+                Some(v) => match v.parse() {
+                    Ok(b) => b,
+                    Err(_) => continue,
+                },
+                None => continue,
+            };
+            if let Ok(n) = value.trim().parse::<f64>() {
+                buckets.push((bound, n));
+            }
+        }
+        let count = buckets.last().map(|b| b.1)?;
+        Some(PromHistogram { buckets, count })
+    }
+
+    /// The `q` quantile (0..=1), as Prometheus's `histogram_quantile` estimates it:
+    /// linear within the bucket it falls in; the highest finite bound when it falls
+    /// in `+Inf`. `None` without observations.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.count <= 0.0 {
+            return None;
+        }
+        let rank = q * self.count;
+        let (mut lower, mut below) = (0.0, 0.0);
+        for &(upper, cumulative) in &self.buckets {
+            if cumulative >= rank {
+                if upper.is_infinite() {
+                    return Some(lower);
+                }
+                let inside = cumulative - below;
+                let share = if inside > 0.0 {
+                    (rank - below) / inside
+                } else {
+                    1.0
+                };
+                return Some(lower + (upper - lower) * share);
+            }
+            (lower, below) = (upper, cumulative);
+        }
+        Some(lower)
+    }
+}

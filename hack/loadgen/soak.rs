@@ -501,7 +501,9 @@ async fn open_watch(
 ) -> anyhow::Result<hyper::body::Incoming> {
     let req = client::request(Method::GET, addr, path, Some(token), Bytes::new())?;
     let resp = if h2 {
-        let mut c = client::connect_h2(&client::connector(b"h2", None)?, addr).await?;
+        // As the aggregator connects (the soak is not about the client's frame size).
+        let tls = client::connector(b"h2", None)?;
+        let mut c = client::connect_h2(&tls, addr, client::H2Settings::GO_1_24).await?;
         c.ready().await?;
         c.send_request(req).await?
     } else {

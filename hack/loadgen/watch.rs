@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use crate::Clock;
-use crate::client::{self, H1, H2};
+use crate::client::{self, H1, H2, H2Settings};
 use crate::measure::Histogram;
 use crate::push::ID_PREFIX;
 
@@ -84,12 +84,14 @@ pub struct OpenWatch {
     body: Incoming,
 }
 
-/// Open every watcher of `groups` (all before the first push, so none misses one).
+/// Open every watcher of `groups` (all before the first push, so none misses one); the
+/// HTTP/2 connections advertise `h2`.
 pub async fn open(
     groups: &[Group],
     namespaces: usize,
     addr: SocketAddr,
     token: &str,
+    h2: H2Settings,
 ) -> anyhow::Result<Vec<OpenWatch>> {
     let h1_tls = client::connector(b"http/1.1", None)?;
     let h2_tls = client::connector(b"h2", None)?;
@@ -120,7 +122,7 @@ pub async fn open(
             }
             Some(c) => {
                 let conns = futures_util::future::try_join_all(
-                    (0..c.max(1)).map(|_| client::connect_h2(&h2_tls, addr)),
+                    (0..c.max(1)).map(|_| client::connect_h2(&h2_tls, addr, h2)),
                 )
                 .await?;
                 let opening = scopes.iter().enumerate().map(|(i, &scope)| {

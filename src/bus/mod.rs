@@ -212,6 +212,8 @@ impl Bus {
         let stats = &self.shared.stats;
         let (mut bytes, mut count, mut dropped) = (0u64, 0u64, 0u64);
         let mut wake: Vec<Arc<Queue>> = Vec::new();
+        // Once per batch, outside the lock: the watch's stage latencies start here.
+        let published_at = tokio::time::Instant::now();
         let last_rv = {
             let mut guard = self.lock();
             let st = &mut *guard;
@@ -223,7 +225,7 @@ impl Bus {
                 };
                 st.last_rv = rv;
                 count += 1;
-                let published = Arc::new(Published::new(rv, event));
+                let published = Arc::new(Published::new(rv, event, published_at));
                 let size = published.wire_len(false);
                 bytes += size as u64;
                 let ev = &published.event;

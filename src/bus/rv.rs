@@ -2,6 +2,7 @@
 //! number the bus gave it (its decimal digits kept, for the line's hole).
 
 use super::*;
+use tokio::time::Instant;
 
 /// The epoch of time-derived resourceVersions: 2025-01-01T00:00:00Z, in microseconds
 /// since 1970.
@@ -32,10 +33,14 @@ pub struct Published {
     pub(super) digits: [u8; 20],
     pub(super) digits_len: u8,
     pub event: Event,
+    /// When this bus published it: where a watch's delivery-stage latencies start
+    /// (`watch::stages`). One clock reading per published batch, shared by its events;
+    /// 16 bytes per event held, beside the event's ~1 KB or more.
+    pub published_at: Instant,
 }
 
 impl Published {
-    pub(super) fn new(resource_version: u64, event: Event) -> Self {
+    pub(super) fn new(resource_version: u64, event: Event, published_at: Instant) -> Self {
         let mut digits = [0; 20];
         let mut buf = itoa::Buffer::new();
         let text = buf.format(resource_version).as_bytes();
@@ -45,6 +50,7 @@ impl Published {
             digits,
             digits_len: text.len() as u8,
             event,
+            published_at,
         }
     }
 

@@ -86,6 +86,8 @@ pub(super) struct Inner {
     pub(super) metrics: Arc<Metrics>,
     /// Requests, authentication and authorization decisions, counted by the router.
     pub(super) requests: super::router::RequestMeters,
+    /// Watches' delivery-stage latencies (sampled), shared by every watch.
+    pub(super) stages: crate::watch::StageMeters,
     pub(super) watches: Watches,
     /// LISTs in flight, held apart from watches under the same limits.
     pub(super) lists: Watches,
@@ -202,6 +204,7 @@ impl App {
                 discovery: Discovery::new(),
                 sources,
                 requests: super::router::RequestMeters::new(&metrics),
+                stages: crate::watch::StageMeters::new(&metrics),
                 metrics,
                 watches,
                 lists,

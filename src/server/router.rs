@@ -381,6 +381,7 @@ impl App {
             user: attrs.user.name.as_str().into(),
             resource,
             namespace: attrs.namespace.clone(),
+            stages: app.stages.clone(),
         };
         watch::serve(&app.bus, &app.watches, scope, query, ctx)
     }

@@ -8,7 +8,8 @@
 //! Costs by class: per poll, one clock read, one atomic stamp for the sweeper, and the
 //! counters flushed to the shared metrics; per event, the budget's arithmetic and a copy
 //! of its bytes into the frame; deadline, re-authorization and bookmarks are compared
-//! with the poll's clock and need a timer only when the queue runs dry.
+//! with the poll's clock and need a timer only when the queue runs dry. One frame in
+//! `stages::SAMPLE_EVERY_FRAMES` is measured stage by stage (`stages`).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -25,6 +26,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::access::{self, Access};
 use super::registry::{Ended, Registration};
+use super::stages::Sampler;
 use super::{
     BOOKMARK_INTERVAL, INITIAL_EVENTS_END_ANNOTATION, Query, Recheck, WatchCtx, bookmark,
     bookmark_object, initial_events_end,
@@ -143,6 +145,8 @@ pub(super) struct WatchBody {
     access: Option<Access>,
     /// Inside `poll_frame`; see there.
     in_poll: bool,
+    /// Delivery-stage latencies, one frame in N.
+    stages: Sampler,
     guard: WatchGuard,
     registration: Registration,
 }
@@ -197,6 +201,7 @@ impl WatchBody {
             namespace: ctx.namespace,
             access: ctx.access,
             in_poll: false,
+            stages: Sampler::new(ctx.stages),
             guard: ctx.guard,
             registration,
         };
@@ -397,6 +402,7 @@ impl WatchBody {
             if frame.is_empty() {
                 frame.reserve(full.max(self.taken_bytes.min(FRAME_BYTES)));
             }
+            self.stages.event(p.published_at);
             let sent = match &self.format {
                 None => {
                     let (head, tail) = p.event.parts(truncated);
@@ -456,10 +462,16 @@ impl WatchBody {
         }
     }
 
-    fn ready(&mut self, frame: BytesMut) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    /// The frame of the poll that began at `polled`, handed to hyper.
+    fn ready(
+        &mut self,
+        frame: BytesMut,
+        polled: Instant,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         self.flush_counts();
         self.registration.set_backlog(!self.taken.is_empty());
-        Poll::Ready(Some(Ok(Frame::data(frame.freeze()))))
+        let data = self.stages.frame(frame, polled);
+        Poll::Ready(Some(Ok(Frame::data(data))))
     }
 }
 
@@ -511,11 +523,11 @@ impl WatchBody {
             if let Some((why, error)) = this.poll_recheck(cx, now) {
                 this.finish(why);
                 frame.extend_from_slice(&error);
-                return this.ready(frame);
+                return this.ready(frame, now);
             }
             this.fill(&mut frame, cx, now);
             if !frame.is_empty() {
-                return this.ready(frame);
+                return this.ready(frame, now);
             }
             this.budget.set_active(false);
             match this.sub.poll_take(cx, &mut this.taken) {
@@ -530,7 +542,7 @@ impl WatchBody {
                         let e = ApiError::from(down.clone());
                         this.finish(EndReason::BusDown);
                         frame.extend_from_slice(&e.to_watch_event());
-                        return this.ready(frame);
+                        return this.ready(frame, now);
                     }
                     let why = EndReason::from_outside(this.registration.ended());
                     this.finish(why);
@@ -540,7 +552,7 @@ impl WatchBody {
             }
             let wake = this.idle(&mut frame, now);
             if !frame.is_empty() {
-                return this.ready(frame);
+                return this.ready(frame, now);
             }
             if this.timer.deadline() != wake {
                 this.timer.as_mut().reset(wake);

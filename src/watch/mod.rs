@@ -11,6 +11,7 @@ mod body;
 mod list;
 pub mod registry;
 pub mod sources;
+pub mod stages;
 
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ use crate::table::Format;
 pub use crate::table::IncludeObject;
 pub use list::{InFlight, enter as enter_list, get, list};
 pub use registry::Watches;
+pub use stages::StageMeters;
 
 /// A field selector that does not parse: 400, as kube-apiserver answers it.
 impl From<crate::selector::Error> for ApiError {
@@ -325,6 +327,8 @@ pub struct WatchCtx {
     pub namespace: String,
     /// `--authorization-granularity=resource`: each event's own check.
     pub access: Option<access::Access>,
+    /// Where the watch's delivery time goes (sampled).
+    pub stages: StageMeters,
 }
 
 /// Start a watch of `scope`, taking one of the server's watch slots. Errors found before

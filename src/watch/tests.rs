@@ -81,6 +81,7 @@ pub(super) fn alice() -> WatchCtx {
         user: "alice".into(),
         resource: "events",
         namespace: String::new(),
+        stages: crate::watch::StageMeters::unregistered(),
     }
 }
 
