@@ -37,12 +37,21 @@ pub struct H2Settings {
 
 impl H2Settings {
     /// HTTP/2's own defaults (RFC 9113 §6.5.2), what a client that sets nothing
-    /// advertises: 16 KiB frames, 65,535-byte windows. Go transports before 1.24 also
-    /// read 16 KiB frames.
+    /// advertises: 16 KiB frames, 65,535-byte windows (the smoke run's, for the most flow
+    /// control; a window this small caps each stream at a window per round trip, which
+    /// the client sets, not the server).
     pub const PROTOCOL_DEFAULTS: H2Settings = H2Settings {
         max_frame: 16 * 1024,
         stream_window: 65_535,
         connection_window: 65_535,
+    };
+    /// Go transports before 1.24 (client-go's, and most clients that raise their windows
+    /// but not their frame size): 16 KiB frames, Go's 4 MiB stream window and 1 GiB
+    /// connection window.
+    pub const GO_BEFORE_1_24: H2Settings = H2Settings {
+        max_frame: 16 * 1024,
+        stream_window: 4 << 20,
+        connection_window: 1 << 30,
     };
     /// Go 1.24 and later (kube-aggregator among them): 1 MiB frames, a 4 MiB stream
     /// window, and Go's 1 GiB connection window.
