@@ -109,19 +109,23 @@ async fn serve_connection(
     let _ = stream.set_nodelay(true);
     let _open = app.metrics().connection_opened();
     let limits = app.limits();
-    let tls =
-        match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                tracing::debug!(peer = %remote_addr, error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(peer = %remote_addr, "TLS handshake timed out");
-                app.metrics().refused("tls_handshake_timeout");
-                return;
-            }
-        };
+    let tls = match tokio::time::timeout(
+        limits.tls_handshake_timeout,
+        acceptor.accept(StallGuard::new(stream, app.stall_limit())),
+    )
+    .await
+    {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %remote_addr, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(peer = %remote_addr, "TLS handshake timed out");
+            app.metrics().refused("tls_handshake_timeout");
+            return;
+        }
+    };
     let certs = tls.get_ref().1.peer_certificates().map(|c| {
         c.iter()
             .map(|c| c.clone().into_owned())
@@ -129,7 +133,6 @@ async fn serve_connection(
             .into()
     });
     let peer = Peer { remote_addr, certs };
-    let stall_limit = app.stall_limit();
     let metrics_app = app.clone();
     // Set by the first request's arrival: until then the connection is on its deadline.
     let requested = Arc::new(AtomicBool::new(false));
@@ -164,7 +167,7 @@ async fn serve_connection(
         .max_header_list_size(u32::try_from(head_cap).unwrap_or(u32::MAX))
         .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
         .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
-    let io = TokioIo::new(Coalesce::new(StallGuard::new(tls, stall_limit)));
+    let io = TokioIo::new(Coalesce::new(tls));
     let conn = watcher.watch(builder.serve_connection(io, service).into_owned());
     tokio::pin!(conn);
     // The first request's head must come within the header timeout: hyper times out only
