@@ -273,6 +273,13 @@ impl Budget {
     }
 
     fn refill(&mut self, now: Instant) {
+        // A watch reads the clock once per poll and decides every event of the poll
+        // against it: refilled for the first, nothing has changed for the others, unless
+        // a share (the server's, the namespace's) has shrunk since and clamps what is
+        // left at once. Per event × watcher: one comparison for most watches.
+        if now == self.last && self.namespace.is_none() && self.share.is_none() {
+            return;
+        }
         let (rate, burst) = self.limits();
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
