@@ -61,6 +61,8 @@ const IDLE_SETTLE: Duration = Duration::from_secs(3);
 /// The server flags of the performance table: no per-watcher budget, and events up to
 /// 4 MiB whole, so that what is measured is delivery, not the budget.
 const TABLE_SERVER_FLAGS: [&str; 2] = ["--watcher-bytes-per-second=0", "--max-event-bytes=4194304"];
+/// `--server-arg` flags for every scenario's server (set once, by `run`).
+static SCENARIO_SERVER_ARGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
 /// The table's events per second for the watcher rows.
 const TABLE_RATE: f64 = 10_000.0;
 
@@ -138,7 +140,10 @@ struct Opts {
     #[arg(long, value_parser = parse_h2_window)]
     h2_connection_window: Option<u32>,
     /// Extra flag for the server, repeatable, e.g. `--server-arg=--watcher-bytes-per-second=0`
-    /// (the scenarios pass the table's `--watcher-bytes-per-second=0 --max-event-bytes=4194304`).
+    /// (the scenarios pass the table's `--watcher-bytes-per-second=0 --max-event-bytes=4194304`,
+    /// then these: `--scenario namespaces --server-arg=--authorization-granularity=resource`
+    /// measures per-resource authorization, `--server-arg=--redact=` ingest without
+    /// redaction, which is on by default).
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     server_args: Vec<String>,
 }
@@ -313,6 +318,9 @@ async fn run(opts: Opts) -> anyhow::Result<bool> {
         let o = run_phase(custom_phase(&opts, duration)).await?;
         return Ok(o.passed());
     };
+    // The scenarios' servers take the --server-arg flags after the table's own, so that
+    // a row can be rerun with, say, `--authorization-granularity=resource` or `--redact=`.
+    let _ = SCENARIO_SERVER_ARGS.set(opts.server_args.clone());
     let chosen = opts.h2_preset.unwrap_or(H2Preset::Frames1M);
     // The table's rows first (the fan-out row once per kind of client), then the checks
     // of earlier issues.
@@ -695,6 +703,7 @@ async fn run_phase(phase: Phase) -> anyhow::Result<Outcome> {
     // scenarios' thousand watches.
     let mut extra = vec!["--max-watchers-per-user".to_owned(), "5000".to_owned()];
     extra.extend(phase.server_args.iter().cloned());
+    extra.extend(SCENARIO_SERVER_ARGS.get().into_iter().flatten().cloned());
     let mut argv = server_argv(dir.path(), &pki, &token, "loadgen-watcher", &extra)?;
     let nats = match phase.nats_replicas {
         Some(_) => {
