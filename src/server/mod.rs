@@ -10,8 +10,9 @@
 //! * `accept`: `run(app, listener, shutdown)` accepts TLS connections, serves HTTP/1.1
 //!   and HTTP/2 on them, and drains on shutdown.
 //! * `stalled_write` and `write_coalescing`: what `accept` wraps each connection's I/O
-//!   in: a write that makes no progress for too long fails (a peer that stopped
-//!   reading), and small writes go to TLS together at a flush.
+//!   in: under TLS, a socket write that makes no progress for too long fails (a peer
+//!   that stopped reading); over it, writes are gathered in TLS's records and go to the
+//!   socket together at a flush.
 
 mod accept;
 mod app;
