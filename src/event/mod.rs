@@ -4,8 +4,9 @@
 //!
 //! The decoder walks the body once with serde_json: each item's members are taken as raw
 //! text (validated as they are skipped), the routing fields read from that text, and the
-//! line written by copying each value once. Per event it makes two allocations that live
-//! on (the line, the routing strings) and reuses its scratch space across a batch.
+//! line written by copying each value once, straight into one buffer for the batch's lines
+//! that each line is then a slice of. Per event it makes one allocation that lives on (the
+//! routing strings) and reuses its scratch space across a batch.
 //!
 //! The line is `head`, a hole for the resourceVersion, then `tail`: the bus assigns that
 //! number under its lock, and serialising there would hold the lock for the whole encode.

@@ -35,6 +35,14 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 /// What every spelling of the annotation contains (a JSON Pointer writes its `/` as `~1`):
 /// a body without it is not read for this rule.
 const LAST_APPLIED_NEEDLE: &[u8] = b"last-applied-configuration";
+
+/// The searcher for `LAST_APPLIED_NEEDLE`, built once: `memmem::find` builds one per call,
+/// which was 0.7 % of ingest for the mixed fixture (two bodies an event, profiled).
+fn has_last_applied(text: &[u8]) -> bool {
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(LAST_APPLIED_NEEDLE));
+    FINDER.find(text).is_some()
+}
 const PLAIN: &str = "<redacted>";
 
 /// One redaction rule, as `--redact` names it.
@@ -175,7 +183,7 @@ impl Redaction {
             _ => None,
         };
         let last_applied = self.rules.contains(Rule::LastAppliedConfiguration)
-            && memchr::memmem::find(body.get().as_bytes(), LAST_APPLIED_NEEDLE).is_some();
+            && has_last_applied(body.get().as_bytes());
         if !secret && token.is_none() && !last_applied {
             return None;
         }
@@ -274,7 +282,7 @@ impl Redaction {
     /// JSON Patch's value for its pointer.
     fn last_applied(&self, v: &RawValue, out: &mut Vec<u8>) -> bool {
         let text = v.get();
-        if memchr::memmem::find(text.as_bytes(), LAST_APPLIED_NEEDLE).is_none() {
+        if !has_last_applied(text.as_bytes()) {
             out.extend_from_slice(text.as_bytes());
             return false;
         }

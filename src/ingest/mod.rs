@@ -160,15 +160,20 @@ impl Ingest {
             }
         };
         let limit = usize::try_from(max_request_bytes).unwrap_or(usize::MAX);
-        let collected =
-            tokio::time::timeout(self.body_timeout, Limited::new(body, limit).collect())
-                .await
-                .map_err(|_| {
-                    self.metrics.refused("ingest_body_timeout");
-                    ApiError::Timeout("request did not complete within the allotted timeout".into())
-                })?;
+        // `admit` refused a declared length over the limit: this one is bounded.
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let collected = tokio::time::timeout(self.body_timeout, gather(body, limit, declared))
+            .await
+            .map_err(|_| {
+                self.metrics.refused("ingest_body_timeout");
+                ApiError::Timeout("request did not complete within the allotted timeout".into())
+            })?;
         let body = match collected {
-            Ok(collected) => collected.to_bytes(),
+            Ok(body) => body,
             Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
                 return Err(ApiError::RequestEntityTooLarge {
                     limit: max_request_bytes,
@@ -265,6 +270,46 @@ fn accepted(count: usize) -> Response<Body> {
         StatusCode::OK,
         serde_json::to_vec(&status).unwrap_or_default(),
     )
+}
+
+/// The whole body in one buffer, for the decoder (which reads all of it as one text).
+/// With a declared length, each chunk is copied into a buffer of that size as it arrives,
+/// while it is still in cache from its decryption: gathering the chunks after the last
+/// one came was 4 % of ingest for 2 MB bodies (profiled). A body that comes in one chunk
+/// is not copied at all; one of no declared length is gathered at its end, as before.
+async fn gather<B>(
+    body: B,
+    limit: usize,
+    declared: Option<usize>,
+) -> Result<Bytes, Box<dyn std::error::Error + Send + Sync>>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let mut body = Limited::new(body, limit);
+    let Some(declared) = declared else {
+        return Ok(body.collect().await?.to_bytes());
+    };
+    let mut first: Option<Bytes> = None;
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        // Trailers carry nothing the decoder reads.
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        if first.is_none() && buf.is_empty() {
+            first = Some(data);
+            continue;
+        }
+        if let Some(first) = first.take() {
+            // Bounded: `Limited` ends the body past `limit`, and `admit` refused a
+            // declared length over it.
+            buf.reserve_exact(declared.max(first.len() + data.len()));
+            buf.extend_from_slice(&first);
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok(first.unwrap_or_else(|| buf.into()))
 }
 
 /// Read and discard a refused push's body (bounded in bytes and time) before answering:
@@ -367,6 +412,18 @@ fn decode(
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let events = event::decode_event_list_with(body, source, &now, redaction)
         .map_err(|e| ApiError::BadRequest(format!("the body is not an audit EventList: {e}")))?;
+    // Most batches have no event over the limit: they are kept as decoded. Moving each
+    // event through `limit_size` into a second list was 1.7 % of ingest (profiled).
+    if events
+        .iter()
+        .all(|ev| ev.wire_len(false) <= max_event_bytes)
+    {
+        return Ok(Decoded {
+            events,
+            truncated: 0,
+            dropped: 0,
+        });
+    }
     let mut out = Decoded {
         events: Vec::with_capacity(events.len()),
         truncated: 0,
