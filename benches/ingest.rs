@@ -7,6 +7,10 @@
 //!   level, verb, user.username, objectRef namespace/resource/name) read with a borrowing
 //!   serde parse: the least a decoder that routes must do, and the performance issue's
 //!   yardstick (decode should reach half its pace);
+//! * `sonic_split_route`: the same split and the same routing fields with sonic-rs's lazy
+//!   SIMD iterators (the checked ones, which validate every skipped value): issue #24's
+//!   upper bound for a sonic-based decoder, to set beside `decode_event_list`; it checks
+//!   once at start that it counts as many items as the serde split;
 //! * `baseline_value_tree`: a full `serde_json::Value` parse, what a naive decoder does.
 //!
 //! Redaction at ingest (the tenants issue) beside them: `decode_event_list` runs with
@@ -148,6 +152,87 @@ fn split_route(bencher: Bencher, fixture: &'static Fixture) {
     });
 }
 
+/// `items` split with sonic-rs: the top level walked with the checked object iterator
+/// (every member validated, as serde_json's envelope parse does), `items` with the checked
+/// array iterator. Returns the raw item slices.
+fn sonic_items(body: &[u8]) -> Vec<sonic_rs::LazyValue<'_>> {
+    let mut items = None;
+    for member in sonic_rs::to_object_iter(body) {
+        let (key, value) = member.expect("the fixture is JSON");
+        if key == "items" {
+            let split = value
+                .into_array_iter()
+                .expect("items is an array")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("the fixture is JSON");
+            items = Some(split);
+        }
+    }
+    items.expect("the fixture has items")
+}
+
+/// A string field as `Routing` reads it: unescaped only when needed.
+fn sonic_str<'a>(value: &'a sonic_rs::LazyValue<'_>) -> &'a str {
+    use sonic_rs::JsonValueTrait;
+    value.as_str().expect("a string")
+}
+
+/// `Routing`'s fields, read from one item with sonic-rs's lazy object iterator (the item
+/// was validated by the split; the iterator skips the members routing does not read).
+fn sonic_route(item: sonic_rs::LazyValue<'_>) -> usize {
+    let (mut audit_id, mut stage, mut level, mut verb) = (0, None, 0, 0);
+    let (mut username, mut namespace, mut resource, mut name) = (0, 0, 0, 0);
+    for member in item.into_object_iter().expect("an event") {
+        let (key, value) = member.expect("an event");
+        match &*key {
+            "auditID" => audit_id = sonic_str(&value).len(),
+            "stage" => stage = Some(sonic_str(&value).len()),
+            "level" => level = sonic_str(&value).len(),
+            "verb" => verb = sonic_str(&value).len(),
+            "user" => {
+                for member in value.into_object_iter().into_iter().flatten() {
+                    let (key, value) = member.expect("an event");
+                    if key == "username" {
+                        username = sonic_str(&value).len();
+                    }
+                }
+            }
+            "objectRef" => {
+                for member in value.into_object_iter().into_iter().flatten() {
+                    let (key, value) = member.expect("an event");
+                    match &*key {
+                        "namespace" => namespace = sonic_str(&value).len(),
+                        "resource" => resource = sonic_str(&value).len(),
+                        "name" => name = sonic_str(&value).len(),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    black_box((audit_id, level, verb, username, namespace, resource, name));
+    stage.expect("an event has a stage")
+}
+
+fn sonic_split_route_on(bencher: Bencher, fixture: &'static Fixture) {
+    // One-off check: sonic splits as many items as serde_json does.
+    let list: RawList<'_> = serde_json::from_slice(&fixture.body).expect("the fixture is JSON");
+    let sonic = sonic_items(&fixture.body).len();
+    assert_eq!(
+        sonic,
+        list.items.len(),
+        "sonic-rs and serde_json split differently"
+    );
+    assert_eq!(sonic, fixture.events, "sonic-rs split every event");
+    counted(bencher, fixture).bench(|| {
+        sonic_items(black_box(&fixture.body))
+            .into_iter()
+            .map(sonic_route)
+            .sum::<usize>()
+    });
+}
+
 fn value_tree(bencher: Bencher, fixture: &'static Fixture) {
     counted(bencher, fixture).bench(|| {
         serde_json::from_slice::<serde_json::Value>(black_box(&fixture.body))
@@ -185,6 +270,11 @@ mod all_events {
     }
 
     #[divan::bench]
+    fn sonic_split_route(bencher: Bencher) {
+        sonic_split_route_on(bencher, &ALL_EVENTS);
+    }
+
+    #[divan::bench]
     fn baseline_value_tree(bencher: Bencher) {
         value_tree(bencher, &ALL_EVENTS);
     }
@@ -217,6 +307,11 @@ mod audit2rbac_demo {
     #[divan::bench]
     fn baseline_split_route(bencher: Bencher) {
         split_route(bencher, &AUDIT2RBAC);
+    }
+
+    #[divan::bench]
+    fn sonic_split_route(bencher: Bencher) {
+        sonic_split_route_on(bencher, &AUDIT2RBAC);
     }
 
     #[divan::bench]
