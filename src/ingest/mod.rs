@@ -272,6 +272,10 @@ fn accepted(count: usize) -> Response<Body> {
     )
 }
 
+/// What `gather` reserves at most before the bytes come: above kube-apiserver's largest
+/// batches (400 events of RequestResponse bodies make a few MB).
+const GATHER_RESERVE_MAX: usize = 8 << 20;
+
 /// The whole body in one buffer, for the decoder (which reads all of it as one text).
 /// With a declared length, each chunk is copied into a buffer of that size as it arrives,
 /// while it is still in cache from its decryption: gathering the chunks after the last
@@ -303,8 +307,11 @@ where
         }
         if let Some(first) = first.take() {
             // Bounded: `Limited` ends the body past `limit`, and `admit` refused a
-            // declared length over it.
-            buf.reserve_exact(declared.max(first.len() + data.len()));
+            // declared length over it. A pusher that declares much and sends little holds
+            // no more than `GATHER_RESERVE_MAX` up front; past it the buffer grows as
+            // bytes come.
+            let want = declared.min(GATHER_RESERVE_MAX);
+            buf.reserve_exact(want.max(first.len() + data.len()));
             buf.extend_from_slice(&first);
         }
         buf.extend_from_slice(&data);
