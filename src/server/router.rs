@@ -204,12 +204,6 @@ impl App {
         query: Option<watch::Query>,
     ) -> Result<Response<Body>, ApiError> {
         let app = &*self.inner;
-        let not_allowed = || {
-            ApiError::MethodNotAllowed(
-                "the server does not allow this method on the requested resource".into(),
-            )
-        };
-
         if !attrs.resource_request {
             let resp = match attrs.path.as_str() {
                 // Alive while the bus is down: the replica recovers by itself, and a
@@ -242,7 +236,7 @@ impl App {
             };
             return match *req.method() {
                 Method::GET | Method::HEAD => Ok(resp),
-                _ => Err(not_allowed()),
+                _ => Err(method_not_allowed()),
             };
         }
 
@@ -299,10 +293,7 @@ impl App {
                 watch::name_selector(&mut query, &attrs.name)?;
                 self.watch(attrs, scope, resource, &query, format)
             }
-            // kube-apiserver's answer for a verb its resource does not serve.
-            _ => Err(ApiError::MethodNotAllowed(
-                "the server does not allow this method on the requested resource".into(),
-            )),
+            _ => Err(method_not_allowed()),
         }
     }
 
@@ -335,9 +326,7 @@ impl App {
                 };
                 watch::sources::serve(&app.sources, &app.watches, &query, selector, ctx)
             }
-            _ => Err(ApiError::MethodNotAllowed(
-                "the server does not allow this method on the requested resource".into(),
-            )),
+            _ => Err(method_not_allowed()),
         }
     }
 
@@ -564,6 +553,13 @@ fn labels(attrs: &Attributes) -> (&'static str, &'static str) {
 
 fn not_found() -> ApiError {
     ApiError::NotFound("the server could not find the requested resource".into())
+}
+
+/// kube-apiserver's answer for a verb its resource does not serve.
+fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed(
+        "the server does not allow this method on the requested resource".into(),
+    )
 }
 
 /// The request head's size as HTTP/1.1 writes it: the request line, then `name: value`
