@@ -4,8 +4,6 @@
 //! from a slot of its own among the LISTs in flight; a GET returns one event while the
 //! window holds it. Items are cut out of each event's shared watch line, not re-encoded.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::{Bytes, BytesMut};
@@ -34,22 +32,20 @@ struct Continue {
 
 impl Continue {
     fn encode(rv: u64, after: u64) -> String {
-        let token = Continue {
+        super::encode_continue(&Continue {
             v: GROUP_VERSION.to_owned(),
             rv,
             after,
-        };
-        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&token).unwrap_or_default())
+        })
     }
 
     fn decode(token: &str) -> Result<Continue, ApiError> {
-        let invalid = |why: String| ApiError::BadRequest(format!("invalid continue token: {why}"));
-        let bytes = URL_SAFE_NO_PAD
-            .decode(token)
-            .map_err(|e| invalid(e.to_string()))?;
-        let c: Continue = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+        let c: Continue = super::decode_continue(token)?;
         if c.v != GROUP_VERSION {
-            return Err(invalid(format!("unknown version {:?}", c.v)));
+            return Err(ApiError::BadRequest(format!(
+                "invalid continue token: unknown version {:?}",
+                c.v
+            )));
         }
         Ok(c)
     }
@@ -356,6 +352,9 @@ pub fn get(
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
     use super::*;
 
     #[test]

@@ -404,6 +404,24 @@ fn stream_response(body: Body) -> Response<Body> {
     resp
 }
 
+/// A continue token: the page's position, as URL-safe base64 of its JSON (opaque to
+/// clients, as kube-apiserver's are).
+pub(super) fn encode_continue<T: serde::Serialize>(token: &T) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(token).unwrap_or_default())
+}
+
+/// A continue token back, or 400 saying why it is not one.
+pub(super) fn decode_continue<T: serde::de::DeserializeOwned>(token: &str) -> Result<T, ApiError> {
+    use base64::Engine;
+    let invalid = |why: String| ApiError::BadRequest(format!("invalid continue token: {why}"));
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|e| invalid(e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))
+}
+
 /// How long a watch from a resourceVersion not reached yet waits for it (kube-apiserver
 /// waits up to 3 s for its cache to catch up).
 pub const FUTURE_RESOURCE_VERSION_WAIT: std::time::Duration = std::time::Duration::from_secs(3);

@@ -17,8 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body::Frame;
@@ -105,22 +103,19 @@ struct Continue {
 }
 
 fn encode_continue(after: &str) -> String {
-    let token = Continue {
+    super::encode_continue(&Continue {
         v: GROUP_VERSION.to_owned(),
         r: SOURCES.to_owned(),
         after: after.to_owned(),
-    };
-    URL_SAFE_NO_PAD.encode(serde_json::to_vec(&token).unwrap_or_default())
+    })
 }
 
 fn decode_continue(token: &str) -> Result<String, ApiError> {
-    let invalid = |why: String| ApiError::BadRequest(format!("invalid continue token: {why}"));
-    let bytes = URL_SAFE_NO_PAD
-        .decode(token)
-        .map_err(|e| invalid(e.to_string()))?;
-    let c: Continue = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+    let c: Continue = super::decode_continue(token)?;
     if c.v != GROUP_VERSION || c.r != SOURCES {
-        return Err(invalid("not a token of sources".to_owned()));
+        return Err(ApiError::BadRequest(
+            "invalid continue token: not a token of sources".into(),
+        ));
     }
     Ok(c.after)
 }
