@@ -30,8 +30,6 @@ use crate::tls::Peer;
 const BLOCKING_DECODE_BYTES: usize = 256 * 1024;
 /// How long a refused push's body is read before the answer goes out regardless.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-/// A source name is a node or host name: DNS subdomain length.
-const MAX_SOURCE_LEN: usize = 253;
 /// How long a push's body may take to arrive: kube-apiserver's default request timeout.
 /// A pusher trickling its body holds an in-flight slot no longer than this.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -458,14 +456,10 @@ fn query_source(query: Option<&str>) -> Result<Option<String>, ApiError> {
     let Some((_, value)) = form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "source") else {
         return Ok(None);
     };
-    let ok = !value.is_empty()
-        && value.len() <= MAX_SOURCE_LEN
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-._:".contains(c));
-    if !ok {
+    if !crate::sources::is_name(&value) {
         return Err(ApiError::BadRequest(format!(
-            "source: must be 1 to {MAX_SOURCE_LEN} characters of letters, digits, '-', '.', '_' or ':'"
+            "source: must be 1 to {} characters of letters, digits, '-', '.', '_' or ':'",
+            crate::sources::MAX_NAME_LEN
         )));
     }
     Ok(Some(value.into_owned()))

@@ -190,12 +190,7 @@ impl Api {
         let mut path = format!("/apis/{GROUP_VERSION}/{SOURCES}");
         if let Some(name) = name {
             // What ingest takes as a source name; anything else would not be a segment.
-            let plausible = !name.is_empty()
-                && name.len() <= 253
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-._:".contains(c));
-            if !plausible {
+            if !crate::sources::is_name(name) {
                 return Err(Error::Usage(format!(
                     "NAME: {name:?} is not a source name (letters, digits, '-', '.', '_' or ':')"
                 )));

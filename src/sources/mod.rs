@@ -64,6 +64,19 @@ pub const KIND: &str = crate::discovery::SOURCE_KIND;
 /// Sources kept at most, as many as `ingest` keeps as metric labels: a cluster has a
 /// handful of apiservers, this leaves room for replacements over a long run.
 pub const MAX_SOURCES: usize = 64;
+
+/// A source name is a node or host name: DNS subdomain length.
+pub const MAX_NAME_LEN: usize = 253;
+
+/// Whether `name` may name a source (`?source=`; what ingest takes, and so what a
+/// client may ask for): 1 to `MAX_NAME_LEN` letters, digits, '-', '.', '_' or ':'.
+pub fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._:".contains(c))
+}
 /// `--source-silent-after`'s default: kube-apiserver's webhook pushes a batch at least
 /// every few seconds even on an idle cluster (it audits its own leases and probes), and
 /// at most every ~1 s under load; two minutes without one is not batching.
