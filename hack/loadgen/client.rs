@@ -188,9 +188,15 @@ impl ServerCertVerifier for AcceptAnyCertOnLoopback {
     }
 }
 
-/// A TLS connector offering `alpn`, presenting `client_cert` if given.
+/// A TLS connector offering `alpn`, presenting `client_cert` if given, and the cipher
+/// suites in Go's order (`crypto/tls`'s TLS 1.3 default on AES hardware: AES-128-GCM
+/// first), because the server's real clients are Go: kube-apiserver's webhook, the
+/// aggregator, client-go. The server takes the client's order, and rustls's own puts
+/// AES-256-GCM first, whose four more rounds cost ~0.2 ns a byte more.
 pub fn connector(alpn: &[u8], client_cert: Option<&ClientCert>) -> anyhow::Result<TlsConnector> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.sort_by_key(|s| go_preference(s.suite()));
+    let provider = Arc::new(provider);
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .dangerous()
@@ -204,6 +210,16 @@ pub fn connector(alpn: &[u8], client_cert: Option<&ClientCert>) -> anyhow::Resul
     };
     config.alpn_protocols = vec![alpn.to_vec()];
     Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// Go's TLS 1.3 preference (then rustls's order, for TLS 1.2).
+fn go_preference(suite: rustls::CipherSuite) -> u8 {
+    match suite {
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => 0,
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 => 1,
+        rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256 => 2,
+        _ => 3,
+    }
 }
 
 /// TCP + TLS to `addr`, which must be loopback; `recv_buffer` sets SO_RCVBUF.
@@ -229,9 +245,17 @@ async fn tls_stream(
         .await
         .with_context(|| format!("connecting to {addr}"))?;
     tcp.set_nodelay(true)?;
-    tls.connect(ServerName::from(addr.ip()), tcp)
+    let stream = tls
+        .connect(ServerName::from(addr.ip()), tcp)
         .await
-        .context("TLS handshake")
+        .context("TLS handshake")?;
+    // The figures per byte are against AES-128-GCM: the cipher must be that one.
+    let suite = stream.get_ref().1.negotiated_cipher_suite();
+    ensure!(
+        suite.map(|s| s.suite()) == Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256),
+        "the server chose {suite:?}, not TLS13_AES_128_GCM_SHA256"
+    );
+    Ok(stream)
 }
 
 /// One HTTP/1.1 connection (the connector must offer `http/1.1`).
