@@ -140,7 +140,16 @@ async fn serve_connection(
     let service = service_fn(move |req| {
         seen.store(true, Ordering::Relaxed);
         let (app, peer) = (app.clone(), peer.clone());
-        async move { Ok::<_, Infallible>(app.handle(req, &peer).await) }
+        // The handler's state (about 11 KiB: every route's futures nested in it) is boxed
+        // when the request's task first runs, and freed when it answers. Hyper keeps this
+        // future inline in each HTTP/2 stream's task, which lives as long as the response
+        // body: inline, an idle watch held that much for nothing (and each HTTP/1.1
+        // connection as much, in hyper's slot for the request in flight). Boxed as this
+        // closure returns instead, a burst of watch requests (hyper accepts every stream
+        // already read before any of them runs) held one box each at once, pages the
+        // allocator keeps after they are freed. One allocation per request, none per
+        // event.
+        async move { Ok::<_, Infallible>(Box::pin(app.handle(req, &peer)).await) }
     });
     // hyper and h2 refuse a head above twice the limit on their own, with a bare 431 and
     // without buffering more of it; `App::handle` answers the heads in between with a
