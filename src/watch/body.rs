@@ -400,7 +400,9 @@ impl WatchBody {
                 self.report_drops(frame, now);
             }
             if frame.is_empty() {
-                frame.reserve(full.max(self.taken_bytes.min(FRAME_BYTES)));
+                // This event and the ones taken behind it (`taken_bytes` no longer counts
+                // it): short by one event, the frame grew by doubling, copied each time.
+                frame.reserve(full.max((full + self.taken_bytes).min(FRAME_BYTES)));
             }
             self.stages.event(p.published_at);
             let sent = match &self.format {
