@@ -192,7 +192,8 @@ impl ServerCertVerifier for AcceptAnyCertOnLoopback {
 /// suites in Go's order (`crypto/tls`'s TLS 1.3 default on AES hardware: AES-128-GCM
 /// first), because the server's real clients are Go: kube-apiserver's webhook, the
 /// aggregator, client-go. The server takes the client's order, and rustls's own puts
-/// AES-256-GCM first, whose four more rounds cost ~0.2 ns a byte more.
+/// AES-256-GCM first, about a tenth dearer per byte (`openssl speed` here: 4.0 against
+/// 4.4 GB/s at 16 KiB blocks).
 pub fn connector(alpn: &[u8], client_cert: Option<&ClientCert>) -> anyhow::Result<TlsConnector> {
     let mut provider = rustls::crypto::ring::default_provider();
     provider
