@@ -143,14 +143,14 @@ impl Ingest {
         let (parts, body) = req.into_parts();
         let admitted = admit(&parts, peer, &self.gate, max_request_bytes, known_source).and_then(
             |a| match self.inflight.enter(&a.pusher) {
-                Some(slot) => Ok((a.source, slot)),
+                Some(slot) => Ok((a.source, a.declared, slot)),
                 None => {
                     self.metrics.refused("ingest_inflight");
                     Err(ApiError::TooManyRequests(TOO_MANY.into()).into())
                 }
             },
         );
-        let (source, _slot) = match admitted {
+        let (source, declared, _slot) = match admitted {
             Ok(a) => a,
             Err(e) => {
                 drain(body, max_request_bytes).await;
@@ -158,12 +158,6 @@ impl Ingest {
             }
         };
         let limit = usize::try_from(max_request_bytes).unwrap_or(usize::MAX);
-        // `admit` refused a declared length over the limit: this one is bounded.
-        let declared = parts
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
         let collected = tokio::time::timeout(self.body_timeout, gather(body, limit, declared))
             .await
             .map_err(|_| {
@@ -360,6 +354,8 @@ impl From<ApiError> for Failed {
 struct Admitted {
     pusher: String,
     source: String,
+    /// The body's declared length, already held to the limit.
+    declared: Option<usize>,
 }
 
 /// Everything decided before the body is read: method, pusher, source, declared size.
@@ -399,7 +395,13 @@ fn admit(
         }
         .into());
     }
-    Ok(Admitted { pusher, source })
+    // At most `max_request_bytes`, so that `gather` may reserve it.
+    let declared = declared.and_then(|n| usize::try_from(n).ok());
+    Ok(Admitted {
+        pusher,
+        source,
+        declared,
+    })
 }
 
 struct Decoded {
