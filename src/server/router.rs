@@ -276,7 +276,13 @@ impl App {
             // A LIST's name, if any, is its selector's (authorization's only).
             ("list", _) => {
                 let guard = app.metrics.list_started(resource);
-                let slot = watch::enter_list(&app.lists, &attrs.user.name, resource, guard)?;
+                let slot = watch::enter_list(
+                    &app.lists,
+                    &attrs.user.name,
+                    resource,
+                    &attrs.namespace,
+                    guard,
+                )?;
                 let visible = self.visible(&attrs, &scope, &query.field_selector).await;
                 watch::list(&app.bus, scope, &query, format, &*visible, slot)
             }

@@ -131,6 +131,7 @@ pub fn enter(
     lists: &Watches,
     user: &str,
     resource: &str,
+    namespace: &str,
     guard: ListGuard,
 ) -> Result<InFlight, ApiError> {
     let stalled = guard.stalled_counter();
@@ -143,19 +144,7 @@ pub fn enter(
             registration,
             pending,
         }),
-        Err(full) => {
-            let (flag, limit) = full.flag();
-            tracing::info!(
-                user,
-                resource,
-                code = 429,
-                flag,
-                limit,
-                reason = %full,
-                "request refused"
-            );
-            Err(full.into())
-        }
+        Err(full) => Err(full.refuse(user, resource, namespace)),
     }
 }
 

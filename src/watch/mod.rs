@@ -371,21 +371,7 @@ pub fn serve(
     let registration = match watches.register(&ctx.user, sub.closer(), ctx.guard.stalled_counter())
     {
         Ok(registration) => registration,
-        Err(full) => {
-            // Who was turned away, at which limit, as the router logs a refusal.
-            let (flag, limit) = full.flag();
-            tracing::info!(
-                user = %ctx.user,
-                resource = %ctx.resource,
-                namespace = %ctx.namespace,
-                code = 429,
-                flag,
-                limit,
-                reason = %full,
-                "request refused"
-            );
-            return Err(full.into());
-        }
+        Err(full) => return Err(full.refuse(&ctx.user, ctx.resource, &ctx.namespace)),
     };
     let panics = ctx.guard.panic_counter();
     let body = body::WatchBody::new(sub, registration, query, ctx);

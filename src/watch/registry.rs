@@ -87,13 +87,24 @@ pub enum Full {
 }
 
 impl Full {
-    /// The flag that sets the limit reached, and its value (LISTs share the watches'
-    /// flags: one answer per user or server either way).
-    pub fn flag(&self) -> (&'static str, usize) {
-        match self {
+    /// The refusal, logged as the router logs one (who was turned away, at which limit:
+    /// the flag that sets it, which LISTs share with watches), as its 429.
+    pub fn refuse(self, user: &str, resource: &str, namespace: &str) -> ApiError {
+        let (flag, limit) = match &self {
             Full::Server { limit, .. } => ("--max-watchers", *limit),
             Full::User { limit, .. } => ("--max-watchers-per-user", *limit),
-        }
+        };
+        tracing::info!(
+            user = %user,
+            resource = %resource,
+            namespace = %namespace,
+            code = 429,
+            flag,
+            limit,
+            reason = %self,
+            "request refused"
+        );
+        self.into()
     }
 }
 
