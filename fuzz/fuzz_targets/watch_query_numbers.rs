@@ -25,7 +25,7 @@ fn slot() -> watch::InFlight {
         let lists = Watches::lists(usize::MAX, usize::MAX, Duration::from_secs(60));
         (lists, Metrics::new())
     });
-    match watch::enter_list(lists, "fuzz", "events", metrics.list_started("events")) {
+    match watch::enter_list(lists, "fuzz", "events", "", metrics.list_started("events")) {
         Ok(slot) => slot,
         Err(e) => panic!("no slot: {e:?}"),
     }
