@@ -10,7 +10,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use futures_util::FutureExt;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
@@ -22,10 +22,72 @@ use prometheus::IntCounter;
 use crate::status::ApiError;
 
 /// One body type for plain and streaming answers alike.
-pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+pub type Body = UnsyncBoxBody<Chunk, Infallible>;
+
+/// A body's piece of data: bytes of its own, or bytes it shares with others, gathered
+/// from where they are (a watch's frame is the lines of the bus's events, not a copy of
+/// them: with a hundred watchers, one copy of each line instead of a hundred, and the
+/// connection's writer reads them straight into TLS).
+pub enum Chunk {
+    Bytes(Bytes),
+    Shared(Box<dyn Buf + Send>),
+}
+
+impl std::fmt::Debug for Chunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            Chunk::Bytes(_) => "Bytes",
+            Chunk::Shared(_) => "Shared",
+        };
+        write!(f, "{kind}({} bytes)", self.remaining())
+    }
+}
+
+impl From<Bytes> for Chunk {
+    fn from(b: Bytes) -> Self {
+        Chunk::Bytes(b)
+    }
+}
+
+impl Buf for Chunk {
+    fn remaining(&self) -> usize {
+        match self {
+            Chunk::Bytes(b) => b.remaining(),
+            Chunk::Shared(s) => s.remaining(),
+        }
+    }
+
+    fn chunk(&self) -> &[u8] {
+        match self {
+            Chunk::Bytes(b) => b.chunk(),
+            Chunk::Shared(s) => s.chunk(),
+        }
+    }
+
+    fn chunks_vectored<'a>(&'a self, dst: &mut [std::io::IoSlice<'a>]) -> usize {
+        match self {
+            Chunk::Bytes(b) => b.chunks_vectored(dst),
+            Chunk::Shared(s) => s.chunks_vectored(dst),
+        }
+    }
+
+    fn advance(&mut self, n: usize) {
+        match self {
+            Chunk::Bytes(b) => b.advance(n),
+            Chunk::Shared(s) => s.advance(n),
+        }
+    }
+
+    fn copy_to_bytes(&mut self, len: usize) -> Bytes {
+        match self {
+            Chunk::Bytes(b) => b.copy_to_bytes(len),
+            Chunk::Shared(s) => s.copy_to_bytes(len),
+        }
+    }
+}
 
 pub fn full(body: impl Into<Bytes>) -> Body {
-    Full::new(body.into()).boxed_unsync()
+    Full::new(Chunk::Bytes(body.into())).boxed_unsync()
 }
 
 /// A complete response with a content type.
@@ -96,15 +158,15 @@ impl<B> Guarded<B> {
 
 impl<B> http_body::Body for Guarded<B>
 where
-    B: http_body::Body<Data = Bytes, Error = Infallible> + Unpin,
+    B: http_body::Body<Data = Chunk, Error = Infallible> + Unpin,
 {
-    type Data = Bytes;
+    type Data = Chunk;
     type Error = Infallible;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    ) -> Poll<Option<Result<Frame<Chunk>, Infallible>>> {
         let this = self.get_mut();
         if this.ended {
             return Poll::Ready(None);
@@ -165,23 +227,21 @@ mod tests {
     async fn a_panicking_stream_ends_and_is_counted() {
         struct Boom(u8);
         impl http_body::Body for Boom {
-            type Data = Bytes;
+            type Data = Chunk;
             type Error = Infallible;
             fn poll_frame(
                 mut self: Pin<&mut Self>,
                 _: &mut Context<'_>,
-            ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            ) -> Poll<Option<Result<Frame<Chunk>, Infallible>>> {
                 self.0 += 1;
                 assert!(self.0 < 2, "the second frame panics");
-                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"line\n")))))
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"line\n").into()))))
             }
         }
         let panics = counter();
         let mut body = Guarded::new(Boom(0), panics.clone());
-        assert_eq!(
-            body.frame().await.unwrap().unwrap().into_data().unwrap(),
-            "line\n"
-        );
+        let mut line = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(line.copy_to_bytes(line.remaining()), "line\n");
         assert!(body.frame().await.is_none(), "the panic ends the stream");
         assert!(http_body::Body::is_end_stream(&body));
         assert!(body.frame().await.is_none());

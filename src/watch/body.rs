@@ -6,10 +6,11 @@
 //! for a whole batch, not three per event.
 //!
 //! Costs by class: per poll, one clock read, one atomic stamp for the sweeper, and the
-//! counters flushed to the shared metrics; per event, the budget's arithmetic and a copy
-//! of its bytes into the frame; deadline, re-authorization and bookmarks are compared
-//! with the poll's clock and need a timer only when the queue runs dry. One frame in
-//! `stages::SAMPLE_EVERY_FRAMES` is measured stage by stage (`stages`).
+//! counters flushed to the shared metrics; per event, the budget's arithmetic and its
+//! line shared into the frame (`frame`: a truncated line or a Table row is copied);
+//! deadline, re-authorization and bookmarks are compared with the poll's clock and need
+//! a timer only when the queue runs dry. One frame in `stages::SAMPLE_EVERY_FRAMES` is
+//! measured stage by stage (`stages`).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -19,12 +20,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http_body::Frame;
 use tokio::time::{Instant, Sleep};
 
 use super::access::{self, Access};
+use super::frame::{self, Builder};
 use super::registry::{Ended, Registration};
 use super::stages::Sampler;
 use super::{
@@ -35,6 +37,7 @@ use crate::budget::{Budget, Verdict};
 use crate::bus::{Published, Subscription};
 use crate::event::DROPPED_ANNOTATION;
 use crate::metrics::{WatchCounts, WatchGuard};
+use crate::response::Chunk;
 use crate::status::ApiError;
 use crate::table;
 
@@ -254,7 +257,7 @@ impl WatchBody {
     }
 
     /// Write a bookmark counting every drop since the last one, if there were any.
-    fn report_drops(&mut self, frame: &mut BytesMut, now: Instant) {
+    fn report_drops(&mut self, frame: &mut Builder, now: Instant) {
         let queue_full = self.sub.take_dropped();
         self.counts.dropped_queue_full += queue_full;
         let total = queue_full + std::mem::take(&mut self.dropped_budget);
@@ -300,7 +303,7 @@ impl WatchBody {
     }
 
     /// After a WatchList's initial events: the bookmark that says they are all out.
-    fn end_initial_events(&mut self, frame: &mut BytesMut, now: Instant) {
+    fn end_initial_events(&mut self, frame: &mut Builder, now: Instant) {
         if let Some(end) = self.initial_end.take() {
             self.last_rv = self.last_rv.max(end);
             let line = match self.format {
@@ -319,7 +322,7 @@ impl WatchBody {
 
     /// Write the events that are ready, as many as fit in one frame, each charged to the
     /// budget: whole, truncated, or dropped and reported before the next one sent.
-    fn fill(&mut self, frame: &mut BytesMut, cx: &mut Context<'_>, now: Instant) {
+    fn fill(&mut self, frame: &mut Builder, cx: &mut Context<'_>, now: Instant) {
         loop {
             if self.taken.is_empty() {
                 self.taken_bytes = self.sub.take(&mut self.taken);
@@ -400,34 +403,47 @@ impl WatchBody {
                 self.report_drops(frame, now);
             }
             if frame.is_empty() {
-                // This event and the ones taken behind it (`taken_bytes` no longer counts
-                // it): short by one event, the frame grew by doubling, copied each time.
-                frame.reserve(full.max((full + self.taken_bytes).min(FRAME_BYTES)));
+                // This event and the ones taken behind it, a segment each.
+                frame.reserve(1 + self.taken.len());
             }
             self.stages.event(p.published_at);
+            self.last_rv = p.resource_version;
             let sent = match &self.format {
+                None if !truncated => {
+                    let len = p.wire_len(false);
+                    frame.line(p);
+                    len
+                }
+                // Copied: shared, the short line would hold the whole event, its request
+                // and response objects too, for as long as the frame waits to be sent.
                 None => {
-                    let (head, tail) = p.event.parts(truncated);
-                    frame.extend_from_slice(head);
-                    frame.extend_from_slice(p.digits());
-                    frame.extend_from_slice(tail);
-                    p.wire_len(truncated)
+                    let (head, tail) = p.event.parts(true);
+                    let room = head.len() + p.digits().len() + tail.len();
+                    let own = frame.own(room);
+                    own.extend_from_slice(head);
+                    own.extend_from_slice(p.digits());
+                    own.extend_from_slice(tail);
+                    frame.wrote(room);
+                    room
                 }
                 Some(f) => {
                     let len = f.watch_line_len(&p, truncated, !self.headers_sent);
-                    f.write_watch_line(frame, &p, truncated, !self.headers_sent);
+                    // This row and the ones taken behind it: without, the frame grew by
+                    // doubling, copied each time.
+                    let room = len.max((len + self.taken_bytes).min(FRAME_BYTES));
+                    f.write_watch_line(frame.own(room), &p, truncated, !self.headers_sent);
+                    frame.wrote(len);
                     self.headers_sent = true;
                     len
                 }
             };
-            self.last_rv = p.resource_version;
             self.counts.sent(sent, truncated);
         }
     }
 
     /// With nothing to send: a drop report or a bookmark that is due, or else the time
     /// the timer must wake the watch at.
-    fn idle(&mut self, frame: &mut BytesMut, now: Instant) -> Instant {
+    fn idle(&mut self, frame: &mut Builder, now: Instant) -> Instant {
         let mut wake = self.deadline;
         if self.dropped_budget > 0 || self.sub.has_dropped() {
             let wait = self.budget.wait_for(BOOKMARK_BYTES, now);
@@ -467,24 +483,24 @@ impl WatchBody {
     /// The frame of the poll that began at `polled`, handed to hyper.
     fn ready(
         &mut self,
-        frame: BytesMut,
+        frame: Builder,
         polled: Instant,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    ) -> Poll<Option<Result<Frame<Chunk>, Infallible>>> {
         self.flush_counts();
         self.registration.set_backlog(!self.taken.is_empty());
-        let data = self.stages.frame(frame, polled);
-        Poll::Ready(Some(Ok(Frame::data(data))))
+        let frame: frame::Frame = frame.finish(self.stages.frame(polled));
+        Poll::Ready(Some(Ok(Frame::data(Chunk::Shared(Box::new(frame))))))
     }
 }
 
 impl http_body::Body for WatchBody {
-    type Data = Bytes;
+    type Data = Chunk;
     type Error = Infallible;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    ) -> Poll<Option<Result<Frame<Chunk>, Infallible>>> {
         // Still set when the body is dropped: a panic left the poll (`response::Guarded`
         // caught it), which the end line says.
         self.in_poll = true;
@@ -502,7 +518,7 @@ impl WatchBody {
     fn poll_next(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    ) -> Poll<Option<Result<Frame<Chunk>, Infallible>>> {
         let this = self;
         loop {
             if matches!(this.state, State::Done) {
@@ -521,7 +537,7 @@ impl WatchBody {
                 this.finish(EndReason::Timeout);
                 continue;
             }
-            let mut frame = BytesMut::new();
+            let mut frame = Builder::default();
             if let Some((why, error)) = this.poll_recheck(cx, now) {
                 this.finish(why);
                 frame.extend_from_slice(&error);
@@ -607,6 +623,7 @@ impl Drop for WatchBody {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Buf;
     use http_body_util::BodyExt;
     use prometheus::IntCounter;
 
@@ -636,7 +653,8 @@ mod tests {
         let mut body = WatchBody::new(sub, registration, &query, ctx);
         tokio::time::advance(every).await;
         let frame = body.frame().await.expect("the ERROR line").unwrap();
-        let line = serde_json::from_slice(&frame.into_data().unwrap()).unwrap();
+        let mut data = frame.into_data().unwrap();
+        let line = serde_json::from_slice(&data.copy_to_bytes(data.remaining())).unwrap();
         assert!(body.frame().await.is_none(), "then the stream ends");
         drop(body);
         (line, log.line("watch ended"))

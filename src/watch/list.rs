@@ -17,7 +17,7 @@ use super::{Query, ResourceVersionMatch};
 use crate::bus::{At, Bus, Filter, ListError, ListRange, Published, Scope};
 use crate::event::{API_GROUP, Event, Field, GROUP_VERSION};
 use crate::metrics::ListGuard;
-use crate::response::{self, Body};
+use crate::response::{self, Body, Chunk};
 use crate::status::ApiError;
 use crate::table::{Format, TABLE_TAIL};
 
@@ -237,13 +237,13 @@ struct ItemsBody {
 }
 
 impl http_body::Body for ItemsBody {
-    type Data = Bytes;
+    type Data = Chunk;
     type Error = std::convert::Infallible;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Chunk>, Self::Error>>> {
         let this = &mut *self;
         // Ended from outside: its client took nothing for the stall limit. The body ends
         // short of its closing bytes, which a client reads as a broken response.
@@ -286,7 +286,9 @@ impl http_body::Body for ItemsBody {
                 }
             }
         }
-        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(frame.freeze()))))
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Chunk::Bytes(
+            frame.freeze(),
+        )))))
     }
 
     fn is_end_stream(&self) -> bool {

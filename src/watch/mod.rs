@@ -8,6 +8,7 @@
 
 pub mod access;
 mod body;
+mod frame;
 mod list;
 pub mod registry;
 pub mod sources;

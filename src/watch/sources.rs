@@ -32,7 +32,7 @@ use super::{BOOKMARK_INTERVAL, INITIAL_EVENTS_END_ANNOTATION, Query, Recheck, st
 use crate::discovery::SOURCES;
 use crate::event::{API_GROUP, GROUP_VERSION};
 use crate::metrics::{WatchCounts, WatchGuard};
-use crate::response::{self, Body};
+use crate::response::{self, Body, Chunk};
 use crate::sources::{self, Item, KIND, Sources, View};
 use crate::status::ApiError;
 use crate::table::{self, Format, ValueRow};
@@ -293,7 +293,7 @@ pub fn serve(
     let panics = w.guard.panic_counter();
     let stream = futures_util::stream::unfold(w, |mut w| async move {
         let frame = w.next().await?;
-        Some((Ok::<_, Infallible>(Frame::data(frame)), w))
+        Some((Ok::<_, Infallible>(Frame::data(Chunk::Bytes(frame))), w))
     });
     let body = StreamBody::new(Box::pin(stream));
     Ok(stream_response(

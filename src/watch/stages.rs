@@ -15,10 +15,9 @@
 //! Cost class: sampled, never per event × watcher beyond one comparison. One frame in
 //! `SAMPLE_EVERY_FRAMES` of each watch is measured, by its oldest event (the first written
 //! into it): two clock readings, three histogram observations (shared atomics) and one
-//! small allocation (the frame's owner, which observes `socket` when hyper drops it). The
+//! stamp the frame carries, which observes `socket` when hyper drops it. The
 //! other frames cost a counter decrement; each event written costs one comparison.
 
-use bytes::{Bytes, BytesMut};
 use prometheus::{Histogram, HistogramVec};
 use tokio::time::Instant;
 
@@ -106,12 +105,13 @@ impl Sampler {
         }
     }
 
-    /// The frame of a poll that began at `polled`, as hyper gets it: measured if it is
-    /// the sampled one (its `socket` stage observed when hyper drops the bytes).
-    pub(super) fn frame(&mut self, frame: BytesMut, polled: Instant) -> Bytes {
+    /// For the frame of a poll that began at `polled`, as hyper gets it: if it is the
+    /// sampled one, the stamp it carries (its `socket` stage observed when hyper drops
+    /// the frame).
+    pub(super) fn frame(&mut self, polled: Instant) -> Option<Stamp> {
         let Some(oldest) = self.oldest.take() else {
             self.left = self.left.saturating_sub(1);
-            return frame.freeze();
+            return None;
         };
         self.left = SAMPLE_EVERY_FRAMES - 1;
         let handed = Instant::now();
@@ -120,29 +120,22 @@ impl Sampler {
             .observe(polled.saturating_duration_since(oldest).as_secs_f64());
         m.frame
             .observe(handed.saturating_duration_since(polled).as_secs_f64());
-        Bytes::from_owner(Stamped {
-            frame,
+        Some(Stamp {
             handed,
             socket: m.socket.clone(),
         })
     }
 }
 
-/// A measured frame's bytes: hyper drops them once the connection's writer has taken the
-/// last byte (or the stream was reset, which ends the watch: one stray sample at most).
-struct Stamped {
-    frame: BytesMut,
+/// Carried by a measured frame: hyper drops the frame once the connection's writer has
+/// taken its last byte (or the stream was reset, which ends the watch: one stray sample
+/// at most).
+pub(super) struct Stamp {
     handed: Instant,
     socket: Histogram,
 }
 
-impl AsRef<[u8]> for Stamped {
-    fn as_ref(&self) -> &[u8] {
-        &self.frame
-    }
-}
-
-impl Drop for Stamped {
+impl Drop for Stamp {
     fn drop(&mut self) {
         self.socket.observe(self.handed.elapsed().as_secs_f64());
     }
@@ -166,26 +159,23 @@ mod tests {
         let polled = Instant::now();
         s.event(published);
         s.event(polled);
-        let bytes = s.frame(BytesMut::from(&b"line\n"[..]), polled);
-        assert_eq!(&bytes[..], b"line\n", "the frame's bytes are untouched");
+        let stamp = s.frame(polled);
+        assert!(stamp.is_some(), "measured");
         assert_eq!(count(&meters), [1, 1, 0], "socket: not written yet");
         assert!(
             (meters.queue.get_sample_sum() - 0.003).abs() < 1e-6,
             "from the oldest"
         );
-        let half = bytes.slice(..2);
-        drop(bytes);
-        assert_eq!(count(&meters), [1, 1, 0], "a part is still unwritten");
-        drop(half);
+        drop(stamp);
         assert_eq!(count(&meters), [1, 1, 1]);
         // The next SAMPLE_EVERY_FRAMES - 1 frames are not measured.
         for _ in 0..SAMPLE_EVERY_FRAMES - 1 {
             s.event(polled);
-            drop(s.frame(BytesMut::from(&b"x\n"[..]), polled));
+            assert!(s.frame(polled).is_none());
         }
         assert_eq!(count(&meters), [1, 1, 1]);
         s.event(polled);
-        drop(s.frame(BytesMut::from(&b"x\n"[..]), polled));
+        drop(s.frame(polled));
         assert_eq!(count(&meters), [2, 2, 2]);
     }
 
@@ -194,10 +184,10 @@ mod tests {
         let meters = StageMeters::unregistered();
         let mut s = Sampler::new(meters.clone());
         s.left = 0;
-        drop(s.frame(BytesMut::from(&b"bookmark\n"[..]), Instant::now()));
+        assert!(s.frame(Instant::now()).is_none(), "a bookmark's frame");
         assert_eq!(count(&meters), [0, 0, 0]);
         s.event(Instant::now());
-        drop(s.frame(BytesMut::from(&b"event\n"[..]), Instant::now()));
+        drop(s.frame(Instant::now()));
         assert_eq!(count(&meters), [1, 1, 1]);
     }
 }
