@@ -118,24 +118,32 @@ pub fn error(e: &ApiError) -> Response<Body> {
 }
 
 /// Await a handler; a panic in it is logged, counted in `panics`, and answered 500.
-pub async fn answer_panics<F>(handler: F, panics: &IntCounter, what: &str) -> Response<Body>
+/// (Not an `async fn`: that would hold the handler's future twice, as its argument and
+/// as the future it awaits, and this one is the largest of the server.)
+pub fn answer_panics<'a, F>(
+    handler: F,
+    panics: &'a IntCounter,
+    what: &'a str,
+) -> impl Future<Output = Response<Body>> + 'a
 where
-    F: Future<Output = Response<Body>>,
+    F: Future<Output = Response<Body>> + 'a,
 {
-    match AssertUnwindSafe(handler).catch_unwind().await {
-        Ok(resp) => resp,
-        Err(panic) => {
-            panics.inc();
-            tracing::error!(
-                request = what,
-                panic = panic_message(&*panic),
-                "request handler panicked"
-            );
-            error(&ApiError::Internal(
-                "the server could not handle the request".into(),
-            ))
-        }
-    }
+    AssertUnwindSafe(handler)
+        .catch_unwind()
+        .map(move |answer| match answer {
+            Ok(resp) => resp,
+            Err(panic) => {
+                panics.inc();
+                tracing::error!(
+                    request = what,
+                    panic = panic_message(&*panic),
+                    "request handler panicked"
+                );
+                error(&ApiError::Internal(
+                    "the server could not handle the request".into(),
+                ))
+            }
+        })
 }
 
 /// A streaming body whose panic ends the stream (logged and counted) instead of its

@@ -441,7 +441,7 @@ impl Format {
     }
 
     /// The length `write_row` writes, known before writing (the budget needs it).
-    fn row_len(&self, p: &Published, truncated: bool) -> usize {
+    pub fn row_len(&self, p: &Published, truncated: bool) -> usize {
         let digits = p.digits().len();
         let base = r#"{"cells":"#.len() + cells(&p.event).len() + 1;
         match self.include {

@@ -260,6 +260,22 @@ impl http_body::Body for ItemsBody {
             this.done = true;
             return std::task::Poll::Ready(None);
         };
+        // The items this frame will hold, measured first: grown by doubling instead, the
+        // frame was copied each time.
+        let mut room = TABLE_TAIL.len();
+        for p in iter.as_slice() {
+            if frame.len() + room >= LIST_FRAME_BYTES {
+                break;
+            }
+            room += 1 + match &this.format {
+                Some(f) => f.row_len(p, false),
+                None => {
+                    let (head, tail) = p.event.object_parts(false);
+                    head.len() + p.digits().len() + tail.len()
+                }
+            };
+        }
+        frame.reserve(room);
         while frame.len() < LIST_FRAME_BYTES {
             let Some(p) = iter.next() else {
                 frame.extend_from_slice(match this.format {
