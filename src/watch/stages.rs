@@ -3,8 +3,8 @@
 //! * `queue`: published → the watch's poll that writes it into a frame (waiting for the
 //!   watch's task to run, or for the connection to take more: hyper polls a body only
 //!   when its stream can send);
-//! * `frame`: that poll → the frame handed to hyper (taking the queue, the checks and the
-//!   copies of a frame's events);
+//! * `frame`: that poll → the frame handed to hyper (taking the queue, the checks, and
+//!   the frame's segments: its events' shared lines, its own bytes);
 //! * `socket`: handed to hyper → its last byte taken by the connection's writer (HTTP/2's
 //!   stream scheduling and flow control, the connection's send buffer; for HTTP/1.1 hyper
 //!   queues the frame and writes it on its next flush). The writer gathers a connection's
