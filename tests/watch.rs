@@ -412,6 +412,45 @@ async fn http2_watch_works() {
     assert_eq!(ids(&w.added(2).await), ["a-1", "a-2"]);
 }
 
+/// A watch's frames are the bus's own lines, handed to the connection as slices: read
+/// through a stream window smaller than one line (h2 sends part of a frame, keeps the
+/// rest and sends it later), an HTTP/2 watch gets every event exactly as an HTTP/1.1 watch
+/// of the same stream does.
+#[tokio::test]
+async fn an_http2_watch_through_a_tiny_window_gets_the_same_events_as_http1() {
+    let srv = TestServer::start(&["--watcher-bytes-per-second", "0"]).await;
+    let admin = srv.client(Some(ADMIN_TOKEN));
+    let path = format!("{EVENTS}?watch=1");
+    let mut http1 = admin.watch(&path).await;
+    let h2 = admin.clone().http2();
+    let mut conn = h2.http2_connection(512).await;
+    let mut tiny = h2.watch_on(&mut conn, &path).await;
+    let mut roomy = h2.watch(&path).await;
+
+    let pusher = srv.client(Some(PUSH_TOKEN));
+    let mut n = 0;
+    for name in [
+        "audit2rbac-demo.log",
+        "all-events.jsonl",
+        "openshift-audit_in.log",
+    ] {
+        let lines = fixtures::lines(name);
+        n += lines.len();
+        let (code, _) = pusher.push("", event_list("audit.k8s.io/v1", &lines)).await;
+        assert_eq!(code, StatusCode::OK, "{name}");
+    }
+    let want = http1.added(n).await;
+    assert_eq!(want.len(), n);
+    assert!(
+        tiny.added(n).await == want,
+        "the tiny window's events differ"
+    );
+    assert!(
+        roomy.added(n).await == want,
+        "the HTTP/2 watch's events differ"
+    );
+}
+
 /// A watcher that never reads its socket loses events; ingest and the other watchers do
 /// not notice, and the loss is counted.
 #[tokio::test]

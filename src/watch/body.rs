@@ -44,6 +44,8 @@ use crate::table;
 /// The most one frame carries, unless one event alone is larger: large enough that a
 /// batch costs a few frames, small enough to keep a slow HTTP/2 stream's buffer short.
 const FRAME_BYTES: usize = 64 * 1024;
+/// Segments reserved for a frame at most before it grows: ~64 Metadata lines (~1 KiB each).
+const FRAME_SEGMENTS: usize = 64;
 /// About the size of a dropped-count bookmark: what the budget must allow before one
 /// is sent without an event to ride along with.
 const BOOKMARK_BYTES: usize = 160;
@@ -403,8 +405,9 @@ impl WatchBody {
                 self.report_drops(frame, now);
             }
             if frame.is_empty() {
-                // This event and the ones taken behind it, a segment each.
-                frame.reserve(1 + self.taken.len());
+                // This event and the ones taken behind it, a segment each, up to about a
+                // frame's worth of Metadata events (a replay takes thousands at once).
+                frame.reserve((1 + self.taken.len()).min(FRAME_SEGMENTS));
             }
             self.stages.event(p.published_at);
             self.last_rv = p.resource_version;

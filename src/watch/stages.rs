@@ -15,8 +15,8 @@
 //! Cost class: sampled, never per event × watcher beyond one comparison. One frame in
 //! `SAMPLE_EVERY_FRAMES` of each watch is measured, by its oldest event (the first written
 //! into it): two clock readings, three histogram observations (shared atomics) and one
-//! stamp the frame carries, which observes `socket` when hyper drops it. The
-//! other frames cost a counter decrement; each event written costs one comparison.
+//! stamp the frame carries, which observes `socket` when hyper drops it. The other frames
+//! cost a counter decrement; each event written costs one comparison.
 
 use prometheus::{Histogram, HistogramVec};
 use tokio::time::Instant;
