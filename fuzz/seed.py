@@ -135,6 +135,8 @@ def main():
         '{"kind":"Table","rows":[{"cells":["s"],"object":{"data":{"a":"eA=="}}}]}',
         '[{"op":"add","path":"/data","value":{"a":"eA=="}},{"op":"replace","path":"/stringData/b","value":"y"}]',
         '{"metadata":{"annotations":{"kubectl.kubernetes.io/last-applied-configuration":"{}"}},"data":{"d\\u0061ta":"x"}}',
+        # A number beyond f64 (JSON, not a serde_json Value), found by this target.
+        '{"kind":"Secret","data":{"a":"eA=="},"ports":[{"port":6E443}]}',
     ]:
         put("redaction", body)
     for line in (FIXTURES / "all-events.jsonl").read_text().splitlines():

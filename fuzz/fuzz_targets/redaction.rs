@@ -29,11 +29,20 @@ fuzz_target!(|data: &[u8]| {
     let Ok(events) = decode_event_list(list.as_bytes(), "fuzz", NOW) else {
         return;
     };
+    // A number beyond f64's range (`6E443`, deep in a body) is JSON, and is passed on as
+    // received, but serde_json's `Value` does not hold it: such a body's line is checked
+    // as JSON text only.
+    let in_range = serde_json::from_str::<Value>(body.get()).is_ok();
     for ev in events {
         for truncated in [false, true] {
             let (head, tail) = ev.parts(truncated);
             let line = [head, b"1", tail].concat();
-            let v: Value = serde_json::from_slice(&line).expect("a redacted line is JSON");
+            serde_json::from_slice::<&RawValue>(&line).expect("a redacted line is JSON");
+            let v: Value = match serde_json::from_slice(&line) {
+                Ok(v) => v,
+                Err(_) if !in_range => continue,
+                Err(e) => panic!("a redacted line is a JSON value: {e}"),
+            };
             for body in ["requestObject", "responseObject"] {
                 check(&v["object"][body]);
             }

@@ -442,6 +442,21 @@ mod tests {
             .map(|(text, rules)| (serde_json::from_str(&text).expect("valid JSON"), rules))
     }
 
+    // Found by the redaction fuzz target: a number beyond f64 is JSON that serde_json's
+    // `Value` does not hold. The rest of the body is passed on byte for byte, the number
+    // too, and the Secret's data is still redacted.
+    #[test]
+    fn a_number_beyond_f64_is_passed_on_as_received_beside_redacted_data() {
+        let body = r#"{"kind":"Secret","data":{"a":"eA=="},"ports":[{"port":6E443}]}"#;
+        let raw: &RawValue = serde_json::from_str(body).unwrap();
+        let (text, rules) = Redaction::default().body(secret(), raw).unwrap();
+        assert_eq!(rules, Rules::default().with(Rule::SecretData));
+        assert_eq!(
+            &*text,
+            r#"{"kind":"Secret","data":{"a":"<redacted>"},"ports":[{"port":6E443}]}"#
+        );
+    }
+
     #[test]
     fn secret_data_in_every_shape() {
         let r = Redaction::default();
