@@ -39,15 +39,17 @@
 //! * [`selector`]: `fieldSelector` parsing and matching, applied by the bus.
 //! * [`watch`]: the read endpoints: the query and its validation, WATCH and WatchList,
 //!   LIST (pages of the window) and GET, the streaming body that batches ready events into
-//!   frames, and the registry of open watches (slots, the sweeper that ends watches whose
-//!   client stopped reading, shutdown); LIST, GET and WATCH of `sources` too.
+//!   frames (the bus's lines shared, not copied), and the registry of open watches
+//!   (slots, the sweeper that ends watches whose client stopped reading, shutdown); LIST,
+//!   GET and WATCH of `sources` too.
 //! * [`table`]: server-side printing, the `meta.k8s.io` Table kubectl asks for.
 //! * [`budget`]: each watcher's byte budget: send whole, truncated, or drop.
 //! * [`discovery`]: `/apis` documents, legacy and aggregated.
 //! * [`status`]: `ApiError` → `meta.k8s.io/v1` `Status`; each layer converts its own
 //!   errors into it.
 //! * [`source`]: reading the files flags name (one reader, one error naming the file).
-//! * [`response`]: the response body type every handler returns, plain responses, and
+//! * [`response`]: the response body type every handler returns (its data: bytes of its
+//!   own, or bytes shared with others, such as a watch's frame), plain responses, and
 //!   where a panic stops.
 //! * [`metrics`]: Prometheus metrics in the app's own registry.
 //! * [`logging`]: the log's format (text or component-base JSON) and `-v` verbosity.
