@@ -77,6 +77,7 @@ pub fn is_name(name: &str) -> bool {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-._:".contains(c))
 }
+
 /// `--source-silent-after`'s default: kube-apiserver's webhook pushes a batch at least
 /// every few seconds even on an idle cluster (it audits its own leases and probes), and
 /// at most every ~1 s under load; two minutes without one is not batching.

@@ -419,16 +419,7 @@ impl WatchBody {
                 }
                 // Copied: shared, the short line would hold the whole event, its request
                 // and response objects too, for as long as the frame waits to be sent.
-                None => {
-                    let (head, tail) = p.event.parts(true);
-                    let room = head.len() + p.digits().len() + tail.len();
-                    let own = frame.own(room);
-                    own.extend_from_slice(head);
-                    own.extend_from_slice(p.digits());
-                    own.extend_from_slice(tail);
-                    frame.wrote(room);
-                    room
-                }
+                None => frame.copy_line(&p, true),
                 Some(f) => {
                     let len = f.watch_line_len(&p, truncated, !self.headers_sent);
                     // This row and the ones taken behind it: without, the frame grew by

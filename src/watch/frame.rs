@@ -29,15 +29,18 @@ enum Segment {
     Line(Arc<Published>),
 }
 
+/// An event's watch line as three slices: before its resourceVersion, the digits, after.
+fn line_parts(p: &Published, truncated: bool) -> [&[u8]; 3] {
+    let (head, tail) = p.event.parts(truncated);
+    [head, p.digits(), tail]
+}
+
 impl Segment {
-    /// The segment's bytes as up to three slices (head, digits, tail).
+    /// The segment's bytes as up to three slices.
     fn parts(&self) -> [&[u8]; 3] {
         match self {
             Segment::Own(b) => [b, &[], &[]],
-            Segment::Line(p) => {
-                let (head, tail) = p.event.parts(false);
-                [head, p.digits(), tail]
-            }
+            Segment::Line(p) => line_parts(p, false),
         }
     }
 
@@ -94,6 +97,17 @@ impl Builder {
         self.end_own();
         self.len += p.wire_len(false);
         self.segments.push(Segment::Line(p));
+    }
+
+    /// An event's line copied, as the watch's own bytes; its length.
+    pub(super) fn copy_line(&mut self, p: &Published, truncated: bool) -> usize {
+        let len = p.wire_len(truncated);
+        self.own.reserve(len);
+        for part in line_parts(p, truncated) {
+            self.own.extend_from_slice(part);
+        }
+        self.len += len;
+        len
     }
 
     fn end_own(&mut self) {
@@ -252,10 +266,7 @@ mod tests {
         let mut taken = std::collections::VecDeque::new();
         sub.take(&mut taken);
         assert_eq!(taken.len(), 3);
-        let copy = |p: &Published| {
-            let (head, tail) = p.event.parts(false);
-            [head, p.digits(), tail].concat()
-        };
+        let copy = |p: &Published| line_parts(p, false).concat();
         let want = [
             b"own,".to_vec(),
             copy(&taken[0]),
@@ -268,7 +279,8 @@ mod tests {
             let mut b = Builder::default();
             b.extend_from_slice(b"own,");
             b.line(taken[0].clone());
-            b.line(taken[1].clone());
+            // A copied line among the shared ones reads the same.
+            assert_eq!(b.copy_line(&taken[1], false), taken[1].wire_len(false));
             b.extend_from_slice(b"bookmark,");
             b.line(taken[2].clone());
             assert_eq!(b.len(), want.len());
