@@ -13,7 +13,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use serde_json::value::RawValue;
 
 use super::fields::{
-    Code, EVENT_FIELDS, Fields, FieldsError, OBJECT_REF_FIELDS, RESPONSE_STATUS_FIELDS,
+    Code, EVENT_FIELDS, Fields, FieldsError, Key, OBJECT_REF_FIELDS, RESPONSE_STATUS_FIELDS, Str,
     USER_FIELDS, case_variant_error, case_variant_of,
 };
 use super::json::{write_raw, write_seconds, write_str, write_text};
@@ -342,35 +342,6 @@ impl<'de> Visitor<'de> for MembersSeed<'_, 'de> {
         Ok(false)
     }
 }
-
-/// A map key borrowed from the body when it has no escapes (serde's own `Cow<str>`
-/// always allocates).
-#[derive(Debug)]
-pub(super) struct Key<'a>(pub(super) Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Owned(v.to_owned())))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-/// A string borrowed from the body when it has no escapes.
-#[derive(Deserialize, Default)]
-#[serde(transparent)]
-pub(super) struct Str<'a>(#[serde(borrow)] pub(super) Cow<'a, str>);
 
 /// Read a member's value as `T`; `None` for absent or `null`.
 fn parse<'a, T: Deserialize<'a>>(

@@ -1,15 +1,15 @@
 //! Reading an event's members by name as kube-apiserver's Go readers would: a key that is
 //! a case variant of a field the server reads (Go's `encoding/json` matches without regard
 //! to case) is refused, so that this server and a Go reader never route one event two
-//! ways; found with one bit test per key for most keys.
+//! ways; found with one bit test per key for most keys. Also the key and string types
+//! every reader of the event's text borrows from the body (`Key`, `Str`).
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
-
-use super::decode::{Key, Str};
 
 /// Go's encoding/json matches an object's keys to a struct's fields without regard to
 /// case (Unicode simple folding: `Namespace`, `NAMESPACE`, and `\u212a` KELVIN SIGN
@@ -265,3 +265,32 @@ pub(super) const OBJECT_REF_FIELDS: Names<5> =
     Names::new(["namespace", "resource", "name", "apiGroup", "subresource"]);
 /// `responseStatus`: the code selectors and tables read.
 pub(super) const RESPONSE_STATUS_FIELDS: Names<1> = Names::new(["code"]);
+
+/// A map key borrowed from the body when it has no escapes (serde's own `Cow<str>`
+/// always allocates).
+#[derive(Debug)]
+pub(super) struct Key<'a>(pub(super) Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A string borrowed from the body when it has no escapes.
+#[derive(Deserialize, Default)]
+#[serde(transparent)]
+pub(super) struct Str<'a>(#[serde(borrow)] pub(super) Cow<'a, str>);

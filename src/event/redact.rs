@@ -25,7 +25,8 @@ use std::borrow::Cow;
 use serde::de::DeserializeSeed;
 use serde_json::value::RawValue;
 
-use super::decode::{Key, MembersSeed};
+use super::decode::MembersSeed;
+use super::fields::Key;
 use super::json::write_str;
 
 /// The annotation every redacted event carries, beside `audit.k8s.io/truncated`.
