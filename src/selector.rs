@@ -317,5 +317,15 @@ mod tests {
         assert!(!not.requirements[0].equal);
         let plain = FieldSelector::parse("user.username=in (x)").unwrap();
         assert_eq!(&*plain.requirements[0].values, ["in (x)".into()]);
+        // A set's value may hold `=` or `!=` (a username may): still one value of a set,
+        // never a term of its own (found by the fuzz target, whose negation check had
+        // read this as `label=value`).
+        for (sel, equal) in [("stage\nin(a>b=c)", true), ("stage notin (a!=c)", false)] {
+            let set = FieldSelector::parse(sel).unwrap();
+            assert_eq!(set.requirements.len(), 1, "{sel}");
+            assert_eq!(set.requirements[0].subject, Subject::Field(Field::Stage));
+            assert_eq!(set.requirements[0].equal, equal, "{sel}");
+            assert_eq!(set.requirements[0].values.len(), 1, "{sel}");
+        }
     }
 }

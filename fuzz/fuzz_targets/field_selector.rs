@@ -27,9 +27,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let ev = event();
     let _ = sel.matches(ev);
-    // One term: its negation matches exactly when it does not.
+    // One `label=value` term: its negation matches exactly when it does not. (Not a set
+    // term, `label in (…)`, whose values may hold `=` themselves.)
     if let Some((label, value)) = text.split_once('=')
-        && !text.contains(',')
+        && !text.contains([',', '('])
         && !label.contains('!')
         && !value.contains('=')
     {
