@@ -1,7 +1,7 @@
-//! What the load generator measures besides the traffic itself: CPU time and RSS from
-//! /proc (server process, this process, the whole machine), a latency histogram, and the
-//! two baselines measured in the same run (serde_json split + routing read on one core,
-//! and `openssl speed` AES-128-GCM).
+//! What the load generator measures besides the traffic itself: the run's clock, CPU time
+//! and RSS from /proc (server process, this process, the whole machine), a latency
+//! histogram, and the two baselines measured in the same run (serde_json split + routing
+//! read on one core, and `openssl speed` AES-128-GCM).
 
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -11,6 +11,24 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
+
+/// The run's time points. `start` is also the epoch of the send times in the auditIDs.
+#[derive(Clone, Copy)]
+pub struct Clock {
+    pub start: Instant,
+    pub push_end: Instant,
+    pub drain_end: Instant,
+}
+
+impl Clock {
+    pub fn nanos_since_start(&self) -> u64 {
+        self.nanos_at(Instant::now())
+    }
+
+    pub fn nanos_at(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.start).as_nanos()).unwrap_or(u64::MAX)
+    }
+}
 
 // ---------------------------------------------------------------------------------------
 // CPU and memory, from /proc.

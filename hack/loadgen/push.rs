@@ -20,8 +20,8 @@ use serde_json::value::RawValue;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_rustls::TlsConnector;
 
-use crate::Clock;
 use crate::client::{self, H1};
+use crate::measure::Clock;
 
 /// Prefix of the auditIDs the pushers write.
 pub const ID_PREFIX: &[u8] = b"lg-";

@@ -9,6 +9,7 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -18,6 +19,8 @@ use clap::Parser as _;
 use kube_audit_stream::config::{Cli, Command};
 use kube_audit_stream::server::{self, App};
 use tokio::io::AsyncBufReadExt as _;
+
+use crate::client;
 
 // The tests' own lookup of nats-server (one file, compiled into both), so that the
 // generator starts the binary `hack/test` checked.
@@ -268,4 +271,42 @@ impl NatsProcess {
             _dir: dir,
         })
     }
+}
+
+/// The server's flags for a run: loopback, `token` for the watchers (user `watcher`),
+/// every pusher of `pki` allowed, AlwaysAllow; then `extra`.
+pub(crate) fn server_argv(
+    dir: &Path,
+    pki: &client::Pki,
+    token: &str,
+    watcher: &str,
+    extra: &[String],
+) -> anyhow::Result<Vec<String>> {
+    let write = |name: &str, text: &str| -> anyhow::Result<String> {
+        let p = dir.join(name);
+        std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+        Ok(p.display().to_string())
+    };
+    let token_file = write("tokens.csv", &format!("{token},{watcher},uid-{watcher}\n"))?;
+    let ca_file = write("ingest-ca.crt", &pki.ca_pem)?;
+    let names: Vec<&str> = pki.pushers.iter().map(|p| p.name.as_str()).collect();
+    let mut argv: Vec<String> = [
+        "--bind-address",
+        "127.0.0.1",
+        "--secure-port",
+        "0",
+        "--token-auth-file",
+        &token_file,
+        "--authorization-mode",
+        "AlwaysAllow",
+        "--ingest-client-ca-file",
+        &ca_file,
+        "--ingest-allowed-names",
+        &names.join(","),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    argv.extend(extra.iter().cloned());
+    Ok(argv)
 }

@@ -39,9 +39,11 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::client;
+use crate::measure::Clock;
+
 use crate::push::{self, Pusher, Rate, Templates};
-use crate::server::{ServerProcess, Verdict};
-use crate::{Clock, client};
+use crate::server::{ServerProcess, Verdict, server_argv};
 
 /// How long auditors may take, after the pushers stop, to receive what is still coming
 /// (on loopback at this rate, well under a second).
@@ -119,7 +121,7 @@ pub async fn run(opts: Opts) -> anyhow::Result<bool> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let pki = client::Pki::generate(PUSHERS)?;
     let token = format!("{:032x}", fastrand::u128(..));
-    let argv = crate::server_argv(dir.path(), &pki, &token, "soak-watcher", &[])?;
+    let argv = server_argv(dir.path(), &pki, &token, "soak-watcher", &[])?;
     let server = ServerProcess::start(&argv).await?;
     let addr = server.addr;
     println!(

@@ -26,8 +26,8 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use crate::Clock;
 use crate::client::{self, H1, H2, H2Settings};
+use crate::measure::Clock;
 use crate::measure::Histogram;
 use crate::push::ID_PREFIX;
 
