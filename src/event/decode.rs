@@ -13,8 +13,8 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use serde_json::value::RawValue;
 
 use super::fields::{
-    Code, EVENT_FIELDS, Fields, FieldsError, Key, OBJECT_REF_FIELDS, RESPONSE_STATUS_FIELDS, Str,
-    USER_FIELDS, case_variant_error, case_variant_of,
+    Code, EVENT_FIELDS, Fields, FieldsError, Key, MembersSeed, OBJECT_REF_FIELDS,
+    RESPONSE_STATUS_FIELDS, Str, USER_FIELDS, case_variant_error, case_variant_of,
 };
 use super::json::{write_raw, write_seconds, write_str, write_text};
 use super::truncate::{Edit, Truncation};
@@ -292,54 +292,6 @@ impl ItemsSeed<'_, '_> {
     fn fail<E: de::Error>(&self, index: usize, reason: String) -> E {
         *self.0.item_error.borrow_mut() = Some(DecodeError::Item { index, reason });
         E::custom("invalid item")
-    }
-}
-
-/// One item's members in their order, values as raw text, into a reused buffer; `false`
-/// when the item is not an object.
-pub(super) struct MembersSeed<'m, 'a>(pub(super) &'m mut Vec<(Key<'a>, &'a RawValue)>);
-
-impl<'de> DeserializeSeed<'de> for MembersSeed<'_, 'de> {
-    type Value = bool;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        self.0.clear();
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for MembersSeed<'_, 'de> {
-    type Value = bool;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an audit Event object")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
-        while let Some(key) = map.next_key::<Key<'de>>()? {
-            self.0.push((key, map.next_value::<&'de RawValue>()?));
-        }
-        Ok(true)
-    }
-    // Anything but an object is the item's error, not the body's.
-    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
-        Ok(false)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
-        Ok(false)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
-        Ok(false)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
-        Ok(false)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<bool, E> {
-        Ok(false)
-    }
-    fn visit_unit<E>(self) -> Result<bool, E> {
-        Ok(false)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
-        while seq.next_element::<de::IgnoredAny>()?.is_some() {}
-        Ok(false)
     }
 }
 

@@ -2,13 +2,14 @@
 //! a case variant of a field the server reads (Go's `encoding/json` matches without regard
 //! to case) is refused, so that this server and a Go reader never route one event two
 //! ways; found with one bit test per key for most keys. Also the key and string types
-//! every reader of the event's text borrows from the body (`Key`, `Str`).
+//! every reader of the event's text borrows from the body (`Key`, `Str`), and an item's
+//! members read as raw text (`MembersSeed`).
 
 use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 /// Go's encoding/json matches an object's keys to a struct's fields without regard to
@@ -265,6 +266,54 @@ pub(super) const OBJECT_REF_FIELDS: Names<5> =
     Names::new(["namespace", "resource", "name", "apiGroup", "subresource"]);
 /// `responseStatus`: the code selectors and tables read.
 pub(super) const RESPONSE_STATUS_FIELDS: Names<1> = Names::new(["code"]);
+
+/// One item's members in their order, values as raw text, into a reused buffer; `false`
+/// when the item is not an object.
+pub(super) struct MembersSeed<'m, 'a>(pub(super) &'m mut Vec<(Key<'a>, &'a RawValue)>);
+
+impl<'de> DeserializeSeed<'de> for MembersSeed<'_, 'de> {
+    type Value = bool;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        self.0.clear();
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for MembersSeed<'_, 'de> {
+    type Value = bool;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an audit Event object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            self.0.push((key, map.next_value::<&'de RawValue>()?));
+        }
+        Ok(true)
+    }
+    // Anything but an object is the item's error, not the body's.
+    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_unit<E>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+        Ok(false)
+    }
+}
 
 /// A map key borrowed from the body when it has no escapes (serde's own `Cow<str>`
 /// always allocates).

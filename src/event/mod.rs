@@ -15,7 +15,8 @@
 //! line only when a watcher first needs it, then shared.
 //!
 //! Here: the model (`Event`, `Field`, the API's names). `decode`: the `EventList` reader;
-//! `fields`: reading members by name as Go readers do (case variants refused).
+//! `fields`: reading members by name as Go readers do (case variants refused), as raw text
+//! borrowed from the body.
 //! `json`: the line's writer. `truncate`: the truncated form and `--max-event-bytes`.
 //! `wire`: an event as a record of the shared stream (`--bus=nats`).
 

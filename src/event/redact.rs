@@ -25,8 +25,7 @@ use std::borrow::Cow;
 use serde::de::DeserializeSeed;
 use serde_json::value::RawValue;
 
-use super::decode::MembersSeed;
-use super::fields::Key;
+use super::fields::{Key, MembersSeed};
 use super::json::write_str;
 
 /// The annotation every redacted event carries, beside `audit.k8s.io/truncated`.
