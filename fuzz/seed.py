@@ -137,6 +137,9 @@ def main():
         '{"metadata":{"annotations":{"kubectl.kubernetes.io/last-applied-configuration":"{}"}},"data":{"d\\u0061ta":"x"}}',
         # A number beyond f64 (JSON, not a serde_json Value), found by this target.
         '{"kind":"Secret","data":{"a":"eA=="},"ports":[{"port":6E443}]}',
+        # A JSON Patch operation naming `path` twice, the last a Secret's key (found by
+        # this target: the value had been copied).
+        '[{"op":"add","path":"place","path":"/stringData/b","value":"y"}]',
     ]:
         put("redaction", body)
     for line in (FIXTURES / "all-events.jsonl").read_text().splitlines():

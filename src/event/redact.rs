@@ -25,7 +25,7 @@ use std::borrow::Cow;
 use serde::de::DeserializeSeed;
 use serde_json::value::RawValue;
 
-use super::fields::{Key, MembersSeed};
+use super::fields::{Key, MembersSeed, Str};
 use super::json::write_str;
 
 /// The annotation every redacted event carries, beside `audit.k8s.io/truncated`.
@@ -314,27 +314,34 @@ impl Redaction {
 
     /// A JSON Patch (RFC 6902): each operation whose `path` is one of `parents` or under
     /// one has its `value` redacted (every value of it, for the parent itself).
+    ///
+    /// An operation may name `path` more than once: kube-apiserver's JSON Patch reader
+    /// keeps the last, serde's derive refuses the object. Every `path` it names counts
+    /// here, so that no reading of the operation finds a value left in place.
     fn json_patch(&self, ops: &[&RawValue], parents: &[&str], out: &mut Vec<u8>) -> bool {
         let mut changed = false;
+        let mut members = Vec::new();
         out.push(b'[');
         for (i, op) in ops.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            #[derive(serde::Deserialize)]
-            struct Op<'a> {
-                #[serde(borrow)]
-                path: Option<Cow<'a, str>>,
+            let mut de = serde_json::Deserializer::from_str(op.get());
+            let _ = MembersSeed(&mut members).deserialize(&mut de);
+            let (mut whole, mut under) = (false, false);
+            for (Key(key), value) in &members {
+                if key != "path" {
+                    continue;
+                }
+                let Ok(Str(path)) = serde_json::from_str::<Str<'_>>(value.get()) else {
+                    continue;
+                };
+                whole |= parents.contains(&&*path);
+                under |= parents.iter().any(|p| {
+                    path.strip_prefix(p)
+                        .is_some_and(|rest| rest.starts_with('/'))
+                });
             }
-            let path = serde_json::from_str::<Op<'_>>(op.get())
-                .ok()
-                .and_then(|o| o.path)
-                .unwrap_or_default();
-            let whole = parents.contains(&&*path);
-            let under = parents.iter().any(|p| {
-                path.strip_prefix(p)
-                    .is_some_and(|rest| rest.starts_with('/'))
-            });
             if !whole && !under {
                 out.extend_from_slice(op.get().as_bytes());
                 continue;
@@ -455,6 +462,33 @@ mod tests {
             &*text,
             r#"{"kind":"Secret","data":{"a":"<redacted>"},"ports":[{"port":6E443}]}"#
         );
+    }
+
+    // Found by the redaction fuzz target: an operation that names `path` twice. serde's
+    // derive refused it, so its value was copied; kube-apiserver's JSON Patch reader
+    // applies the last `path`, here a Secret's key. Either `path` counts now.
+    #[test]
+    fn a_json_patch_operation_naming_path_twice_is_redacted_by_either() {
+        let r = Redaction::default();
+        for (patch, redacted) in [
+            (
+                r#"[{"op":"add","path":"place","path":"/stringData/b","value":"y"}]"#,
+                r#"[{"op":"add","path":"place","path":"/stringData/b","value":"<redacted>"}]"#,
+            ),
+            (
+                r#"[{"op":"add","path":"/data/a","path":"/metadata/x","value":"y"}]"#,
+                r#"[{"op":"add","path":"/data/a","path":"/metadata/x","value":"<redacted>"}]"#,
+            ),
+            (
+                r#"[{"op":"add","path":"/metadata/x","path":"/d\u0061ta","value":{"k":"v"}}]"#,
+                r#"[{"op":"add","path":"/metadata/x","path":"/d\u0061ta","value":{"k":"<redacted>"}}]"#,
+            ),
+        ] {
+            let raw: &RawValue = serde_json::from_str(patch).unwrap();
+            let (text, rules) = r.body(secret(), raw).expect("redacted");
+            assert_eq!(&*text, redacted, "{patch}");
+            assert_eq!(rules, Rules::default().with(Rule::SecretData));
+        }
     }
 
     #[test]
