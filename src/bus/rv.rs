@@ -63,4 +63,9 @@ impl Published {
     pub fn wire_len(&self, truncated: bool) -> usize {
         self.event.wire_len(truncated) + usize::from(self.digits_len)
     }
+
+    /// Bytes of the event object alone (a LIST's item, a GET's answer) in the given form.
+    pub fn object_len(&self, truncated: bool) -> usize {
+        self.event.object_len(truncated) + usize::from(self.digits_len)
+    }
 }

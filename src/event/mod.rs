@@ -194,6 +194,12 @@ impl Event {
         }
     }
 
+    /// `object_parts`' bytes without the resourceVersion digits; known without building
+    /// the truncated form.
+    pub fn object_len(&self, truncated: bool) -> usize {
+        self.wire_len(truncated) - OBJECT_START - LINE_END
+    }
+
     /// What the event may hold in memory (the truncated form counted as if built), for
     /// the replay window's byte cap. Table cells, built only if a Table client asks, are
     /// left out: the value must not change between publish and eviction.

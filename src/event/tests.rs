@@ -11,6 +11,8 @@ fn line(ev: &Event, rv: u64, truncated: bool) -> serde_json::Value {
     b.extend_from_slice(rv.to_string().as_bytes());
     b.extend_from_slice(tail);
     assert_eq!(b.len(), ev.wire_len(truncated) + rv.to_string().len());
+    let (head, tail) = ev.object_parts(truncated);
+    assert_eq!(head.len() + tail.len(), ev.object_len(truncated));
     assert_eq!(b.last(), Some(&b'\n'));
     assert_eq!(b.iter().filter(|c| **c == b'\n').count(), 1, "one line");
     serde_json::from_slice(&b).expect("valid JSON")

@@ -456,10 +456,7 @@ impl Format {
                     + tail.len()
                     + 1
             }
-            IncludeObject::Object => {
-                let (head, tail) = p.event.object_parts(truncated);
-                base + r#","object":"#.len() + head.len() + digits + tail.len()
-            }
+            IncludeObject::Object => base + r#","object":"#.len() + p.object_len(truncated),
         }
     }
 

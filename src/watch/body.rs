@@ -412,11 +412,7 @@ impl WatchBody {
             self.stages.event(p.published_at);
             self.last_rv = p.resource_version;
             let sent = match &self.format {
-                None if !truncated => {
-                    let len = p.wire_len(false);
-                    frame.line(p);
-                    len
-                }
+                None if !truncated => frame.line(p),
                 // Copied: shared, the short line would hold the whole event, its request
                 // and response objects too, for as long as the frame waits to be sent.
                 None => frame.copy_line(&p, true),

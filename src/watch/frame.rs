@@ -91,12 +91,15 @@ impl Builder {
         self.segments.reserve(n);
     }
 
-    /// An event's line, shared. (Only the full one: the truncated form is the watch's
-    /// own to copy, since sharing it would hold the whole event while the frame waits.)
-    pub(super) fn line(&mut self, p: Arc<Published>) {
+    /// An event's line, shared; its length. (Only the full one: the truncated form is
+    /// the watch's own to copy, since sharing it would hold the whole event while the
+    /// frame waits.)
+    pub(super) fn line(&mut self, p: Arc<Published>) -> usize {
         self.end_own();
-        self.len += p.wire_len(false);
+        let len = p.wire_len(false);
+        self.len += len;
         self.segments.push(Segment::Line(p));
+        len
     }
 
     /// An event's line copied, as the watch's own bytes; its length.
@@ -278,7 +281,7 @@ mod tests {
         for (room, step) in [(1, 1), (2, 7), (3, 100), (64, 1 << 20)] {
             let mut b = Builder::default();
             b.extend_from_slice(b"own,");
-            b.line(taken[0].clone());
+            assert_eq!(b.line(taken[0].clone()), taken[0].wire_len(false));
             // A copied line among the shared ones reads the same.
             assert_eq!(b.copy_line(&taken[1], false), taken[1].wire_len(false));
             b.extend_from_slice(b"bookmark,");

@@ -269,10 +269,7 @@ impl http_body::Body for ItemsBody {
             }
             room += 1 + match &this.format {
                 Some(f) => f.row_len(p, false),
-                None => {
-                    let (head, tail) = p.event.object_parts(false);
-                    head.len() + p.digits().len() + tail.len()
-                }
+                None => p.object_len(false),
             };
         }
         frame.reserve(room);
